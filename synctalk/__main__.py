@@ -1,0 +1,5 @@
+import sys
+
+from synctalk.cli import main
+
+sys.exit(main())

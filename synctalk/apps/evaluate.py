@@ -1,0 +1,32 @@
+"""``synctalk evaluate ckpt=PATH``: score a trained run under both GT modes."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from synctalk.config.schema import EvaluateConfig
+from synctalk.data.datamodule import SubjectFrames
+from synctalk.evaluation import evaluate_split
+from synctalk.io import write_json
+from synctalk.runs import load_run
+
+log = logging.getLogger(__name__)
+SCHEMA = EvaluateConfig
+
+
+def run(cfg: DictConfig) -> dict:
+    run_cfg, system = load_run(cfg.ckpt)
+    root = cfg.data_root or run_cfg.data.root
+    frames = SubjectFrames(root, cfg.split, run_cfg.audio.name, list(run_cfg.blendshapes.names),
+                           run_cfg.data.downscale, run_cfg.data.scale, run_cfg.blendshapes.smooth_window,
+                           run_cfg.blendshapes.smooth_order)
+    out = Path(cfg.paths.output_dir)
+    video = out / f"{cfg.split}.mp4" if cfg.render_video else None
+    metrics = evaluate_split(system, frames, cfg.gt_mode.name, cfg.gt_mode.mask_blur, video, run_cfg.data.fps)
+    metrics.update(ckpt=str(Path(cfg.ckpt).resolve()), data_root=str(root), split=cfg.split)
+    write_json(out / "metrics.json", metrics)
+    for key, value in metrics.items():
+        log.info("%-22s %s", key, f"{value:.4f}" if isinstance(value, float) else value)
+    return metrics

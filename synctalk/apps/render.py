@@ -1,0 +1,58 @@
+"""``synctalk render ckpt=PATH audio=PATH output=PATH.mp4``: drive a trained head with new audio."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from synctalk.audio import compute_features, frames_for_audio, load_audio
+from synctalk.config.schema import RenderConfig
+from synctalk.errors import UserError
+from synctalk.metrics.image import blur_mask, portrait_blend
+from synctalk.runs import build_datamodule, load_run
+from synctalk.video import VideoWriter
+
+log = logging.getLogger(__name__)
+SCHEMA = RenderConfig
+POSE_MODES = ("replay", "still")
+
+
+def pose_schedule(mode: str, num_frames: int, num_poses: int) -> np.ndarray:
+    """Which training frame lends its pose (and background) to each output frame.
+
+    ``replay`` walks the training frames back and forth; ``still`` holds the first one.
+    """
+    if mode == "still" or num_poses == 1:
+        return np.zeros(num_frames, dtype=int)
+    if mode == "replay":
+        period = 2 * (num_poses - 1)
+        t = np.arange(num_frames) % period
+        return np.where(t < num_poses, t, period - t)
+    raise UserError(f"poses={mode!r} is not one of {POSE_MODES}")
+
+
+def run(cfg: DictConfig) -> dict:
+    output = Path(cfg.output)
+    if output.suffix.lower() != ".mp4":
+        raise UserError(f"output={output} must end in .mp4")
+    run_cfg, system = load_run(cfg.ckpt)
+    samples = load_audio(cfg.audio)
+    fps = float(run_cfg.data.fps)
+    n = frames_for_audio(samples, fps)
+    features = torch.from_numpy(compute_features(run_cfg.audio.name, samples, n, fps, run_cfg.audio.window))
+    frames = build_datamodule(run_cfg).frames("train")
+    schedule = pose_schedule(cfg.poses, n, len(frames))
+    portrait = cfg.gt_mode.name == "with_hair"
+    with VideoWriter(output, fps, samples[: int(round(n / fps * 16000))]) as writer:
+        for i in tqdm(range(n), desc="render", unit="frame"):
+            k = int(schedule[i])
+            image = system.render_view(frames, frames.c2w[k], features[i], frames.eye[k], frames.background(k))
+            if portrait:
+                image = portrait_blend(image, frames.original(k), blur_mask(frames.face_mask(k), cfg.gt_mode.mask_blur))
+            writer.write(image.numpy())
+    log.info("wrote %s: %d frames, %.2f s of audio", output, n, len(samples) / 16000)
+    return {"output": str(output), "frames": n, "seconds": len(samples) / 16000}

@@ -1,0 +1,61 @@
+"""``synctalk train``: train one stage of the head NeRF; ``synctalk demo`` runs it on the demo experiment."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from synctalk.config.schema import TrainConfig
+from synctalk.errors import UserError
+from synctalk.evaluation import evaluate_split
+from synctalk.io import write_json
+from synctalk.runs import (AtomicCheckpointIO, build_datamodule, build_loggers, build_system, finish_loggers,
+                           load_stage_weights, write_run_info)
+
+log = logging.getLogger(__name__)
+SCHEMA = TrainConfig
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train, evaluate the validation split, write ``metrics.json``; returns the metrics."""
+    out = Path(cfg.paths.output_dir)
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+        raise UserError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    write_run_info(out, cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    system = build_system(cfg, media_dir=str(out / "media"))
+    if cfg.stage.init_from:
+        load_stage_weights(system, cfg.stage.init_from, cfg)
+    loggers = build_loggers(cfg)
+    failed = True
+    try:
+        if loggers:
+            from synctalk.report import flatten
+
+            loggers[0].log_hyperparams(flatten(system.hparams.config))
+        checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
+                                     save_last=True, every_n_train_steps=cfg.trainer.val_check_interval)
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint],
+                              plugins=[AtomicCheckpointIO()], default_root_dir=str(out))
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        video = out / "media" / "val.mp4" if cfg.render_video else None
+        metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, video, cfg.data.fps)
+        metrics.update(step=int(trainer.global_step), stage=cfg.stage.name,
+                       train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))))
+        for logger in loggers:
+            logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},
+                               step=trainer.global_step)
+        write_json(out / "metrics.json", metrics)
+        log.info("validation PSNR %.2f dB (%s GT) after %d steps; run folder %s", metrics["psnr"],
+                 cfg.gt_mode.name, trainer.global_step, out)
+        failed = False
+        return metrics
+    finally:
+        finish_loggers(loggers, failed)

@@ -1,0 +1,87 @@
+"""The ``synctalk`` command: one Hydra app per job.
+
+``synctalk <job> [key=value ...] [-m]``; ``synctalk --help`` lists the jobs.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+JOBS = {
+    "preprocess": ("preprocess", "synctalk.apps.preprocess", "turn a video into a dataset folder (data=synthetic: generate the synthetic subject)"),
+    "train": ("train", "synctalk.apps.train", "train a stage of the head NeRF: experiment=NAME stage=head|lips gt_mode=parsed|with_hair"),
+    "evaluate": ("evaluate", "synctalk.apps.evaluate", "metrics of a trained run under both GT modes: ckpt=PATH"),
+    "render": ("render", "synctalk.apps.render", "drive a trained head with new audio: ckpt=PATH audio=PATH output=PATH.mp4"),
+    "report": ("report", "synctalk.apps.report", "one comparison table of a multirun folder: synctalk report SWEEP_DIR"),
+    "demo": ("demo", "synctalk.apps.train", "the main job on the synthetic subject: generate, train, render, evaluate"),
+}
+
+USAGE = "usage: synctalk <job> [key=value ...] [-m] [--help]\n\njobs:\n" + "\n".join(
+    f"  {name:<11} {text}" for name, (_, _, text) in JOBS.items()) + (
+    "\n\nEach job is a Hydra app: 'synctalk <job> --help' shows its config groups and options;"
+    "\n'-m' sweeps comma-separated values (multirun). Errors print one line; set HYDRA_FULL_ERROR=1 for a stack trace.")
+
+
+def _task(job: str, module, cfg):
+    """The Hydra task: validate the config against the job's schema, then run the job."""
+    from synctalk.config import validate
+
+    validate(cfg, module.SCHEMA)
+    return module.run(cfg)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines) or type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    job, rest = argv[0], argv[1:]
+    if job not in JOBS:
+        print(f"synctalk: unknown job '{job}'\n\n{USAGE}", file=sys.stderr)
+        return 2
+    if job == "report" and rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        rest[0] = f"sweep_dir={rest[0]}"
+
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from synctalk.config import config_dir
+    from synctalk.errors import UserError
+
+    config_name, module_name, _ = JOBS[job]
+    module = importlib.import_module(module_name)
+
+    def task(cfg):
+        return _task(job, module, cfg)
+
+    app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we decide how to print them
+    saved_argv = sys.argv
+    sys.argv = [f"synctalk {job}", *rest]
+    try:
+        app()
+    except (UserError, HydraException, OmegaConfBaseException, PermissionError) as err:
+        if full_error:
+            raise
+        print(f"synctalk {job}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"synctalk {job}: interrupted; completed outputs are kept, rerun to continue", file=sys.stderr)
+        return 130
+    finally:
+        sys.argv = saved_argv
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

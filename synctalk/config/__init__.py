@@ -1,0 +1,36 @@
+"""Where the Hydra configs live, the custom resolvers, and schema validation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from synctalk.errors import UserError
+
+if not OmegaConf.has_resolver("len"):
+    OmegaConf.register_new_resolver("len", lambda seq: len(seq))
+
+
+def config_dir() -> Path:
+    """The ``conf/`` folder: the repository's in a clone or editable install, else the packaged copy."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package.parent / "conf", package / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise UserError(f"cannot find the synctalk configs next to {package}; reinstall the package")
+
+
+def validate(cfg: DictConfig, schema: type) -> None:
+    """Check a composed config against its dataclass schema.
+
+    Unknown keys (typos, also inside experiment files) and wrong value types raise a
+    :class:`UserError` naming the key.
+    """
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), plain)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e).splitlines()[0]
+        raise UserError(f"config error at '{key}': {msg}" if key else f"config error: {msg}") from None

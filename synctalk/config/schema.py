@@ -1,0 +1,187 @@
+"""Typed schemas of every config group: a misspelled or unknown key is an error.
+
+Each dataclass documents its fields; the YAML files under ``conf/`` give the values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."  # everything relative is resolved against this
+    data_dir: str = "data"  # datasets (the synthetic subject is generated here)
+    log_dir: str = "outputs"  # run folders: <log_dir>/<task_name>/runs|multiruns/...
+    output_dir: str = "."  # the current run folder (set by Hydra)
+
+
+@dataclass
+class SyntheticConfig:
+    seed: int = 0
+    num_frames: int = 100
+    size: int = 128  # image side, pixels
+    fps: float = 25.0
+    focal_at_512: float = 1350.0  # focal length (px) for a 512 px image; scaled with size
+    distance: float = 0.9  # camera to head centre, metres
+    yaw_deg: float = 10.0
+    pitch_deg: float = 6.0
+    roll_deg: float = 4.0
+    shift_m: float = 0.006
+    blink_every_s: float = 1.6
+    background_noise: float = 0.03
+    antialias: int = 2
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: str = "???"  # the dataset folder
+    video: Optional[str] = None  # source video for 'synctalk preprocess'
+    fps: float = 25.0
+    scale: float = 4.0  # metres -> NeRF units
+    downscale: int = 1  # train and render at 1/downscale of the dataset resolution
+    rays_per_step: int = 1024
+    val_frames: int = 4  # validation frames rendered during training (0: all)
+    chunk: int = 8192  # rays rendered at once at inference
+    synthetic: Optional[SyntheticConfig] = None  # set: the folder is generated from this spec
+
+
+@dataclass
+class AudioConfig:
+    name: str = "mel"  # features are read from aud_<name>.npy
+    feature_dim: int = 80  # size of one audio step
+    window: int = 16  # audio steps per video frame
+    checkpoint: Optional[str] = None  # weight file of encoders that need one
+
+
+@dataclass
+class BlendshapesConfig:
+    name: str = "upper7"
+    names: list = field(default_factory=list)  # MediaPipe category names, or [AU45]
+    smooth_window: int = 5  # Savitzky-Golay window (0: off)
+    smooth_order: int = 3
+
+
+@dataclass
+class FocalRange:
+    start: float = 500.0
+    stop: float = 1450.0  # inclusive
+    step: float = 50.0
+
+
+@dataclass
+class TrackerConfig:
+    name: str = "synctalk"
+    focal: FocalRange = field(default_factory=FocalRange)
+    every_k: int = 10  # frames used for the focal search
+    steps: int = 2000
+    lr: float = 0.3
+    pose_source: str = "bundle_adjustment"  # landmarks | bundle_adjustment
+
+
+@dataclass
+class FlowConfig:
+    backend: str = "opencv"  # opencv | cotracker
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class StageConfig:
+    name: str = "head"  # head | lips
+    init_from: Optional[str] = None  # checkpoint of the previous stage (weights only)
+    lips_ray_fraction: float = 0.0  # share of rays sampled inside the mouth box
+
+
+@dataclass
+class GtModeConfig:
+    name: str = "parsed"  # parsed | with_hair
+    mask_blur: int = 9  # Gaussian blur of the face mask for portrait blending (odd, px at 512)
+
+
+@dataclass
+class EncodingConfig:
+    _target_: str = "synctalk.models.encoding.TriPlaneHashEncoding"
+    backend: str = "torch"  # torch | tcnn
+    num_levels: int = 12
+    features_per_level: int = 1
+    log2_hashmap_size: int = 14
+    base_resolution: int = 64
+    max_resolution: int = 512
+    bound: float = 1.0  # half-size of the scene box, NeRF units
+
+
+@dataclass
+class ModelConfig:
+    net: Any = None  # _target_ node of the network (synctalk.models.head_nerf.HeadNeRF)
+    optimizer: Any = None  # _partial_ optimizer, finished with the parameter groups
+    lr_grid: float = 1e-2  # learning rate of the hash-grid tables
+    lr_net: float = 1e-3  # learning rate of the MLPs
+    lr_decay: float = 0.1  # learning rates are multiplied by lr_decay ** (step / max_steps)
+
+
+@dataclass
+class TrainConfig:
+    task_name: str = "train"
+    seed: int = 42
+    ckpt_path: Optional[str] = None  # resume this run's checkpoint (continues the step count)
+    render_video: bool = True  # render the validation split to media/val.mp4 after training
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    blendshapes: BlendshapesConfig = field(default_factory=BlendshapesConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
+    logger: Any = None  # _target_ node of a Lightning logger, or empty for none
+    trainer: Any = None  # _target_ node: pytorch_lightning.Trainer
+    experiment: Optional[str] = None
+
+
+@dataclass
+class EvaluateConfig:
+    task_name: str = "evaluate"
+    ckpt: str = "???"
+    data_root: Optional[str] = None  # evaluate on another dataset folder (default: the run's)
+    split: str = "val"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
+    render_video: bool = False
+
+
+@dataclass
+class RenderConfig:
+    task_name: str = "render"
+    ckpt: str = "???"
+    audio: str = "???"  # any audio or video file with sound
+    output: str = "???"  # .mp4
+    poses: str = "replay"  # replay (back and forth) | still
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
+
+
+@dataclass
+class ReportConfig:
+    task_name: str = "report"
+    sweep_dir: str = "???"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class PreprocessOptions:
+    force: list = field(default_factory=list)  # stages to redo even when cached
+
+
+@dataclass
+class PreprocessConfig:
+    task_name: str = "preprocess"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    blendshapes: BlendshapesConfig = field(default_factory=BlendshapesConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)

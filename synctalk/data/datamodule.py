@@ -1,0 +1,222 @@
+"""Loading a dataset folder for training, validation and evaluation.
+
+One training step uses one frame: its audio window and eye values condition the NeRF,
+and ``rays_per_step`` of its pixels are rendered and compared with the ground truth.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from synctalk.data.blendshapes import load_eye_features
+from synctalk.data.layout import DatasetLayout, Transforms
+from synctalk.data.synthetic import SyntheticSpec, generate
+from synctalk.errors import UserError
+from synctalk.geometry import pixel_rays
+
+MOUTH = slice(48, 68)  # 68-point layout
+
+
+def _read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """Image as float32 RGB (H, W, 3) in [0, 1], resized to ``size`` (W, H) if given."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise UserError(f"cannot read image {path} (missing or corrupt)")
+    if size is not None and (img.shape[1], img.shape[0]) != size:
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    if img.ndim == 2:
+        img = img[..., None]
+    code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(img.shape[2])
+    if code is not None:
+        img = cv2.cvtColor(img, code)
+    return img.astype(np.float32) / 255.0
+
+
+class SubjectFrames:
+    """One split of a dataset folder: cameras, conditions and (lazily decoded) images.
+
+    Args:
+        root: the dataset folder.
+        split: "train" or "val".
+        audio_name: features are read from ``aud_<audio_name>.npy`` (frames, window, dim).
+        eye_names: blendshape names of the eye condition (or ["AU45"]).
+        downscale: integer factor; images and intrinsics are reduced by it.
+        scale: metres -> NeRF units.
+    """
+
+    def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
+                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3):
+        self.layout = DatasetLayout(Path(root))
+        self.layout.check_ready()
+        tf = Transforms.read(self.layout.transforms(split))
+        self.split, self.scale, self.downscale = split, scale, downscale
+        self.img_ids, self.aud_ids = tf.img_ids, tf.aud_ids
+        bc = cv2.imread(str(self.layout.background))
+        if bc is None:
+            raise UserError(f"cannot read {self.layout.background}")
+        full_h, full_w = bc.shape[:2]
+        if downscale < 1 or full_w % downscale or full_h % downscale:
+            raise UserError(f"data.downscale={downscale} must divide the image size {full_w}x{full_h}")
+        self.width, self.height = full_w // downscale, full_h // downscale
+        self.focal, self.cx, self.cy = tf.focal / downscale, tf.cx / downscale, tf.cy / downscale
+        self.c2w = torch.from_numpy(tf.c2w)
+        feats_path = self.layout.audio_features(audio_name)
+        if not feats_path.is_file():
+            raise UserError(f"{feats_path} not found: run 'synctalk preprocess' with audio={audio_name}")
+        feats = np.load(feats_path)
+        if feats.ndim != 3:
+            raise UserError(f"{feats_path} has shape {feats.shape}; expected (frames, window, dim)")
+        if self.aud_ids.max() >= len(feats):
+            raise UserError(f"{feats_path} covers {len(feats)} frames but {split} uses frame {self.aud_ids.max()}")
+        self.audio = torch.from_numpy(feats[self.aud_ids].astype(np.float32))
+        eye = load_eye_features(self.layout.root, eye_names, smooth_window, smooth_order)
+        if self.img_ids.max() >= len(eye):
+            raise UserError(f"eye features cover {len(eye)} frames but {split} uses frame {self.img_ids.max()}")
+        self.eye = torch.from_numpy(eye[self.img_ids])
+        self.static_background = torch.from_numpy(_read_rgb(self.layout.background, self.size))
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def __len__(self) -> int:
+        return len(self.img_ids)
+
+    def _image(self, kind: str, k: int) -> torch.Tensor:
+        key = (kind, k)
+        if key not in self._cache:
+            i = int(self.img_ids[k])
+            path = {"gt": self.layout.gt_image, "original": self.layout.frame, "torso": self.layout.torso_image,
+                    "face": self.layout.face_only_mask}[kind](i)
+            self._cache[key] = torch.from_numpy(_read_rgb(path, self.size))
+        return self._cache[key]
+
+    def gt(self, k: int) -> torch.Tensor:
+        """Parsed ground truth (H, W, 3): the frame over the static background."""
+        return self._image("gt", k)
+
+    def original(self, k: int) -> torch.Tensor:
+        """The original frame (H, W, 3), hair and real background included."""
+        return self._image("original", k)
+
+    def background(self, k: int) -> torch.Tensor:
+        """What the head is rendered over (H, W, 3): the frame's torso on the static background."""
+        if not self.layout.torso_image(int(self.img_ids[k])).is_file():
+            return self.static_background
+        torso = self._image("torso", k)
+        alpha = torso[..., 3:]
+        return torso[..., :3] * alpha + self.static_background * (1 - alpha)
+
+    def face_mask(self, k: int) -> torch.Tensor:
+        """Face-only mask (H, W) in [0, 1]."""
+        return self._image("face", k)[..., 0]
+
+    def mouth_box(self, k: int, margin: float = 0.25) -> tuple[int, int, int, int]:
+        """Pixel box (u0, v0, u1, v1) around the mouth landmarks of frame k."""
+        path = self.layout.landmarks(int(self.img_ids[k]))
+        if not path.is_file():
+            raise UserError(f"{path} not found: the lips stage needs landmarks")
+        lms = np.loadtxt(path)[MOUTH] / self.downscale  # landmarks are stored at full resolution
+        (u0, v0), (u1, v1) = lms.min(0), lms.max(0)
+        mu, mv = (u1 - u0) * margin + 2, (v1 - v0) * margin + 2
+        return (int(max(u0 - mu, 0)), int(max(v0 - mv, 0)), int(min(u1 + mu, self.width - 1)),
+                int(min(v1 + mv, self.height - 1)))
+
+    def rays(self, k: int, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rays (origins, dirs) of frame k through pixels (R, 2) (u, v)."""
+        return pixel_rays(self.c2w[k], pixels, self.focal, self.cx, self.cy, self.scale)
+
+    def all_pixels(self) -> torch.Tensor:
+        v, u = torch.meshgrid(torch.arange(self.height), torch.arange(self.width), indexing="ij")
+        return torch.stack([u.reshape(-1), v.reshape(-1)], -1)
+
+
+class TrainRays(Dataset):
+    """Item k: random rays of training frame k with their targets and conditions."""
+
+    def __init__(self, frames: SubjectFrames, rays_per_step: int, lips_ray_fraction: float = 0.0):
+        self.frames, self.rays_per_step, self.lips_ray_fraction = frames, rays_per_step, lips_ray_fraction
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        f = self.frames
+        n_lips = int(self.rays_per_step * self.lips_ray_fraction)
+        u = torch.randint(0, f.width, (self.rays_per_step - n_lips,))
+        v = torch.randint(0, f.height, (self.rays_per_step - n_lips,))
+        if n_lips:
+            u0, v0, u1, v1 = f.mouth_box(k)
+            u = torch.cat([u, torch.randint(u0, u1 + 1, (n_lips,))])
+            v = torch.cat([v, torch.randint(v0, v1 + 1, (n_lips,))])
+        pixels = torch.stack([u, v], -1)
+        origins, dirs = f.rays(k, pixels)
+        return {"origins": origins, "dirs": dirs, "rgb": f.gt(k)[v, u], "background": f.background(k)[v, u],
+                "audio": f.audio[k], "eye": f.eye[k], "index": torch.tensor(k)}
+
+
+class FrameIndices(Dataset):
+    """Item j: the index of the j-th selected frame (whole frames are rendered by the system)."""
+
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> int:
+        return self.indices[j]
+
+
+def evenly_spaced(n: int, count: int) -> list[int]:
+    """``count`` indices spread over range(n) (all of them when count is 0 or >= n)."""
+    if count <= 0 or count >= n:
+        return list(range(n))
+    return np.linspace(0, n - 1, count).round().astype(int).tolist()
+
+
+class SubjectDataModule(pl.LightningDataModule):
+    """Training rays and validation frames of one dataset folder.
+
+    ``synthetic`` (a dict of :class:`SyntheticSpec` fields), when given, generates the
+    folder on first use.
+    """
+
+    def __init__(self, root: str, audio_name: str, eye_names: list[str], scale: float = 4.0, downscale: int = 1,
+                 rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
+                 smooth_window: int = 5, smooth_order: int = 3, synthetic: dict | None = None):
+        super().__init__()
+        self.root = Path(root)
+        self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
+        self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
+                               smooth_window=smooth_window, smooth_order=smooth_order)
+        self.rays_per_step, self.val_frames, self.lips_ray_fraction = rays_per_step, val_frames, lips_ray_fraction
+        self.train_frames: SubjectFrames | None = None
+        self.val: SubjectFrames | None = None
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            generate(self.synthetic, self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_frames is None:
+            self.train_frames = SubjectFrames(self.root, "train", **self.frame_args)
+            self.val = SubjectFrames(self.root, "val", **self.frame_args)
+
+    def frames(self, split: str) -> SubjectFrames:
+        self.prepare_data()
+        self.setup()
+        return {"train": self.train_frames, "val": self.val}[split]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TrainRays(self.train_frames, self.rays_per_step, self.lips_ray_fraction), batch_size=None,
+                          shuffle=True, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(FrameIndices(evenly_spaced(len(self.val), self.val_frames)), batch_size=None)

@@ -1,0 +1,402 @@
+"""The synthetic subject: a procedurally ray-cast talking head with known ground truth.
+
+No downloaded assets. A head (ellipsoid skull and nose, hair, eyes that blink, brows
+that rise, a mouth that opens with a generated speech-like audio track) moves with a
+known rotation and translation in front of a pinhole camera of known focal length; a
+static neck and torso sit in front of a static background. The result is written in
+the same dataset layout as real preprocessing (:mod:`synctalk.data.layout`) plus
+``ground_truth.npz`` (focal, poses, 2D/3D landmarks, blink / brow / mouth curves).
+Everything is deterministic for a seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from synctalk.audio import SAMPLE_RATE, mel_windows, write_wav
+from synctalk.data.blendshapes import BLENDSHAPE_NAMES
+from synctalk.data.layout import PARSING_COLORS, DatasetLayout, Transforms, split_train_val
+from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, project_points
+from synctalk.io import atomic_path
+
+# Head geometry in the head frame (metres; x to the subject's left, y up, z out of the face).
+HEAD_CENTER, HEAD_RADII = np.array([0.0, 0.0, 0.0]), np.array([0.075, 0.10, 0.09])
+NOSE_CENTER, NOSE_RADII = np.array([0.0, -0.012, 0.078]), np.array([0.013, 0.027, 0.024])
+EYE_X, EYE_Y, EYE_HALF_W, EYE_HALF_H = 0.028, 0.018, 0.014, 0.007
+BROW_Y, BROW_RAISE = 0.036, 0.007
+MOUTH_Y, MOUTH_HALF_W, MOUTH_GAP, LIP = -0.05, 0.026, 0.011, 0.0042
+HAIRLINE_Y = 0.052
+# Static body in the camera frame (metres; depths relative to the camera distance).
+NECK_RADIUS, NECK_Y, NECK_DEPTH = 0.042, (-0.2, 0.0), 0.005
+TORSO_Y, TORSO_DEPTH, TORSO_RADII = -0.235, 0.03, np.array([0.19, 0.13, 0.09])
+HEAD_HEIGHT = 0.03  # head centre above the optical axis
+SKIN, HAIR, SHIRT = np.array([0.86, 0.66, 0.55]), np.array([0.24, 0.15, 0.1]), np.array([0.2, 0.34, 0.6])
+LIGHT = np.array([0.35, 0.45, 1.0]) / np.linalg.norm([0.35, 0.45, 1.0])
+LABEL_BG, LABEL_HEAD, LABEL_NECK, LABEL_TORSO = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Everything that decides the synthetic subject (the cache key of its folder)."""
+
+    seed: int = 0
+    num_frames: int = 100
+    size: int = 128
+    fps: float = 25.0
+    focal_at_512: float = 1350.0  # focal length in pixels for a 512 px image, scaled with size
+    distance: float = 0.9  # camera to head centre, metres
+    yaw_deg: float = 10.0
+    pitch_deg: float = 6.0
+    roll_deg: float = 4.0
+    shift_m: float = 0.006
+    blink_every_s: float = 1.6
+    background_noise: float = 0.03  # per-frame noise in ori_imgs only (absent from gt_imgs)
+    antialias: int = 2
+
+    @property
+    def focal(self) -> float:
+        return self.focal_at_512 * self.size / 512.0
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- motion and audio
+
+def _smooth_noise(rng: np.random.Generator, t: np.ndarray, terms: int = 3) -> np.ndarray:
+    """A smooth random curve in [-1, 1] made of a few sinusoids."""
+    freqs = rng.uniform(0.1, 0.6, terms)
+    phases = rng.uniform(0, 2 * np.pi, terms)
+    amps = rng.uniform(0.5, 1.0, terms)
+    y = (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t[None] + phases[:, None])).sum(0)
+    return y / amps.sum()
+
+
+def generate_speech(rng: np.random.Generator, duration: float) -> np.ndarray:
+    """Speech-like audio: voiced syllables with moving formants, short gaps and pauses.
+
+    Returns:
+        (duration * 16000,) float32 samples.
+    """
+    n = int(round(duration * SAMPLE_RATE))
+    out = np.zeros(n, np.float32)
+    t = 0.15
+    since_pause = 0.0
+    while t < duration:
+        if since_pause > rng.uniform(1.2, 2.0):
+            t += rng.uniform(0.35, 0.6)
+            since_pause = 0.0
+            continue
+        dur = rng.uniform(0.12, 0.28)
+        start, stop = int(t * SAMPLE_RATE), min(int((t + dur) * SAMPLE_RATE), n)
+        if stop <= start:
+            break
+        tt = np.arange(stop - start) / SAMPLE_RATE
+        f0 = rng.uniform(105, 150) * (1 + 0.03 * np.sin(2 * np.pi * 5 * tt))
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        f1, f2 = rng.uniform(300, 850), rng.uniform(900, 2300)
+        sig = np.zeros_like(tt)
+        for k in range(1, 30):
+            fk = k * f0.mean()
+            if fk > 4000:
+                break
+            gain = np.exp(-((fk - f1) / 180) ** 2) + 0.6 * np.exp(-((fk - f2) / 300) ** 2) + 0.05
+            sig += gain * np.sin(k * phase)
+        env = np.sin(np.pi * tt / dur) ** 2 * rng.uniform(0.5, 1.0)
+        out[start:stop] += (0.15 * env * sig).astype(np.float32)
+        t += dur + rng.uniform(0.03, 0.12)
+        since_pause += dur
+    out += rng.normal(0, 0.002, n).astype(np.float32)
+    return np.clip(out, -1, 1)
+
+
+def mouth_opening(audio: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
+    """Per-frame mouth opening in [0, 1] from the audio loudness around each frame."""
+    hop = SAMPLE_RATE / fps
+    rms = np.array([np.sqrt(np.mean(audio[int(i * hop):int((i + 1) * hop)] ** 2) + 1e-12) for i in range(num_frames)])
+    level = np.clip((20 * np.log10(rms) + 45) / 25, 0, 1)  # -45 dBFS closed .. -20 dBFS fully open
+    return np.convolve(np.pad(level, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid").astype(np.float32)
+
+
+def blink_curve(rng: np.random.Generator, num_frames: int, fps: float, every_s: float) -> tuple[np.ndarray, list[int]]:
+    """Blink amount per frame in [0, 1] (1 = closed) and the frames where blinks peak."""
+    shape = np.array([0.35, 0.8, 1.0, 0.75, 0.35])
+    curve = np.zeros(num_frames, np.float32)
+    peaks = []
+    f = int(rng.uniform(0.4, 1.0) * every_s * fps)
+    while f + 2 < num_frames:
+        for k, v in enumerate(shape):
+            if 0 <= f - 2 + k < num_frames:
+                curve[f - 2 + k] = max(curve[f - 2 + k], v)
+        peaks.append(f)
+        f += int(rng.uniform(0.7, 1.3) * every_s * fps)
+    return curve, peaks
+
+
+# ----------------------------------------------------------------------------- ray casting
+
+def _ray_ellipsoid(o: np.ndarray, d: np.ndarray, center: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """First hit distance of rays o + t d with an ellipsoid; inf where they miss."""
+    os_, ds = (o - center) / radii, d / radii
+    a = (ds * ds).sum(-1)
+    b = 2 * (os_ * ds).sum(-1)
+    c = (os_ * os_).sum(-1) - 1
+    disc = b * b - 4 * a * c
+    t = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
+    return np.where((disc > 0) & (t > 0), t, np.inf)
+
+
+def _ray_neck(d: np.ndarray, cz: float) -> np.ndarray:
+    """Hit distance of camera rays (origin 0) with the vertical neck cylinder at depth z = cz."""
+    a = d[..., 0] ** 2 + d[..., 2] ** 2
+    b = -2 * d[..., 2] * cz
+    c = cz ** 2 - NECK_RADIUS ** 2
+    disc = b * b - 4 * a * c
+    t = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
+    y = t * d[..., 1]
+    return np.where((disc > 0) & (t > 0) & (y > NECK_Y[0]) & (y < NECK_Y[1]), t, np.inf)
+
+
+def _background(size: int) -> np.ndarray:
+    """The static background: a soft gradient with a few shapes, (size, size, 3) in [0, 1]."""
+    v, u = np.mgrid[0:size, 0:size] / size
+    bg = np.stack([0.52 + 0.2 * v, 0.56 + 0.18 * v, 0.62 + 0.12 * v], -1)
+    bg[(u > 0.06) & (u < 0.3) & (v > 0.08) & (v < 0.38)] = (0.82, 0.8, 0.7)
+    bg[(u > 0.72) & (u < 0.95) & (v > 0.15) & (v < 0.2)] = (0.35, 0.28, 0.22)
+    bg[(np.hypot(u - 0.88, v - 0.62) < 0.05)] = (0.7, 0.35, 0.3)
+    return bg
+
+
+def _face_texture(p: np.ndarray, skin_shade: np.ndarray, blink: float, brow: float, mouth: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Albedo of head points (head frame) and whether each is face skin (not hair)."""
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    color = np.broadcast_to(SKIN, p.shape).copy()
+    color *= (1 + 0.04 * np.sin(180 * x) * np.sin(160 * y))[..., None]
+    front = z > 0.02
+    hair = (y > HAIRLINE_Y - 0.25 * np.maximum(z - 0.04, 0)) | ((z < 0.0) & (y > -0.045))
+    strands = 1 + 0.25 * np.sin(900 * x + 40 * np.sin(30 * y))
+    color[hair] = (HAIR[None] * strands[hair][:, None])
+    # eyes
+    for side in (-1, 1):
+        ex = (x - side * EYE_X) / EYE_HALF_W
+        ey = (y - EYE_Y) / EYE_HALF_H
+        in_eye = front & (ex ** 2 + ey ** 2 < 1)
+        open_h = (1 - blink) * np.sqrt(np.clip(1 - ex ** 2, 0, 1))
+        ball = in_eye & (np.abs(ey) < open_h)
+        color[in_eye & ~ball] = SKIN * 0.78
+        iris = np.hypot(x - side * EYE_X, y - EYE_Y) < 0.0055
+        color[ball] = (0.95, 0.95, 0.92)
+        color[ball & iris] = (0.25, 0.16, 0.1)
+        color[ball & (np.hypot(x - side * EYE_X, y - EYE_Y) < 0.0022)] = (0.03, 0.03, 0.03)
+        # brow
+        bx = x - side * 0.03
+        by = BROW_Y + BROW_RAISE * brow + 0.004 - 12 * bx ** 2
+        color[front & (np.abs(bx) < 0.017) & (np.abs(y - by) < 0.0028)] = (0.2, 0.13, 0.09)
+    # mouth
+    mx = x / MOUTH_HALF_W
+    profile = np.sqrt(np.clip(1 - mx ** 2, 0, 1))
+    gap = mouth * MOUTH_GAP * profile
+    dy = y - MOUTH_Y
+    in_mouth_x = front & (np.abs(mx) < 1)
+    inner = in_mouth_x & (np.abs(dy) < gap)
+    lips = in_mouth_x & ~inner & (np.abs(dy) < gap + LIP * profile + 0.0008)
+    color[lips] = (0.74, 0.34, 0.36)
+    color[inner] = (0.28, 0.05, 0.07)
+    color[inner & (dy > gap - 0.0025) & (mouth > 0.25)] = (0.92, 0.9, 0.85)
+    face = ~hair
+    return color * skin_shade[..., None], face
+
+
+def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray, translation: np.ndarray, blink: float,
+                 brow: float, mouth: float, antialias: int = 2) -> dict[str, np.ndarray]:
+    """Ray-cast one frame.
+
+    Args:
+        distance: mean camera-to-head distance (places the static body), metres.
+        rotation (3, 3), translation (3,): head-to-camera pose (metres, OpenGL camera).
+        blink, brow, mouth: expression values in [0, 1].
+    Returns:
+        ``person`` (H, W, 3) colour of the person, ``torso`` (H, W, 4) RGBA torso and neck
+        without the head, ``labels`` (H, W) {0 background, 1 head, 2 neck, 3 torso},
+        ``face`` (H, W) bool face-skin mask; H = W = size.
+    """
+    s = size * antialias
+    f = focal * antialias
+    v, u = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
+    d = np.stack([(u - s / 2) / f, -(v - s / 2) / f, -np.ones_like(u)], -1)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    # head, in the head frame
+    o_h = -rotation.T @ translation
+    d_h = d @ rotation  # == (R^T d^T)^T
+    t_skull = _ray_ellipsoid(o_h, d_h, HEAD_CENTER, HEAD_RADII)
+    t_nose = _ray_ellipsoid(o_h, d_h, NOSE_CENTER, NOSE_RADII)
+    t_head = np.minimum(t_skull, t_nose)
+    hit_nose = t_nose < t_skull
+    p_h = o_h + d_h * np.where(np.isfinite(t_head), t_head, 0)[..., None]
+    n_h = np.where(hit_nose[..., None], (p_h - NOSE_CENTER) / NOSE_RADII ** 2, (p_h - HEAD_CENTER) / HEAD_RADII ** 2)
+    n_c = n_h @ rotation.T
+    n_c /= np.linalg.norm(n_c, axis=-1, keepdims=True) + 1e-12
+    shade_h = 0.35 + 0.65 * np.clip(n_c @ LIGHT, 0, 1)
+    head_rgb, face = _face_texture(p_h, shade_h, blink, brow, mouth)
+    # body, in the camera frame
+    neck_z = -distance - NECK_DEPTH
+    torso_center = np.array([0.0, TORSO_Y, -distance - TORSO_DEPTH])
+    t_neck = _ray_neck(d, neck_z)
+    t_torso = _ray_ellipsoid(np.zeros(3), d, torso_center, TORSO_RADII)
+    t_body = np.minimum(t_neck, t_torso)
+    p_b = d * np.where(np.isfinite(t_body), t_body, 0)[..., None]
+    neck_n = np.stack([p_b[..., 0], np.zeros_like(u), p_b[..., 2] - neck_z], -1)
+    torso_n = (p_b - torso_center) / TORSO_RADII ** 2
+    n_b = np.where((t_neck < t_torso)[..., None], neck_n, torso_n)
+    n_b /= np.linalg.norm(n_b, axis=-1, keepdims=True) + 1e-12
+    shade_b = 0.35 + 0.65 * np.clip(n_b @ LIGHT, 0, 1)
+    collar = np.abs(p_b[..., 1] - (TORSO_Y + TORSO_RADII[1] - 0.012)) < 0.006
+    body_rgb = np.where((t_neck < t_torso)[..., None], SKIN * 0.9, np.where(collar[..., None], 0.9, SHIRT))
+    body_rgb = body_rgb * shade_b[..., None]
+    labels = np.full((s, s), LABEL_BG, np.int64)
+    labels[np.isfinite(t_body)] = np.where(t_neck < t_torso, LABEL_NECK, LABEL_TORSO)[np.isfinite(t_body)]
+    head_front = np.isfinite(t_head) & (t_head <= t_body)
+    labels[head_front] = LABEL_HEAD
+    person = np.where(head_front[..., None], head_rgb, body_rgb)
+    body_alpha = np.isfinite(t_body).astype(np.float64)
+
+    def down(a):
+        return a.reshape(size, antialias, size, antialias, *a.shape[2:]).mean((1, 3))
+
+    onehot = np.eye(4)[labels]
+    return {
+        "person": down(person * (labels != LABEL_BG)[..., None]),
+        "person_alpha": down((labels != LABEL_BG).astype(np.float64)),
+        "torso": np.concatenate([down(body_rgb * body_alpha[..., None]), down(body_alpha)[..., None]], -1),
+        "labels": down(onehot).argmax(-1),
+        "face": down((head_front & face).astype(np.float64)) > 0.5,
+    }
+
+
+# ----------------------------------------------------------------------------- landmarks
+
+def _on_surface(xy: np.ndarray) -> np.ndarray:
+    """Lift face-plane points (K, 2) onto the skull or nose surface (front side)."""
+    x, y = xy[:, 0], xy[:, 1]
+    zs = HEAD_RADII[2] * np.sqrt(np.clip(1 - (x / HEAD_RADII[0]) ** 2 - (y / HEAD_RADII[1]) ** 2, 0, 1))
+    q = 1 - ((x - NOSE_CENTER[0]) / NOSE_RADII[0]) ** 2 - ((y - NOSE_CENTER[1]) / NOSE_RADII[1]) ** 2
+    zn = NOSE_CENTER[2] + NOSE_RADII[2] * np.sqrt(np.clip(q, 0, 1))
+    z = np.where(q > 0, np.maximum(zs, zn), zs)
+    return np.stack([x, y, z], -1)
+
+
+def landmarks_3d(blink: float, brow: float, mouth: float) -> np.ndarray:
+    """The 68 landmarks (iBUG 300-W order) of the synthetic head, (68, 3) in the head frame."""
+    pts = []
+    phi = np.linspace(0, np.pi, 17)
+    pts += list(zip(-0.068 * np.cos(phi), 0.012 - 0.104 * np.sin(phi)))  # 0-16 jaw, subject's right to left
+    for side in (-1, 1):  # 17-21 right brow, 22-26 left brow (outer to inner, then inner to outer)
+        xs = np.linspace(-0.046, -0.014, 5) if side < 0 else np.linspace(0.014, 0.046, 5)
+        pts += [(x, BROW_Y + BROW_RAISE * brow + 0.004 - 12 * (x - side * 0.03) ** 2) for x in xs]
+    pts += [(0.0, y) for y in (0.016, 0.004, -0.008, -0.02)]  # 27-30 nose bridge
+    pts += [(x, -0.03 + 0.003 * (abs(x) < 1e-9)) for x in (-0.012, -0.006, 0.0, 0.006, 0.012)]  # 31-35
+    for side in (-1, 1):  # 36-41 right eye, 42-47 left eye, clockwise in the image
+        def lid(ex, up):
+            h = (1 - blink) * EYE_HALF_H * np.sqrt(1 - ex ** 2)
+            return (side * EYE_X + ex * EYE_HALF_W, EYE_Y + (h if up else -h))
+        pts += [lid(-1, True), lid(-0.4, True), lid(0.4, True), lid(1, True), lid(0.4, False), lid(-0.4, False)]
+
+    def lip(mx, up, inner):
+        prof = np.sqrt(max(1 - mx ** 2, 0))
+        h = mouth * MOUTH_GAP * prof + (0 if inner else LIP * prof)
+        return (mx * MOUTH_HALF_W, MOUTH_Y + (h if up else -h))
+    outer_up = [lip(m, True, False) for m in (-1, -0.6, -0.25, 0, 0.25, 0.6)]  # 48-53
+    outer_down = [lip(m, False, False) for m in (1, 0.6, 0.25, 0, -0.25, -0.6)]  # 54-59
+    inner_up = [lip(m, True, True) for m in (-0.9, -0.4, 0, 0.4)]  # 60-63
+    inner_down = [lip(m, False, True) for m in (0.9, 0.4, 0, -0.4)]  # 64-67
+    pts += outer_up + outer_down + inner_up + inner_down
+    return _on_surface(np.array(pts, dtype=np.float64))
+
+
+# ----------------------------------------------------------------------------- the subject
+
+def generate(spec: SyntheticSpec, root: Path, progress: bool = True) -> Path:
+    """Write the synthetic subject to ``root`` (atomically; reused when already complete).
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    marker = root / "synthetic_spec.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("key") == spec.key():
+        return root
+    with atomic_path(root) as tmp:
+        _write(spec, tmp, progress)
+    return root
+
+
+def _write(spec: SyntheticSpec, root: Path, progress: bool) -> None:
+    rng = np.random.default_rng(spec.seed)
+    n, size, fps = spec.num_frames, spec.size, spec.fps
+    t = np.arange(n) / fps
+    euler = np.radians(np.stack([spec.pitch_deg * _smooth_noise(rng, t), spec.yaw_deg * _smooth_noise(rng, t),
+                                 spec.roll_deg * _smooth_noise(rng, t)], -1))
+    trans = np.stack([spec.shift_m * _smooth_noise(rng, t), HEAD_HEIGHT + spec.shift_m * _smooth_noise(rng, t),
+                      -spec.distance + spec.shift_m * _smooth_noise(rng, t)], -1)
+    rotation = euler_to_matrix(euler)
+    audio = generate_speech(rng, n / fps + 0.2)[: int(round(n / fps * SAMPLE_RATE))]
+    mouth = mouth_opening(audio, n, fps)
+    blink, blink_peaks = blink_curve(rng, n, fps, spec.blink_every_s)
+    brow = np.clip(_smooth_noise(rng, t, 2) * 1.5 - 0.3, 0, 1).astype(np.float32)
+    c2w = head_pose_to_c2w(rotation, trans)
+    focal, cx, cy = spec.focal, size / 2.0, size / 2.0
+    lms3d = np.stack([landmarks_3d(blink[i], brow[i], mouth[i]) for i in range(n)])
+    lms2d = project_points(lms3d, c2w, focal, cx, cy)
+
+    layout = DatasetLayout(root)
+    for sub in ("ori_imgs", "parsing", "face_mask", "gt_imgs", "torso_imgs"):
+        (root / sub).mkdir(parents=True)
+    bg = _background(size)
+    cv2.imwrite(str(layout.background), _to_bgr8(bg))
+    palette = np.array([PARSING_COLORS[k] for k in ("background", "head", "neck", "torso")], np.uint8)[:, ::-1]
+    for i in tqdm(range(n), desc="synthetic subject", disable=not progress):
+        fr = render_frame(size, focal, spec.distance, rotation[i], trans[i], float(blink[i]), float(brow[i]), float(mouth[i]),
+                          spec.antialias)
+        alpha = fr["person_alpha"][..., None]
+        gt = fr["person"] + (1 - alpha) * bg
+        noisy_bg = np.clip(bg + rng.normal(0, spec.background_noise, bg.shape), 0, 1)
+        ori = fr["person"] + (1 - alpha) * noisy_bg
+        cv2.imwrite(str(layout.frame(i)), _to_bgr8(ori), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(str(layout.gt_image(i)), _to_bgr8(gt), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        np.savetxt(layout.landmarks(i), lms2d[i], fmt="%.4f")
+        cv2.imwrite(str(layout.parsing(i)), palette[fr["labels"]])
+        cv2.imwrite(str(layout.face_only_mask(i)), fr["face"].astype(np.uint8) * 255)
+        cv2.imwrite(str(layout.head_mask(i)), (fr["labels"] == LABEL_HEAD).astype(np.uint8) * 255)
+        torso = fr["torso"]
+        rgba = np.concatenate([torso[..., :3] / np.maximum(torso[..., 3:], 1e-6), torso[..., 3:]], -1)
+        cv2.imwrite(str(layout.torso_image(i)), (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8)[..., [2, 1, 0, 3]])
+
+    write_wav(layout.audio, audio)
+    np.save(layout.audio_features("mel"), mel_windows(audio, n, fps))
+    bs = np.zeros((n, len(BLENDSHAPE_NAMES)), np.float32)
+    col = BLENDSHAPE_NAMES.index
+    bs[:, col("eyeBlinkLeft")] = bs[:, col("eyeBlinkRight")] = blink
+    bs[:, col("browInnerUp")] = brow
+    bs[:, col("browOuterUpLeft")] = bs[:, col("browOuterUpRight")] = 0.8 * brow
+    bs[:, col("jawOpen")] = mouth
+    bs[:, col("mouthClose")] = 1 - mouth
+    np.save(layout.blendshapes, bs)
+    (root / "au.csv").write_text("frame, AU45_r\n" + "".join(f"{i + 1}, {2 * b:.4f}\n" for i, b in enumerate(blink)))
+    train_ids, val_ids = split_train_val(n)
+    for split, ids in (("train", train_ids), ("val", val_ids)):
+        Transforms(focal, cx, cy, ids, ids, c2w[ids].astype(np.float32)).write(layout.transforms(split))
+    np.savez(root / "ground_truth.npz", focal=focal, euler=euler, translation=trans, rotation=rotation, c2w=c2w,
+             landmarks_2d=lms2d, landmarks_3d=lms3d, blink=blink, blink_peaks=np.array(blink_peaks), brow=brow,
+             mouth=mouth)
+    (root / "synthetic_spec.json").write_text(json.dumps({"key": spec.key(), **asdict(spec)}, indent=2))
+
+
+def _to_bgr8(rgb: np.ndarray) -> np.ndarray:
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)[..., ::-1]

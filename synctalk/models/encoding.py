@@ -1,0 +1,164 @@
+"""Positional encodings: the tri-plane multiresolution hash grid and spherical harmonics.
+
+Two interchangeable backends share one interface and one output layout:
+``backend="torch"`` (pure PyTorch, CPU and GPU) and ``backend="tcnn"`` (tiny-cuda-nn,
+used when installed). The output of :class:`TriPlaneHashEncoding` is ordered
+plane-major (xy, yz, xz), then level (coarse to fine), then feature.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synctalk import external
+
+_HASH_PRIME = 2654435761
+_HASH_PRIME_I32 = _HASH_PRIME - 2 ** 32  # same low 32 bits, fits int32
+_PLANES = ((0, 1), (1, 2), (0, 2))  # xy, yz, xz
+
+
+def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int) -> list[int]:
+    """Grid resolution (cells per side) of every level, growing geometrically."""
+    if num_levels == 1:
+        return [base_resolution]
+    growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / (num_levels - 1))
+    return [int(math.floor(base_resolution * growth ** level)) for level in range(num_levels)]
+
+
+class TorchTriPlaneHashGrid(nn.Module):
+    """Three 2D multiresolution hash grids in pure PyTorch.
+
+    Coarse levels whose ``(res + 1)^2`` vertices fit in the table are stored densely;
+    finer levels hash vertex coordinates into ``2**log2_hashmap_size`` entries.
+    Features are bilinearly interpolated from the four surrounding vertices.
+    """
+
+    def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int,
+                 base_resolution: int, max_resolution: int):
+        super().__init__()
+        self.num_levels = num_levels
+        self.features_per_level = features_per_level
+        table = 2 ** log2_hashmap_size
+        res = level_resolutions(num_levels, base_resolution, max_resolution)
+        sizes = [min((r + 1) ** 2, table) for r in res]
+        level_offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        per_plane = sum(sizes)
+        # offsets[p, l]: first row of plane p, level l in the shared table
+        offsets = level_offsets[None, :] + per_plane * torch.arange(3)[:, None]
+        num_dense = sum((r + 1) ** 2 <= table for r in res)  # dense levels come first (coarse to fine)
+        side = torch.tensor(res[:num_dense], dtype=torch.int32) + 1
+        self.num_dense = num_dense
+        self.register_buffer("resolution", torch.tensor(res, dtype=torch.float32), persistent=False)
+        self.register_buffer("offsets", offsets.to(torch.int32), persistent=False)
+        # index steps to the 4 cell corners (0,0), (1,0), (0,1), (1,1) on dense levels
+        self.register_buffer("dense_corner_steps", torch.stack([0 * side, 0 * side + 1, side, side + 1], -1), persistent=False)
+        self.register_buffer("dense_side", side, persistent=False)
+        self.table_mask = table - 1
+        self.embeddings = nn.Parameter(torch.empty(3 * per_plane, features_per_level).uniform_(-1e-4, 1e-4))
+
+    @property
+    def output_dim(self) -> int:
+        return 3 * self.num_levels * self.features_per_level
+
+    def forward(self, unit_coords: torch.Tensor) -> torch.Tensor:
+        """Args: unit_coords (N, 3) in [0, 1]. Returns (N, 3 * levels * features)."""
+        uv = torch.stack([unit_coords[:, list(p)] for p in _PLANES], 1)  # (N, 3, 2)
+        res = self.resolution.view(1, 1, -1, 1)
+        pos = uv[:, :, None, :] * res  # (N, 3, L, 2)
+        cell = torch.minimum(pos.floor(), res - 1).clamp(min=0)
+        frac = pos - cell
+        cell = cell.to(torch.int32)
+        x0, y0 = cell[..., 0], cell[..., 1]  # (N, 3, L)
+        nd = self.num_dense
+        # dense levels: row-major vertex index
+        dense = (x0[..., :nd] + y0[..., :nd] * self.dense_side)[..., None] + self.dense_corner_steps  # (N, 3, nd, 4)
+        # hashed levels: x ^ (y * prime) in wrapping int32; the masked low bits are exact
+        xh, hy0 = x0[..., nd:], y0[..., nd:] * _HASH_PRIME_I32
+        xh1, hy1 = xh + 1, hy0 + _HASH_PRIME_I32
+        hashed = torch.stack([xh ^ hy0, xh1 ^ hy0, xh ^ hy1, xh1 ^ hy1], -1) & self.table_mask
+        idx = torch.cat([dense, hashed], 2) + self.offsets.view(1, 3, -1, 1)  # (N, 3, L, 4)
+        feats = F.embedding(idx, self.embeddings)  # (N, 3, L, 4, F)
+        fx, fy = frac[..., 0], frac[..., 1]
+        gx, gy = 1 - fx, 1 - fy
+        weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1)  # (N, 3, L, 4)
+        out = (feats * weights[..., None]).sum(-2)  # (N, 3, L, F)
+        return out.flatten(1)
+
+
+class TcnnTriPlaneHashGrid(nn.Module):
+    """The same tri-plane grid on tiny-cuda-nn's fused HashGrid kernels (GPU only)."""
+
+    def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int,
+                 base_resolution: int, max_resolution: int):
+        super().__init__()
+        tcnn = external.require("tinycudann", "encoding backend 'tcnn'")
+        growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / max(num_levels - 1, 1))
+        config = {"otype": "HashGrid", "n_levels": num_levels, "n_features_per_level": features_per_level,
+                  "log2_hashmap_size": log2_hashmap_size, "base_resolution": base_resolution,
+                  "per_level_scale": growth, "interpolation": "Linear"}
+        self.planes = nn.ModuleList(tcnn.Encoding(2, config, dtype=torch.float32) for _ in _PLANES)
+        self.num_levels = num_levels
+        self.features_per_level = features_per_level
+
+    @property
+    def output_dim(self) -> int:
+        return 3 * self.num_levels * self.features_per_level
+
+    def forward(self, unit_coords: torch.Tensor) -> torch.Tensor:
+        return torch.cat([enc(unit_coords[:, list(p)]) for enc, p in zip(self.planes, _PLANES)], -1)
+
+
+class TriPlaneHashEncoding(nn.Module):
+    """Tri-plane hash encoding of points inside ``[-bound, bound]^3``.
+
+    Args:
+        backend: "torch" (default, runs everywhere) or "tcnn" (needs tiny-cuda-nn).
+        bound: half-size of the scene box, NeRF units.
+    """
+
+    def __init__(self, backend: str = "torch", num_levels: int = 12, features_per_level: int = 1,
+                 log2_hashmap_size: int = 14, base_resolution: int = 64, max_resolution: int = 512,
+                 bound: float = 1.0):
+        super().__init__()
+        grids = {"torch": TorchTriPlaneHashGrid, "tcnn": TcnnTriPlaneHashGrid}
+        if backend not in grids:
+            raise ValueError(f"unknown encoding backend {backend!r}; choose one of {sorted(grids)}")
+        self.grid = grids[backend](num_levels, features_per_level, log2_hashmap_size, base_resolution, max_resolution)
+        self.bound = bound
+
+    @property
+    def output_dim(self) -> int:
+        return self.grid.output_dim
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """Args: points (N, 3) NeRF units. Returns features (N, output_dim)."""
+        unit = ((points + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)
+        return self.grid(unit)
+
+
+def spherical_harmonics(dirs: torch.Tensor, degree: int = 4) -> torch.Tensor:
+    """Real spherical harmonics of unit directions (tiny-cuda-nn's ordering).
+
+    Args:
+        dirs: (N, 3) unit vectors.
+        degree: 1 to 4.
+    Returns:
+        (N, degree**2) coefficients.
+    """
+    x, y, z = dirs.unbind(-1)
+    out = [torch.full_like(x, 0.28209479177387814)]
+    if degree > 1:
+        out += [-0.48860251190291987 * y, 0.48860251190291987 * z, -0.48860251190291987 * x]
+    if degree > 2:
+        xy, xz, yz, x2, y2, z2 = x * y, x * z, y * z, x * x, y * y, z * z
+        out += [1.0925484305920792 * xy, -1.0925484305920792 * yz, 0.94617469575755997 * z2 - 0.31539156525251999,
+                -1.0925484305920792 * xz, 0.54627421529603959 * (x2 - y2)]
+    if degree > 3:
+        out += [0.59004358992664352 * y * (-3.0 * x2 + y2), 2.8906114426405538 * xy * z,
+                0.45704579946446572 * y * (1.0 - 5.0 * z2), 0.3731763325901154 * z * (5.0 * z2 - 3.0),
+                0.45704579946446572 * x * (1.0 - 5.0 * z2), 1.4453057213202769 * z * (x2 - y2),
+                0.59004358992664352 * x * (-x2 + 3.0 * y2)]
+    return torch.stack(out, -1)

@@ -1,0 +1,62 @@
+"""Volume rendering of a radiance field along rays (pure PyTorch, CPU and GPU).
+
+Samples are placed stratified between each ray's entry into and exit from the scene
+box; colours are alpha-composited front to back and whatever light passes through is
+taken from the per-pixel background (the static background with the torso on it).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from synctalk.geometry import ray_box_intersection
+
+
+def sample_along_rays(origins: torch.Tensor, dirs: torch.Tensor, bound: float, num_samples: int,
+                      perturb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stratified sample depths inside the scene box.
+
+    Returns:
+        points (R, S, 3), depths (R, S) and interval lengths (R, S); rays that miss the
+        box get zero-length intervals (so they contribute nothing).
+    """
+    near, far = ray_box_intersection(origins, dirs, bound)
+    far = torch.maximum(far, near)
+    steps = torch.linspace(0.0, 1.0, num_samples + 1, device=origins.device, dtype=origins.dtype)
+    edges = near[:, None] + (far - near)[:, None] * steps  # (R, S+1)
+    lower, upper = edges[:, :-1], edges[:, 1:]
+    u = torch.rand_like(lower) if perturb else torch.full_like(lower, 0.5)
+    depths = lower + (upper - lower) * u
+    deltas = upper - lower
+    points = origins[:, None, :] + dirs[:, None, :] * depths[..., None]
+    return points, depths, deltas
+
+
+def composite(density: torch.Tensor, rgb: torch.Tensor, deltas: torch.Tensor, depths: torch.Tensor,
+              background: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Alpha compositing.
+
+    Args:
+        density: (R, S) non-negative densities; rgb: (R, S, 3) in [0, 1];
+        deltas, depths: (R, S); background: (R, 3).
+    Returns:
+        ``rgb`` (R, 3), ``depth`` (R,), ``opacity`` (R,) (sum of weights) and ``weights`` (R, S).
+    """
+    alpha = 1.0 - torch.exp(-density * deltas)
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], -1), -1)[:, :-1]
+    weights = alpha * transmittance
+    opacity = weights.sum(-1)
+    color = (weights[..., None] * rgb).sum(-2) + (1.0 - opacity)[:, None] * background
+    depth = (weights * depths).sum(-1)
+    return {"rgb": color, "depth": depth, "opacity": opacity, "weights": weights}
+
+
+def render_rays(field: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, bound: float,
+                num_samples: int, perturb: bool) -> dict[str, torch.Tensor]:
+    """Render rays through a field ``field(points (P, 3), dirs (P, 3)) -> (density (P,), rgb (P, 3))``."""
+    points, depths, deltas = sample_along_rays(origins, dirs, bound, num_samples, perturb)
+    r, s = depths.shape
+    density, rgb = field(points.reshape(-1, 3), dirs[:, None, :].expand(r, s, 3).reshape(-1, 3))
+    return composite(density.view(r, s), rgb.view(r, s, 3), deltas, depths, background)

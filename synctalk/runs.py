@@ -1,0 +1,149 @@
+"""Building a run from its config, and everything a run folder holds.
+
+A run folder (owned by Hydra) contains ``.hydra/`` (the composed config and the
+overrides), ``config_resolved.yaml``, ``run_info.json`` (git revision, versions,
+command), ``checkpoints/``, ``metrics.json`` (written last: a run without it did not
+finish), ``media/`` and the logger's files.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from synctalk import external
+from synctalk.data.datamodule import SubjectDataModule
+from synctalk.errors import UserError
+from synctalk.io import atomic_path, write_json
+from synctalk.systems.head import HeadNeRFSystem
+
+
+def resolved_container(cfg: DictConfig) -> dict:
+    """The config as plain, fully resolved Python data (without the ``hydra`` node)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
+def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
+    d = cfg.data
+    return SubjectDataModule(
+        root=d.root, audio_name=cfg.audio.name, eye_names=list(cfg.blendshapes.names), scale=d.scale,
+        downscale=d.downscale, rays_per_step=d.rays_per_step, val_frames=d.val_frames,
+        lips_ray_fraction=cfg.stage.lips_ray_fraction, smooth_window=cfg.blendshapes.smooth_window,
+        smooth_order=cfg.blendshapes.smooth_order,
+        synthetic=OmegaConf.to_container(d.synthetic) if d.get("synthetic") else None)
+
+
+def build_system(cfg: DictConfig, media_dir: str | None = None) -> HeadNeRFSystem:
+    """The LightningModule of a run, with freshly initialised weights."""
+    check_backends(cfg)
+    net = instantiate(cfg.model.net)
+    return HeadNeRFSystem(net=net, optimizer=instantiate(cfg.model.optimizer), lr_grid=cfg.model.lr_grid,
+                          lr_net=cfg.model.lr_net, lr_decay=cfg.model.lr_decay, max_steps=cfg.trainer.max_steps,
+                          chunk=cfg.data.chunk, media_dir=media_dir, config=resolved_container(cfg))
+
+
+def check_backends(cfg: DictConfig) -> None:
+    """Fail early, with install instructions, when the config selects a missing optional backend."""
+    if cfg.encoding.backend == "tcnn":
+        external.require("tinycudann", "encoding=tcnn")
+        if not torch.cuda.is_available():
+            raise UserError("encoding=tcnn runs on a CUDA GPU only; use encoding=torch on this machine")
+    if cfg.flow.backend == "cotracker":
+        external.require("cotracker", "flow=cotracker")
+        external.require_file(cfg.flow.checkpoint, "CoTracker checkpoint", "flow.checkpoint")
+
+
+def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictConfig, HeadNeRFSystem]:
+    """Rebuild a trained run from a checkpoint: its config and its system with the trained weights."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise UserError(f"checkpoint not found: {ckpt}")
+    try:
+        state = torch.load(ckpt, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(f"cannot read checkpoint {ckpt}: {e}") from None
+    config = state.get("hyper_parameters", {}).get("config")
+    if config is None:
+        raise UserError(f"{ckpt} is not a synctalk checkpoint (it stores no run config)")
+    cfg = OmegaConf.create(config)
+    system = build_system(cfg)
+    system.load_state_dict(state["state_dict"])
+    return cfg, system.eval()
+
+
+def load_stage_weights(system: HeadNeRFSystem, ckpt: str, cfg: DictConfig) -> None:
+    """Start a stage from the weights of a previous stage's checkpoint (same model config required)."""
+    prev_cfg, prev = load_run(ckpt)
+    mismatch = [k for k in ("model", "encoding", "audio", "blendshapes")
+                if OmegaConf.to_container(prev_cfg[k]) != resolved_container(cfg)[k]]
+    if mismatch:
+        raise UserError(f"stage.init_from={ckpt} was trained with a different {', '.join(mismatch)} config; "
+                        f"use the same model, encoding, audio and blendshapes settings as that run")
+    system.net.load_state_dict(prev.net.state_dict())
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """The configured Lightning logger (none when ``logger=none``)."""
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return []
+    if "Wandb" in cfg.logger._target_:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        if cfg.logger.get("offline", False):
+            os.environ.setdefault("WANDB_MODE", "offline")
+    return [instantiate(cfg.logger)]
+
+
+def finish_loggers(loggers: list, failed: bool) -> None:
+    """Close W&B runs even after an error, so a multirun never hangs on an open run."""
+    for logger in loggers:
+        if "Wandb" in type(logger).__name__:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1 if failed else 0)
+
+
+def git_revision() -> str:
+    """The git commit of the synctalk source tree ('+dirty' when modified), or 'unknown'."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_run_info(out_dir: Path, cfg: DictConfig) -> None:
+    """Record what produced this run: resolved config, git revision, versions, command line."""
+    import pytorch_lightning
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "config_resolved.yaml") as tmp:
+        tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_container(cfg))))
+    write_json(out_dir / "run_info.json", {
+        "git_revision": git_revision(), "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+        "python": platform.python_version(), "torch": torch.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__, "cuda_available": torch.cuda.is_available(),
+        "optional_packages": external.report(),
+    })
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed: a killed run never leaves a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
