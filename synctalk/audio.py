@@ -119,4 +119,4 @@ def compute_features(encoder: str, samples: np.ndarray, num_frames: int, fps: fl
     if encoder == "mel":
         return mel_windows(samples, num_frames, fps, window)
     raise UserError(f"audio features '{encoder}' cannot be computed from new audio by this version; "
-                    f"train with audio=mel to drive the head with arbitrary audio")
+                    f"train with audio_encoder=mel to drive the head with arbitrary audio")

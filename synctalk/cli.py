@@ -25,14 +25,27 @@ USAGE = "usage: synctalk <job> [key=value ...] [-m] [--help]\n\njobs:\n" + "\n".
 
 def _task(job: str, module, cfg):
     """The Hydra task: validate the config against the job's schema, then run the job."""
+    from pathlib import Path
+
     from synctalk.config import validate
 
     validate(cfg, module.SCHEMA)
+    cfg.paths.root_dir = str(Path(cfg.paths.root_dir).resolve())  # saved configs hold absolute paths
     return module.run(cfg)
 
 
 def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    """A user error as one readable line."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(err, MissingMandatoryValue):
+        return f"{err.full_key} has no value: set it on the command line, e.g. {err.full_key}=..."
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror or err}: {err.filename}"
+    text = str(err).split("Config search path:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 2 and lines[1].startswith("Available options"):
+        return f"{lines[0]}; {lines[1]} {', '.join(lines[2:])}"
     return "; ".join(lines) or type(err).__name__
 
 
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"synctalk {job}", *rest]
     try:
         app()
-    except (UserError, HydraException, OmegaConfBaseException, PermissionError) as err:
+    except (UserError, HydraException, OmegaConfBaseException, OSError) as err:
         if full_error:
             raise
         print(f"synctalk {job}: error: {_one_line(err)}", file=sys.stderr)

@@ -36,7 +36,7 @@ def resolved_container(cfg: DictConfig) -> dict:
 def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
     d = cfg.data
     return SubjectDataModule(
-        root=d.root, audio_name=cfg.audio.name, eye_names=list(cfg.blendshapes.names), scale=d.scale,
+        root=d.root, audio_name=cfg.audio_encoder.name, eye_names=list(cfg.blendshapes.names), scale=d.scale,
         downscale=d.downscale, rays_per_step=d.rays_per_step, val_frames=d.val_frames,
         lips_ray_fraction=cfg.stage.lips_ray_fraction, smooth_window=cfg.blendshapes.smooth_window,
         smooth_order=cfg.blendshapes.smooth_order,
@@ -84,11 +84,11 @@ def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictCo
 def load_stage_weights(system: HeadNeRFSystem, ckpt: str, cfg: DictConfig) -> None:
     """Start a stage from the weights of a previous stage's checkpoint (same model config required)."""
     prev_cfg, prev = load_run(ckpt)
-    mismatch = [k for k in ("model", "encoding", "audio", "blendshapes")
+    mismatch = [k for k in ("model", "encoding", "audio_encoder", "blendshapes")
                 if OmegaConf.to_container(prev_cfg[k]) != resolved_container(cfg)[k]]
     if mismatch:
         raise UserError(f"stage.init_from={ckpt} was trained with a different {', '.join(mismatch)} config; "
-                        f"use the same model, encoding, audio and blendshapes settings as that run")
+                        f"use the same model, encoding, audio_encoder and blendshapes settings as that run")
     system.net.load_state_dict(prev.net.state_dict())
 
 

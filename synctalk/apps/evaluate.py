@@ -19,7 +19,7 @@ SCHEMA = EvaluateConfig
 def run(cfg: DictConfig) -> dict:
     run_cfg, system = load_run(cfg.ckpt)
     root = cfg.data_root or run_cfg.data.root
-    frames = SubjectFrames(root, cfg.split, run_cfg.audio.name, list(run_cfg.blendshapes.names),
+    frames = SubjectFrames(root, cfg.split, run_cfg.audio_encoder.name, list(run_cfg.blendshapes.names),
                            run_cfg.data.downscale, run_cfg.data.scale, run_cfg.blendshapes.smooth_window,
                            run_cfg.blendshapes.smooth_order)
     out = Path(cfg.paths.output_dir)

@@ -128,7 +128,7 @@ class TrainConfig:
     render_video: bool = True  # render the validation split to media/val.mp4 after training
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    audio_encoder: AudioConfig = field(default_factory=AudioConfig)
     blendshapes: BlendshapesConfig = field(default_factory=BlendshapesConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -180,7 +180,7 @@ class PreprocessConfig:
     task_name: str = "preprocess"
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    audio_encoder: AudioConfig = field(default_factory=AudioConfig)
     blendshapes: BlendshapesConfig = field(default_factory=BlendshapesConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)

@@ -67,7 +67,8 @@ class SubjectFrames:
         self.c2w = torch.from_numpy(tf.c2w)
         feats_path = self.layout.audio_features(audio_name)
         if not feats_path.is_file():
-            raise UserError(f"{feats_path} not found: run 'synctalk preprocess' with audio={audio_name}")
+            raise UserError(f"{feats_path} not found: this dataset has no '{audio_name}' audio features; "
+                            f"run 'synctalk preprocess' with the same audio_encoder")
         feats = np.load(feats_path)
         if feats.ndim != 3:
             raise UserError(f"{feats_path} has shape {feats.shape}; expected (frames, window, dim)")
@@ -157,7 +158,7 @@ class TrainRays(Dataset):
             v = torch.cat([v, torch.randint(v0, v1 + 1, (n_lips,))])
         pixels = torch.stack([u, v], -1)
         origins, dirs = f.rays(k, pixels)
-        return {"origins": origins, "dirs": dirs, "rgb": f.gt(k)[v, u], "background": f.background(k)[v, u],
+        return {"pixels": pixels, "origins": origins, "dirs": dirs, "rgb": f.gt(k)[v, u], "background": f.background(k)[v, u],
                 "audio": f.audio[k], "eye": f.eye[k], "index": torch.tensor(k)}
 
 

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny synthetic dataset, config composition, and running the CLI in-process."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from synctalk.cli import main as cli_main
+from synctalk.config import config_dir
+from synctalk.data.synthetic import SyntheticSpec, generate
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(num_frames=24, size=64)  # the smoke experiment's subject
+
+
+def real_data_dir() -> Path:
+    return Path(os.environ.get("SYNCTALK_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """The real HDTF clips; the test is skipped, with the reason, when they are absent."""
+    path = real_data_dir()
+    if not (path / "WDA_KatieHill_000.mp4").is_file():
+        pytest.skip(f"real clips not found in {path} (set SYNCTALK_REAL_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The smoke experiment's synthetic subject (24 frames, 64 px), generated once per session."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    return generate(SyntheticSpec(**TINY), root, progress=False)
+
+
+def compose_config(name: str = "train", overrides: list[str] | None = None, root: Path | None = None):
+    """Compose a job config the way the CLI does (without running it)."""
+    GlobalHydra.instance().clear()
+    extra = [f"paths.root_dir={root}", f"paths.output_dir={root}/out"] if root else []
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose(name, overrides=extra + list(overrides or []))
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch):
+    """Run ``synctalk <args>`` in-process inside an empty project folder; returns (exit code, root)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYNCTALK_ROOT", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def run(*args: str) -> int:
+        GlobalHydra.instance().clear()
+        return cli_main(list(args))
+
+    run.root = tmp_path
+    return run
+
+
+def latest_run(root: Path, task: str = "train") -> Path:
+    runs = sorted((root / "outputs" / task / "runs").iterdir())
+    assert runs, f"no run folder under {root}/outputs/{task}/runs"
+    return runs[-1]

@@ -1,0 +1,149 @@
+"""The synctalk command: jobs, run folders, resume, multirun, render, evaluate, report, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import latest_run
+
+SMOKE = ("experiment=smoke", "logger=none", "trainer.enable_progress_bar=false")
+
+
+def synctalk(*args, cwd, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(SYNCTALK_ROOT=str(cwd), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "synctalk", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_help_lists_every_job(tmp_path):
+    out = synctalk("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for job in ("preprocess", "train", "evaluate", "render", "report", "demo"):
+        assert f"\n  {job} " in out.stdout
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    out = synctalk("train", "experiment=smoke", "trainer.max_stepz=3", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("synctalk train: error: Could not override 'trainer.max_stepz'")
+    out = synctalk("train", "stage=torsoo", cwd=tmp_path)
+    assert out.returncode == 2 and "Available options in 'stage': head, lips" in out.stderr
+    full = synctalk("train", "stage=torsoo", cwd=tmp_path, env_extra={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode != 0 and "Traceback" in full.stderr
+    out = synctalk("unknownjob", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown job" in out.stderr
+
+
+def test_missing_dataset_and_unwritable_output(run_cli, capsys):
+    assert run_cli("train", "data=subject", "data.root=/nonexistent/ds", "logger=none") == 2
+    assert "dataset folder /nonexistent/ds does not exist" in capsys.readouterr().err
+    assert run_cli("train", "data=subject", "logger=none") == 2
+    assert "data.root has no value" in capsys.readouterr().err
+    blocker = run_cli.root / "file"
+    blocker.write_text("not a folder")
+    assert run_cli("train", *SMOKE, f"paths.log_dir={blocker}/sub") == 2
+    assert "synctalk train: error:" in capsys.readouterr().err
+
+
+def test_missing_optional_backends_say_how_to_install(run_cli, capsys):
+    assert run_cli("train", *SMOKE, "encoding=tcnn") == 2
+    assert "pip install" in capsys.readouterr().err
+    assert run_cli("train", *SMOKE, "flow=cotracker") == 2
+    assert "co-tracker" in capsys.readouterr().err
+
+
+def test_train_writes_a_complete_run_folder_and_resumes(run_cli):
+    assert run_cli("train", *SMOKE, "trainer.max_steps=10", "trainer.val_check_interval=5") == 0
+    first = latest_run(run_cli.root)
+    for name in ("metrics.json", "config_resolved.yaml", "run_info.json", "checkpoints/last.ckpt",
+                 "media/val.mp4", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+        assert (first / name).is_file(), name
+    metrics = json.loads((first / "metrics.json").read_text())
+    assert metrics["step"] == 10 and 5 < metrics["parsed/psnr"] < 60
+    assert {"parsed/psnr", "with_hair/psnr", "parsed/face_psnr", "with_hair/ssim"} <= metrics.keys()
+    info = json.loads((first / "run_info.json").read_text())
+    assert info["git_revision"] and "torch" in info
+    assert (first / "csv").exists() is False  # logger=none writes no logger files
+    # resume: the step count continues from the checkpoint
+    ckpt = first / "checkpoints" / "last.ckpt"
+    assert run_cli("train", *SMOKE, "trainer.max_steps=16", f"ckpt_path={ckpt}", "render_video=false") == 0
+    second = latest_run(run_cli.root)
+    assert second != first
+    assert json.loads((second / "metrics.json").read_text())["step"] == 16
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 16
+
+
+def test_a_killed_run_leaves_no_metrics_and_no_partial_checkpoint(run_cli, monkeypatch):
+    from synctalk.systems.head import HeadNeRFSystem
+
+    def crash(self, batch, batch_idx):
+        if self.global_step >= 6:
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    original = HeadNeRFSystem.training_step
+    monkeypatch.setattr(HeadNeRFSystem, "training_step", crash)
+    with pytest.raises(SystemExit) as exit_info:  # Lightning shuts down gracefully, then exits 1
+        run_cli("train", *SMOKE, "trainer.max_steps=50", "trainer.val_check_interval=5")
+    assert exit_info.value.code == 1
+    run = latest_run(run_cli.root)
+    assert not (run / "metrics.json").exists()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
+    assert not list((run / "checkpoints").glob(".*partial*"))
+
+
+def test_multirun_sweeps_two_values_and_reports_them(run_cli, capsys):
+    assert run_cli("train", "-m", *SMOKE, "render_video=false", "model.lr_net=1e-3,3e-3") == 0
+    sweeps = sorted((run_cli.root / "outputs" / "train" / "multiruns").iterdir())
+    sweep = sweeps[-1]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job in jobs:
+        assert (sweep / job / "metrics.json").is_file()
+    (sweep / "1" / "metrics.json").unlink()  # pretend job 1 crashed
+    capsys.readouterr()
+    assert run_cli("report", str(sweep)) == 0
+    report = (sweep / "report.md").read_text()
+    assert "| model.lr_net |" in report.replace("| job | model.lr_net |", "| model.lr_net |")
+    assert "1 of 2 runs finished" in report and "failed or unfinished" in report
+    assert "0.001" in report and "0.003" in report
+
+
+def test_evaluate_render_and_stage_chaining(run_cli, capsys):
+    assert run_cli("train", *SMOKE, "render_video=false") == 0
+    ckpt = latest_run(run_cli.root) / "checkpoints" / "last.ckpt"
+    assert run_cli("evaluate", f"ckpt={ckpt}", "gt_mode=with_hair", "render_video=true") == 0
+    ev = latest_run(run_cli.root, "evaluate")
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["psnr"] == metrics["with_hair/psnr"] and (ev / "val.mp4").is_file()
+    # render new audio of another sample rate
+    import numpy as np
+    from synctalk.audio import write_wav
+    wav = run_cli.root / "speech 22k.wav"
+    write_wav(wav, (np.sin(np.linspace(0, 3000, 22050)) * 0.3).astype(np.float32), sample_rate=22050)
+    out = run_cli.root / "novel.mp4"
+    assert run_cli("render", f"ckpt={ckpt}", f"audio={wav}", f"output={out}", "poses=replay") == 0
+    import av
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].frames == 25 and len(c.streams.audio) == 1
+    assert run_cli("render", f"ckpt={ckpt}", f"audio={wav}", f"output={out}", "poses=spin") == 2
+    assert "poses='spin'" in capsys.readouterr().err
+    # lips stage starts from the head checkpoint
+    assert run_cli("train", *SMOKE, "stage=lips", f"stage.init_from={ckpt}", "trainer.max_steps=4",
+                   "render_video=false") == 0
+    assert json.loads((latest_run(run_cli.root) / "metrics.json").read_text())["stage"] == "lips"
+    assert run_cli("train", *SMOKE, "stage=lips", f"stage.init_from={ckpt}", "model.net.hidden=16") == 2
+    assert "different model" in capsys.readouterr().err
+
+
+def test_preprocess_generates_the_synthetic_subject(run_cli):
+    assert run_cli("preprocess", "data=synthetic", "data.synthetic.num_frames=5", "data.synthetic.size=32") == 0
+    assert (run_cli.root / "data" / "synthetic_s0_32px_5f" / "transforms_train.json").is_file()

@@ -1,0 +1,89 @@
+"""Every config composes, every group option composes and instantiates, typos are errors."""
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from synctalk.config import config_dir, validate
+from synctalk.config.schema import (EvaluateConfig, PreprocessConfig, RenderConfig, ReportConfig, TrainConfig)
+from synctalk.errors import UserError
+from tests.conftest import compose_config
+
+JOBS = {"train": TrainConfig, "demo": TrainConfig, "evaluate": EvaluateConfig, "render": RenderConfig,
+        "report": ReportConfig, "preprocess": PreprocessConfig}
+GROUPS = sorted(p.name for p in config_dir().iterdir()
+                if p.is_dir() and p.name not in ("hydra", "local", "experiment", "debug"))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_every_job_config_composes_and_validates(job, tmp_path):
+    cfg = compose_config(job, root=tmp_path)
+    validate(cfg, JOBS[job])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if group == "stage" and option == "lips":
+        overrides.append("stage.init_from=/some/head.ckpt")
+    if group == "data" and option == "subject":
+        overrides.append("data.root=/some/dataset")
+    cfg = compose_config("train", overrides, root=tmp_path)
+    validate(cfg, TrainConfig)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment, tmp_path):
+    cfg = compose_config("train", [f"experiment={experiment}"], root=tmp_path)
+    validate(cfg, TrainConfig)
+
+
+def test_groups_instantiate(tmp_path):
+    cfg = compose_config("train", ["experiment=smoke"], root=tmp_path)
+    net = instantiate(cfg.model.net)
+    assert net.encoding.output_dim == 3 * cfg.encoding.num_levels * cfg.encoding.features_per_level
+    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    assert trainer.max_steps == cfg.trainer.max_steps
+    for logger in options("logger"):
+        c = compose_config("train", [f"logger={logger}"], root=tmp_path)
+        if "_target_" in c.logger and "Wandb" not in c.logger._target_:
+            assert instantiate(c.logger) is not None
+    optimizer = instantiate(cfg.model.optimizer)(net.parameters())
+    assert optimizer.defaults["betas"] == (0.9, 0.99)
+
+
+def test_tracker_presets_hold_their_focal_grids(tmp_path):
+    grids = {o: compose_config("train", [f"tracker={o}"], root=tmp_path).tracker.focal for o in options("tracker")}
+    assert (grids["synctalk"].start, grids["synctalk"].stop, grids["synctalk"].step) == (500, 1450, 50)
+    assert (grids["ernerf"].start, grids["ernerf"].stop, grids["ernerf"].step) == (600, 1400, 100)
+    assert (grids["fine50"].start, grids["fine50"].stop, grids["fine50"].step) == (600, 1500, 50)
+
+
+def test_unknown_key_in_a_yaml_file_is_an_error(tmp_path):
+    cfg = compose_config("train", root=tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.trainer_typo = 1
+    with pytest.raises(UserError, match="trainer_typo"):
+        validate(cfg, TrainConfig)
+    cfg = compose_config("train", root=tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.rays_per_stepp = 5
+    with pytest.raises(UserError, match="rays_per_stepp"):
+        validate(cfg, TrainConfig)
+
+
+def test_wrong_value_type_is_an_error(tmp_path):
+    cfg = compose_config("train", ["data.rays_per_step=many"], root=tmp_path)
+    with pytest.raises(UserError, match="rays_per_step"):
+        validate(cfg, TrainConfig)
+
+
+def test_blendshape_set_sizes_feed_the_model(tmp_path):
+    sizes = {o: compose_config("train", [f"blendshapes={o}"], root=tmp_path).model.net.eye_dim for o in options("blendshapes")}
+    assert sizes == {"au45": 1, "eye2": 2, "single4": 4, "upper7": 7}

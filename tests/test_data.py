@@ -1,0 +1,157 @@
+"""Loading a dataset for training: rays, conditions, backgrounds, blendshape sets, audio."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from synctalk.audio import frames_for_audio, load_audio, mel_windows, write_wav
+from synctalk.data.blendshapes import BLENDSHAPE_NAMES, load_eye_features, smooth
+from synctalk.data.datamodule import SubjectFrames, TrainRays, evenly_spaced
+from synctalk.errors import UserError
+from synctalk.video import VideoWriter
+
+UPPER7 = ["browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "eyeBlinkLeft",
+          "eyeBlinkRight"]
+
+
+def frames(root, split="train", **kw):
+    return SubjectFrames(root, split, "mel", kw.pop("eye", UPPER7), **kw)
+
+
+def test_train_rays_have_consistent_shapes(tiny_dataset):
+    item = TrainRays(frames(tiny_dataset), 128)[3]
+    assert item["origins"].shape == item["dirs"].shape == item["rgb"].shape == item["background"].shape == (128, 3)
+    assert item["audio"].shape == (16, 80) and item["eye"].shape == (7,)
+    torch.testing.assert_close(item["dirs"].norm(dim=-1), torch.ones(128))
+
+
+def test_lips_rays_fall_in_the_mouth_box(tiny_dataset):
+    f = frames(tiny_dataset)
+    u0, v0, u1, v1 = f.mouth_box(5)
+    assert 0 <= u0 < u1 < 64 and 0 <= v0 < v1 < 64 and (v0 + v1) / 2 > 32  # the mouth is below the centre
+    torch.manual_seed(0)
+    item = TrainRays(f, 200, lips_ray_fraction=1.0)[5]
+    u, v = item["pixels"].unbind(-1)
+    assert ((u >= u0) & (u <= u1) & (v >= v0) & (v <= v1)).all()
+    mixed = TrainRays(f, 200, lips_ray_fraction=0.5)[5]["pixels"]
+    inside = (mixed[:, 0] >= u0) & (mixed[:, 0] <= u1) & (mixed[:, 1] >= v0) & (mixed[:, 1] <= v1)
+    assert inside.sum() >= 100
+
+
+def test_downscale_halves_image_and_intrinsics(tiny_dataset):
+    full, half = frames(tiny_dataset), frames(tiny_dataset, downscale=2)
+    assert half.size == (32, 32) and half.gt(0).shape == (32, 32, 3)
+    assert half.focal == full.focal / 2 and half.cx == full.cx / 2
+    with pytest.raises(UserError, match="downscale"):
+        frames(tiny_dataset, downscale=5)
+
+
+def test_background_is_the_torso_over_the_static_background(tiny_dataset):
+    f = frames(tiny_dataset)
+    bg = f.background(0)
+    assert bg.shape == (64, 64, 3)
+    # the top rows hold no torso: they equal the static background
+    torch.testing.assert_close(bg[:5], f.static_background[:5])
+    assert (bg[-3:] - f.static_background[-3:]).abs().mean() > 0.05  # the shirt is at the bottom
+
+
+def test_eye_feature_sets(tiny_dataset):
+    gt = np.load(tiny_dataset / "ground_truth.npz")
+    eye2 = load_eye_features(tiny_dataset, ["eyeBlinkLeft", "eyeBlinkRight"], smooth_window=0)
+    np.testing.assert_allclose(eye2[:, 0], gt["blink"], atol=1e-6)
+    au = load_eye_features(tiny_dataset, ["AU45"], smooth_window=0)
+    np.testing.assert_allclose(au[:, 0], gt["blink"], atol=1e-3)
+    with pytest.raises(UserError, match="unknown blendshape"):
+        load_eye_features(tiny_dataset, ["eyeBlinkLft"])
+    assert len(BLENDSHAPE_NAMES) == 52 and BLENDSHAPE_NAMES[9] == "eyeBlinkLeft"
+
+
+def test_savitzky_golay_keeps_a_cubic_and_damps_noise():
+    t = np.linspace(0, 1, 50)[:, None]
+    cubic = (t ** 3 - t).astype(np.float32)
+    np.testing.assert_allclose(smooth(cubic, 5, 3), cubic, atol=1e-5)
+    noisy = np.random.default_rng(0).normal(0, 1, (500, 1)).astype(np.float32)
+    assert smooth(noisy, 5, 3).std() < noisy.std()
+
+
+def test_missing_files_give_clear_errors(tiny_dataset, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        frames(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, broken)
+    (broken / "aud_mel.npy").unlink()
+    with pytest.raises(UserError, match="aud_mel.npy not found"):
+        frames(broken)
+    (broken / "transforms_val.json").unlink()
+    with pytest.raises(UserError, match="incomplete"):
+        frames(broken)
+
+
+def test_evenly_spaced():
+    assert evenly_spaced(10, 0) == list(range(10))
+    assert evenly_spaced(10, 3) == [0, 4, 9]
+
+
+def test_audio_resampled_to_16k_mono_and_mel_windows(tmp_path):
+    import av
+
+    sr = 44100
+    t = np.arange(int(1.0 * sr)) / sr
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)]).astype(np.float32) * 0.5
+    path = tmp_path / "tone.m4a"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=sr)
+        s.layout = "stereo"
+        for start in range(0, stereo.shape[1], 1024):
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, start:start + 1024]), format="fltp",
+                                            layout="stereo")
+            fr.sample_rate, fr.pts = sr, start
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    audio = load_audio(path)
+    assert abs(len(audio) - 16000) < 1600 and audio.dtype == np.float32
+    n = frames_for_audio(audio, 25)
+    windows = mel_windows(audio, n, 25)
+    assert windows.shape == (n, 16, 80) and np.isfinite(windows).all()
+    with pytest.raises(UserError, match="shorter than one video frame"):
+        frames_for_audio(audio[:100], 25)
+
+
+def test_audio_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_audio(tmp_path / "missing.wav")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage")
+    with pytest.raises(UserError):
+        load_audio(tmp_path / "corrupt.wav")
+
+
+def test_video_writer_muxes_audio_and_is_atomic(tmp_path):
+    import av
+
+    audio = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32) * 0.3
+    path = tmp_path / "out.mp4"
+    with VideoWriter(path, 25, audio) as w:
+        for i in range(25):
+            w.write(np.full((33, 48, 3), i / 25, np.float32))  # odd height is padded
+    with av.open(str(path)) as c:
+        kinds = sorted(s.type for s in c.streams)
+        assert kinds == ["audio", "video"]
+        assert c.streams.video[0].frames == 25
+    failed = tmp_path / "failed.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(failed, 25) as w:
+            w.write(np.zeros((16, 16, 3), np.uint8))
+            raise RuntimeError("killed mid-render")
+    assert not failed.exists() and not list(tmp_path.glob(".failed.mp4*"))
+
+
+def test_write_wav_roundtrip(tmp_path):
+    x = (np.sin(np.linspace(0, 100, 8000)) * 0.5).astype(np.float32)
+    write_wav(tmp_path / "a.wav", x)
+    y = load_audio(tmp_path / "a.wav")
+    assert np.abs(y[: len(x)] - x).max() < 1e-3
