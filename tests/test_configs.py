@@ -76,6 +76,11 @@ def test_unknown_key_in_a_yaml_file_is_an_error(tmp_path):
     cfg.data.rays_per_stepp = 5
     with pytest.raises(UserError, match="rays_per_stepp"):
         validate(cfg, TrainConfig)
+    cfg = compose_config("train", root=tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.synthetic.num_frame = 5
+    with pytest.raises(UserError, match="num_frame"):
+        validate(cfg, TrainConfig)
 
 
 def test_wrong_value_type_is_an_error(tmp_path):

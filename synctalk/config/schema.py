@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from synctalk.data.synthetic import SyntheticSpec
+
 
 @dataclass
 class PathsConfig:
@@ -14,23 +16,6 @@ class PathsConfig:
     data_dir: str = "data"  # datasets (the synthetic subject is generated here)
     log_dir: str = "outputs"  # run folders: <log_dir>/<task_name>/runs|multiruns/...
     output_dir: str = "."  # the current run folder (set by Hydra)
-
-
-@dataclass
-class SyntheticConfig:
-    seed: int = 0
-    num_frames: int = 100
-    size: int = 128  # image side, pixels
-    fps: float = 25.0
-    focal_at_512: float = 1350.0  # focal length (px) for a 512 px image; scaled with size
-    distance: float = 0.9  # camera to head centre, metres
-    yaw_deg: float = 10.0
-    pitch_deg: float = 6.0
-    roll_deg: float = 4.0
-    shift_m: float = 0.006
-    blink_every_s: float = 1.6
-    background_noise: float = 0.03
-    antialias: int = 2
 
 
 @dataclass
@@ -44,7 +29,7 @@ class DataConfig:
     rays_per_step: int = 1024
     val_frames: int = 4  # validation frames rendered during training (0: all)
     chunk: int = 8192  # rays rendered at once at inference
-    synthetic: Optional[SyntheticConfig] = None  # set: the folder is generated from this spec
+    synthetic: Optional[SyntheticSpec] = None  # set: the folder is generated from this spec
 
 
 @dataclass
@@ -121,17 +106,23 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    task_name: str = "train"
-    seed: int = 42
-    ckpt_path: Optional[str] = None  # resume this run's checkpoint (continues the step count)
-    render_video: bool = True  # render the validation split to media/val.mp4 after training
+class SubjectGroups:
+    """The groups that describe a dataset and how it is made (shared by train and preprocess)."""
+
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     audio_encoder: AudioConfig = field(default_factory=AudioConfig)
     blendshapes: BlendshapesConfig = field(default_factory=BlendshapesConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+
+
+@dataclass
+class TrainConfig(SubjectGroups):
+    task_name: str = "train"
+    seed: int = 42
+    ckpt_path: Optional[str] = None  # resume this run's checkpoint (continues the step count)
+    render_video: bool = True  # render the validation split to media/val.mp4 after training
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     stage: StageConfig = field(default_factory=StageConfig)
@@ -176,12 +167,6 @@ class PreprocessOptions:
 
 
 @dataclass
-class PreprocessConfig:
+class PreprocessConfig(SubjectGroups):
     task_name: str = "preprocess"
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    audio_encoder: AudioConfig = field(default_factory=AudioConfig)
-    blendshapes: BlendshapesConfig = field(default_factory=BlendshapesConfig)
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)

@@ -41,9 +41,9 @@ LIGHT = np.array([0.35, 0.45, 1.0]) / np.linalg.norm([0.35, 0.45, 1.0])
 LABEL_BG, LABEL_HEAD, LABEL_NECK, LABEL_TORSO = 0, 1, 2, 3
 
 
-@dataclass(frozen=True)
+@dataclass
 class SyntheticSpec:
-    """Everything that decides the synthetic subject (the cache key of its folder)."""
+    """Everything that decides the synthetic subject (the cache key of its folder); the schema of ``data.synthetic``."""
 
     seed: int = 0
     num_frames: int = 100
@@ -51,6 +51,7 @@ class SyntheticSpec:
     fps: float = 25.0
     focal_at_512: float = 1350.0  # focal length in pixels for a 512 px image, scaled with size
     distance: float = 0.9  # camera to head centre, metres
+    # head motion amplitudes
     yaw_deg: float = 10.0
     pitch_deg: float = 6.0
     roll_deg: float = 4.0
