@@ -30,7 +30,7 @@ def measure(size: int, steps: int, experiment: str, work: Path) -> dict:
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup()
-    system = build_system(cfg)
+    system = build_system(cfg, len(dm.train_frames))
     optimizer = system.configure_optimizers()["optimizer"]
     rays = dm.train_dataloader().dataset
     for i in range(steps + 3):

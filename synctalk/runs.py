@@ -43,13 +43,19 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         synthetic=OmegaConf.to_container(d.synthetic) if d.get("synthetic") else None)
 
 
-def build_system(cfg: DictConfig, media_dir: str | None = None) -> HeadNeRFSystem:
-    """The LightningModule of a run, with freshly initialised weights."""
+def build_system(cfg: DictConfig, num_train_frames: int, media_dir: str | None = None) -> HeadNeRFSystem:
+    """The LightningModule of a run, with freshly initialised weights.
+
+    ``num_train_frames`` sizes the per-frame codes of the torso field (stage ``torso``).
+    """
     check_backends(cfg)
     net = instantiate(cfg.model.net)
+    torso = instantiate(cfg.model.torso, num_frames=num_train_frames) if cfg.stage.name == "torso" else None
     return HeadNeRFSystem(net=net, optimizer=instantiate(cfg.model.optimizer), lr_grid=cfg.model.lr_grid,
                           lr_net=cfg.model.lr_net, lr_decay=cfg.model.lr_decay, max_steps=cfg.trainer.max_steps,
-                          chunk=cfg.data.chunk, media_dir=media_dir, config=resolved_container(cfg))
+                          chunk=cfg.data.chunk, media_dir=media_dir, config=resolved_container(cfg), torso=torso,
+                          torso_deform_weight=cfg.model.torso_deform_weight,
+                          torso_entropy_weight=cfg.model.torso_entropy_weight, num_train_frames=num_train_frames)
 
 
 def check_backends(cfg: DictConfig) -> None:
@@ -72,11 +78,11 @@ def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictCo
         state = torch.load(ckpt, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"cannot read checkpoint {ckpt}: {e}") from None
-    config = state.get("hyper_parameters", {}).get("config")
-    if config is None:
+    hparams = state.get("hyper_parameters", {})
+    if hparams.get("config") is None:
         raise UserError(f"{ckpt} is not a synctalk checkpoint (it stores no run config)")
-    cfg = OmegaConf.create(config)
-    system = build_system(cfg)
+    cfg = OmegaConf.create(hparams["config"])
+    system = build_system(cfg, hparams["num_train_frames"])
     system.load_state_dict(state["state_dict"])
     return cfg, system.eval()
 

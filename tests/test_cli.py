@@ -34,7 +34,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("synctalk train: error: Could not override 'trainer.max_stepz'")
     out = synctalk("train", "stage=torsoo", cwd=tmp_path)
-    assert out.returncode == 2 and "Available options in 'stage': head, lips" in out.stderr
+    assert out.returncode == 2 and "Available options in 'stage': head, lips, torso" in out.stderr
     full = synctalk("train", "stage=torsoo", cwd=tmp_path, env_extra={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr
     out = synctalk("unknownjob", cwd=tmp_path)
@@ -139,9 +139,24 @@ def test_evaluate_render_and_stage_chaining(run_cli, capsys):
     # lips stage starts from the head checkpoint
     assert run_cli("train", *SMOKE, "stage=lips", f"stage.init_from={ckpt}", "trainer.max_steps=4",
                    "render_video=false") == 0
-    assert json.loads((latest_run(run_cli.root) / "metrics.json").read_text())["stage"] == "lips"
+    lips_run = latest_run(run_cli.root)
+    assert json.loads((lips_run / "metrics.json").read_text())["stage"] == "lips"
     assert run_cli("train", *SMOKE, "stage=lips", f"stage.init_from={ckpt}", "model.net.hidden=16") == 2
     assert "different model" in capsys.readouterr().err
+    # torso stage: the head is frozen, the torso learns; portrait mode works with it
+    lips_ckpt = lips_run / "checkpoints" / "last.ckpt"
+    assert run_cli("train", *SMOKE, "stage=torso", f"stage.init_from={lips_ckpt}", "trainer.max_steps=6",
+                   "gt_mode=with_hair") == 0
+    torso_run = latest_run(run_cli.root)
+    metrics = json.loads((torso_run / "metrics.json").read_text())
+    assert metrics["stage"] == "torso" and metrics["psnr"] == metrics["with_hair/psnr"]
+    head = torch.load(lips_ckpt, weights_only=False)["state_dict"]
+    torso = torch.load(torso_run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert any(k.startswith("torso.") for k in torso)
+    for key, value in head.items():
+        if key.startswith("net."):
+            torch.testing.assert_close(torso[key], value)  # the head stayed frozen
+    assert run_cli("render", f"ckpt={torso_run}/checkpoints/last.ckpt", f"audio={wav}", f"output={out}") == 0
 
 
 def test_preprocess_generates_the_synthetic_subject(run_cli):

@@ -29,7 +29,7 @@ def test_every_job_config_composes_and_validates(job, tmp_path):
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(group, option, tmp_path):
     overrides = [f"{group}={option}"]
-    if group == "stage" and option == "lips":
+    if group == "stage" and option in ("lips", "torso"):
         overrides.append("stage.init_from=/some/head.ckpt")
     if group == "data" and option == "subject":
         overrides.append("data.root=/some/dataset")

@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> dict:
     with VideoWriter(output, fps, samples[: int(round(n / fps * 16000))]) as writer:
         for i in tqdm(range(n), desc="render", unit="frame"):
             k = int(schedule[i])
-            image = system.render_view(frames, frames.c2w[k], features[i], frames.eye[k], frames.background(k))
+            image = system.render_view(frames, frames.c2w[k], features[i], frames.eye[k], system.background(frames, k))
             if portrait:
                 image = portrait_blend(image, frames.original(k), blur_mask(frames.face_mask(k), cfg.gt_mode.mask_blur))
             writer.write(image.numpy())

@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup()
-    system = build_system(cfg, media_dir=str(out / "media"))
+    system = build_system(cfg, len(datamodule.train_frames), media_dir=str(out / "media"))
     if cfg.stage.init_from:
         load_stage_weights(system, cfg.stage.init_from, cfg)
     loggers = build_loggers(cfg)

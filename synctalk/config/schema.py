@@ -73,7 +73,7 @@ class FlowConfig:
 
 @dataclass
 class StageConfig:
-    name: str = "head"  # head | lips
+    name: str = "head"  # head | lips | torso
     init_from: Optional[str] = None  # checkpoint of the previous stage (weights only)
     lips_ray_fraction: float = 0.0  # share of rays sampled inside the mouth box
 
@@ -103,6 +103,9 @@ class ModelConfig:
     lr_grid: float = 1e-2  # learning rate of the hash-grid tables
     lr_net: float = 1e-3  # learning rate of the MLPs
     lr_decay: float = 0.1  # learning rates are multiplied by lr_decay ** (step / max_steps)
+    torso: Any = None  # _target_ node of the torso field (built for stage=torso)
+    torso_deform_weight: float = 1e-5  # weight of the torso's mean squared deformation
+    torso_entropy_weight: float = 1e-4  # weight of the torso alpha entropy
 
 
 @dataclass

@@ -133,6 +133,11 @@ class SubjectFrames:
         """Rays (origins, dirs) of frame k through pixels (R, 2) (u, v)."""
         return pixel_rays(self.c2w[k], pixels, self.focal, self.cx, self.cy, self.scale)
 
+    def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel centres (R, 2) mapped to [-1, 1] across the image."""
+        size = torch.tensor([self.width, self.height], dtype=torch.float32)
+        return (pixels.float() + 0.5) / size * 2 - 1
+
     def all_pixels(self) -> torch.Tensor:
         v, u = torch.meshgrid(torch.arange(self.height), torch.arange(self.width), indexing="ij")
         return torch.stack([u.reshape(-1), v.reshape(-1)], -1)
@@ -158,8 +163,9 @@ class TrainRays(Dataset):
             v = torch.cat([v, torch.randint(v0, v1 + 1, (n_lips,))])
         pixels = torch.stack([u, v], -1)
         origins, dirs = f.rays(k, pixels)
-        return {"pixels": pixels, "origins": origins, "dirs": dirs, "rgb": f.gt(k)[v, u], "background": f.background(k)[v, u],
-                "audio": f.audio[k], "eye": f.eye[k], "index": torch.tensor(k)}
+        return {"pixels": pixels, "xy": f.normalised(pixels), "origins": origins, "dirs": dirs, "rgb": f.gt(k)[v, u],
+                "background": f.background(k)[v, u], "static_background": f.static_background[v, u],
+                "c2w": f.c2w[k], "audio": f.audio[k], "eye": f.eye[k], "index": torch.tensor(k)}
 
 
 class FrameIndices(Dataset):

@@ -28,8 +28,8 @@ def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int
     return [int(math.floor(base_resolution * growth ** level)) for level in range(num_levels)]
 
 
-class TorchTriPlaneHashGrid(nn.Module):
-    """Three 2D multiresolution hash grids in pure PyTorch.
+class TorchPlaneHashGrids(nn.Module):
+    """``num_planes`` 2D multiresolution hash grids in pure PyTorch, sharing one table.
 
     Coarse levels whose ``(res + 1)^2`` vertices fit in the table are stored densely;
     finer levels hash vertex coordinates into ``2**log2_hashmap_size`` entries.
@@ -37,17 +37,18 @@ class TorchTriPlaneHashGrid(nn.Module):
     """
 
     def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int,
-                 base_resolution: int, max_resolution: int):
+                 base_resolution: int, max_resolution: int, num_planes: int = 3):
         super().__init__()
         self.num_levels = num_levels
         self.features_per_level = features_per_level
+        self.num_planes = num_planes
         table = 2 ** log2_hashmap_size
         res = level_resolutions(num_levels, base_resolution, max_resolution)
         sizes = [min((r + 1) ** 2, table) for r in res]
         level_offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
         per_plane = sum(sizes)
         # offsets[p, l]: first row of plane p, level l in the shared table
-        offsets = level_offsets[None, :] + per_plane * torch.arange(3)[:, None]
+        offsets = level_offsets[None, :] + per_plane * torch.arange(num_planes)[:, None]
         num_dense = sum((r + 1) ** 2 <= table for r in res)  # dense levels come first (coarse to fine)
         side = torch.tensor(res[:num_dense], dtype=torch.int32) + 1
         self.num_dense = num_dense
@@ -57,58 +58,69 @@ class TorchTriPlaneHashGrid(nn.Module):
         self.register_buffer("dense_corner_steps", torch.stack([0 * side, 0 * side + 1, side, side + 1], -1), persistent=False)
         self.register_buffer("dense_side", side, persistent=False)
         self.table_mask = table - 1
-        self.embeddings = nn.Parameter(torch.empty(3 * per_plane, features_per_level).uniform_(-1e-4, 1e-4))
+        self.embeddings = nn.Parameter(torch.empty(num_planes * per_plane, features_per_level).uniform_(-1e-4, 1e-4))
 
     @property
     def output_dim(self) -> int:
-        return 3 * self.num_levels * self.features_per_level
+        return self.num_planes * self.num_levels * self.features_per_level
 
-    def forward(self, unit_coords: torch.Tensor) -> torch.Tensor:
-        """Args: unit_coords (N, 3) in [0, 1]. Returns (N, 3 * levels * features)."""
-        uv = torch.stack([unit_coords[:, list(p)] for p in _PLANES], 1)  # (N, 3, 2)
+    def forward(self, uv: torch.Tensor) -> torch.Tensor:
+        """Args: uv (N, planes, 2) in [0, 1]. Returns (N, planes * levels * features), plane-major."""
         res = self.resolution.view(1, 1, -1, 1)
-        pos = uv[:, :, None, :] * res  # (N, 3, L, 2)
+        pos = uv[:, :, None, :] * res  # (N, P, L, 2)
         cell = torch.minimum(pos.floor(), res - 1).clamp(min=0)
         frac = pos - cell
         cell = cell.to(torch.int32)
-        x0, y0 = cell[..., 0], cell[..., 1]  # (N, 3, L)
+        x0, y0 = cell[..., 0], cell[..., 1]  # (N, P, L)
         nd = self.num_dense
         # dense levels: row-major vertex index
-        dense = (x0[..., :nd] + y0[..., :nd] * self.dense_side)[..., None] + self.dense_corner_steps  # (N, 3, nd, 4)
+        dense = (x0[..., :nd] + y0[..., :nd] * self.dense_side)[..., None] + self.dense_corner_steps  # (N, P, nd, 4)
         # hashed levels: x ^ (y * prime) in wrapping int32; the masked low bits are exact
         xh, hy0 = x0[..., nd:], y0[..., nd:] * _HASH_PRIME_I32
         xh1, hy1 = xh + 1, hy0 + _HASH_PRIME_I32
         hashed = torch.stack([xh ^ hy0, xh1 ^ hy0, xh ^ hy1, xh1 ^ hy1], -1) & self.table_mask
-        idx = torch.cat([dense, hashed], 2) + self.offsets.view(1, 3, -1, 1)  # (N, 3, L, 4)
-        feats = F.embedding(idx, self.embeddings)  # (N, 3, L, 4, F)
+        idx = torch.cat([dense, hashed], 2) + self.offsets.view(1, self.num_planes, -1, 1)  # (N, P, L, 4)
+        feats = F.embedding(idx, self.embeddings)  # (N, P, L, 4, F)
         fx, fy = frac[..., 0], frac[..., 1]
         gx, gy = 1 - fx, 1 - fy
-        weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1)  # (N, 3, L, 4)
-        out = (feats * weights[..., None]).sum(-2)  # (N, 3, L, F)
+        weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1)  # (N, P, L, 4)
+        out = (feats * weights[..., None]).sum(-2)  # (N, P, L, F)
         return out.flatten(1)
 
 
-class TcnnTriPlaneHashGrid(nn.Module):
-    """The same tri-plane grid on tiny-cuda-nn's fused HashGrid kernels (GPU only)."""
+class TcnnPlaneHashGrids(nn.Module):
+    """The same plane grids on tiny-cuda-nn's fused HashGrid kernels (GPU only)."""
 
     def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int,
-                 base_resolution: int, max_resolution: int):
+                 base_resolution: int, max_resolution: int, num_planes: int = 3):
         super().__init__()
         tcnn = external.require("tinycudann", "encoding backend 'tcnn'")
         growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / max(num_levels - 1, 1))
         config = {"otype": "HashGrid", "n_levels": num_levels, "n_features_per_level": features_per_level,
                   "log2_hashmap_size": log2_hashmap_size, "base_resolution": base_resolution,
                   "per_level_scale": growth, "interpolation": "Linear"}
-        self.planes = nn.ModuleList(tcnn.Encoding(2, config, dtype=torch.float32) for _ in _PLANES)
+        self.planes = nn.ModuleList(tcnn.Encoding(2, config, dtype=torch.float32) for _ in range(num_planes))
         self.num_levels = num_levels
         self.features_per_level = features_per_level
+        self.num_planes = num_planes
 
     @property
     def output_dim(self) -> int:
-        return 3 * self.num_levels * self.features_per_level
+        return self.num_planes * self.num_levels * self.features_per_level
 
-    def forward(self, unit_coords: torch.Tensor) -> torch.Tensor:
-        return torch.cat([enc(unit_coords[:, list(p)]) for enc, p in zip(self.planes, _PLANES)], -1)
+    def forward(self, uv: torch.Tensor) -> torch.Tensor:
+        """Args: uv (N, planes, 2) in [0, 1]. Returns (N, planes * levels * features), plane-major."""
+        return torch.cat([enc(uv[:, i]).float() for i, enc in enumerate(self.planes)], -1)
+
+
+GRID_BACKENDS = {"torch": TorchPlaneHashGrids, "tcnn": TcnnPlaneHashGrids}
+
+
+def plane_grids(backend: str, **kwargs) -> nn.Module:
+    """A :class:`TorchPlaneHashGrids` or :class:`TcnnPlaneHashGrids` with the given sizes."""
+    if backend not in GRID_BACKENDS:
+        raise ValueError(f"unknown encoding backend {backend!r}; choose one of {sorted(GRID_BACKENDS)}")
+    return GRID_BACKENDS[backend](**kwargs)
 
 
 class TriPlaneHashEncoding(nn.Module):
@@ -123,10 +135,9 @@ class TriPlaneHashEncoding(nn.Module):
                  log2_hashmap_size: int = 14, base_resolution: int = 64, max_resolution: int = 512,
                  bound: float = 1.0):
         super().__init__()
-        grids = {"torch": TorchTriPlaneHashGrid, "tcnn": TcnnTriPlaneHashGrid}
-        if backend not in grids:
-            raise ValueError(f"unknown encoding backend {backend!r}; choose one of {sorted(grids)}")
-        self.grid = grids[backend](num_levels, features_per_level, log2_hashmap_size, base_resolution, max_resolution)
+        self.grid = plane_grids(backend, num_levels=num_levels, features_per_level=features_per_level,
+                                log2_hashmap_size=log2_hashmap_size, base_resolution=base_resolution,
+                                max_resolution=max_resolution, num_planes=3)
         self.bound = bound
 
     @property
@@ -136,7 +147,7 @@ class TriPlaneHashEncoding(nn.Module):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """Args: points (N, 3) NeRF units. Returns features (N, output_dim)."""
         unit = ((points + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)
-        return self.grid(unit)
+        return self.grid(torch.stack([unit[:, list(p)] for p in _PLANES], 1))
 
 
 def spherical_harmonics(dirs: torch.Tensor, degree: int = 4) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The LightningModule that trains the head NeRF (stages ``head`` and ``lips``)."""
+"""The LightningModule that trains the talking head: stages ``head``, ``lips`` and ``torso``."""
 from __future__ import annotations
 
 from functools import partial
@@ -13,13 +13,21 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from synctalk.data.datamodule import SubjectFrames
 from synctalk.geometry import pixel_rays
 from synctalk.models.head_nerf import HeadNeRF
+from synctalk.models.torso import TorsoField
 
 
 class HeadNeRFSystem(pl.LightningModule):
     """Trains a :class:`HeadNeRF` with a photometric loss on rays of one frame per step.
 
+    With a ``torso`` field (stage ``torso``) the head is frozen and only the torso learns:
+    each pixel is the head render composited over the torso, itself over the static
+    background. Without one, the head is composited over the dataset's torso images.
+
     Args:
         net: the radiance field (built from ``model.net``).
+        torso: the torso field, for the torso stage (None otherwise).
+        torso_deform_weight, torso_entropy_weight: weights of the torso's deformation
+            (mean squared offset) and alpha-entropy regularisers.
         optimizer: a partial optimizer, finished with two parameter groups (grid, MLPs).
         lr_grid, lr_net: learning rates of the two groups.
         lr_decay: learning rates are multiplied by ``lr_decay ** (step / max_steps)``.
@@ -31,10 +39,14 @@ class HeadNeRFSystem(pl.LightningModule):
 
     def __init__(self, net: HeadNeRF, optimizer: partial, lr_grid: float = 1e-2, lr_net: float = 1e-3,
                  lr_decay: float = 0.1, max_steps: int = 1000, chunk: int = 8192, media_dir: str | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, torso: TorsoField | None = None, torso_deform_weight: float = 1e-5,
+                 torso_entropy_weight: float = 1e-4, num_train_frames: int | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "media_dir"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "media_dir", "torso"])
         self.net = net
+        self.torso = torso
+        if torso is not None:
+            self.net.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.media_dir = Path(media_dir) if media_dir else None
         self.train_psnr = PeakSignalNoiseRatio(data_range=1.0)
@@ -42,18 +54,40 @@ class HeadNeRFSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.net.render(batch["origins"], batch["dirs"], batch["background"], batch["audio"], batch["eye"],
-                              perturb=True)
-        loss = torch.nn.functional.mse_loss(out["rgb"], batch["rgb"])
-        self.train_psnr(out["rgb"].detach().clamp(0, 1), batch["rgb"])
+        if self.torso is None:
+            out = self.net.render(batch["origins"], batch["dirs"], batch["background"], batch["audio"], batch["eye"],
+                                  perturb=True)
+            rgb = out["rgb"]
+            loss = torch.nn.functional.mse_loss(rgb, batch["rgb"])
+        else:
+            torso = self.torso(batch["xy"], batch["c2w"], self.torso.code(int(batch["index"])))
+            alpha = torso["alpha"][:, None]
+            background = torso["rgb"] * alpha + batch["static_background"] * (1 - alpha)
+            with torch.no_grad():  # the head is frozen: render it once over black
+                head = self.net.render(batch["origins"], batch["dirs"], torch.zeros_like(background), batch["audio"],
+                                       batch["eye"], perturb=True)
+            rgb = head["rgb"] + (1 - head["opacity"])[:, None] * background
+            a = torso["alpha"].clamp(1e-5, 1 - 1e-5)
+            entropy = -(a * a.log() + (1 - a) * (1 - a).log()).mean()
+            loss = (torch.nn.functional.mse_loss(rgb, batch["rgb"])
+                    + self.hparams.torso_deform_weight * torso["offset"].pow(2).sum(-1).mean()
+                    + self.hparams.torso_entropy_weight * entropy)
+        self.train_psnr(rgb.detach().clamp(0, 1), batch["rgb"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/psnr", self.train_psnr, prog_bar=True)
         return loss
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = [{"params": self.net.grid_parameters(), "lr": hp.lr_grid},
-                  {"params": self.net.network_parameters(), "lr": hp.lr_net}]
+        if self.torso is None:
+            grid = self.net.grid_parameters()
+            trained = list(self.net.parameters())
+        else:
+            grid = list(self.torso.grid.parameters())
+            trained = list(self.torso.parameters())
+        grid_ids = {id(p) for p in grid}
+        groups = [{"params": grid, "lr": hp.lr_grid},
+                  {"params": [p for p in trained if id(p) not in grid_ids], "lr": hp.lr_net}]
         optimizer = self.optimizer_factory(groups)
         decay = lambda step: hp.lr_decay ** min(step / max(hp.max_steps, 1), 1.0)  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
@@ -84,9 +118,25 @@ class HeadNeRFSystem(pl.LightningModule):
             out.append(res["rgb"].cpu())
         return torch.cat(out).view(frames.height, frames.width, 3).clamp(0, 1)
 
+    @torch.no_grad()
+    def background(self, frames: SubjectFrames, k: int) -> torch.Tensor:
+        """What the head of frame k is composited over, (H, W, 3).
+
+        The dataset's torso image of frame k over the static background, or, with a torso
+        field, the torso rendered for frame k's pose (and code, on the training split).
+        """
+        if self.torso is None:
+            return frames.background(k)
+        code = self.torso.code(k if frames.split == "train" else None)
+        pixels = frames.all_pixels()
+        out = self.torso(frames.normalised(pixels).to(self.device), frames.c2w[k].to(self.device), code)
+        alpha = out["alpha"].cpu()[:, None]
+        image = out["rgb"].cpu() * alpha + frames.static_background.reshape(-1, 3) * (1 - alpha)
+        return image.view(frames.height, frames.width, 3)
+
     def render_frame(self, frames: SubjectFrames, k: int) -> torch.Tensor:
         """Render frame k of a split with its own pose, audio and eye values, (H, W, 3)."""
-        return self.render_view(frames, frames.c2w[k], frames.audio[k], frames.eye[k], frames.background(k))
+        return self.render_view(frames, frames.c2w[k], frames.audio[k], frames.eye[k], self.background(frames, k))
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, k: int, batch_idx: int) -> None:
