@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from synctalk import external
+from synctalk.config.schema import TrainConfig
 from synctalk.data.datamodule import SubjectDataModule
 from synctalk.errors import UserError
 from synctalk.io import atomic_path, write_json
@@ -81,8 +83,13 @@ def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictCo
     hparams = state.get("hyper_parameters", {})
     if hparams.get("config") is None:
         raise UserError(f"{ckpt} is not a synctalk checkpoint (it stores no run config)")
-    cfg = OmegaConf.create(hparams["config"])
-    system = build_system(cfg, hparams["num_train_frames"])
+    try:  # keys added since the checkpoint was written take their schema defaults
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), hparams["config"])
+    except OmegaConfBaseException as e:
+        raise UserError(f"{ckpt} was written by an incompatible synctalk version: {e}") from None
+    if cfg.stage.name == "torso" and not hparams.get("num_train_frames"):
+        raise UserError(f"{ckpt} is a torso-stage checkpoint without its frame count; retrain the torso stage")
+    system = build_system(cfg, hparams.get("num_train_frames") or 0)
     system.load_state_dict(state["state_dict"])
     return cfg, system.eval()
 
@@ -90,11 +97,12 @@ def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictCo
 def load_stage_weights(system: HeadNeRFSystem, ckpt: str, cfg: DictConfig) -> None:
     """Start a stage from the weights of a previous stage's checkpoint (same model config required)."""
     prev_cfg, prev = load_run(ckpt)
-    mismatch = [k for k in ("model", "encoding", "audio_encoder", "blendshapes")
-                if OmegaConf.to_container(prev_cfg[k]) != resolved_container(cfg)[k]]
+    current = OmegaConf.create(resolved_container(cfg))
+    mismatch = [k for k in ("model.net", "encoding", "audio_encoder", "blendshapes")
+                if OmegaConf.select(prev_cfg, k) != OmegaConf.select(current, k)]
     if mismatch:
         raise UserError(f"stage.init_from={ckpt} was trained with a different {', '.join(mismatch)} config; "
-                        f"use the same model, encoding, audio_encoder and blendshapes settings as that run")
+                        f"use the same model.net, encoding, audio_encoder and blendshapes settings as that run")
     system.net.load_state_dict(prev.net.state_dict())
 
 
