@@ -162,3 +162,19 @@ def test_evaluate_render_and_stage_chaining(run_cli, capsys):
 def test_preprocess_generates_the_synthetic_subject(run_cli):
     assert run_cli("preprocess", "data=synthetic", "data.synthetic.num_frames=5", "data.synthetic.size=32") == 0
     assert (run_cli.root / "data" / "synthetic_s0_32px_5f" / "transforms_train.json").is_file()
+
+
+def test_checkpoints_of_older_and_foreign_configs(run_cli, tmp_path):
+    from synctalk.errors import UserError
+    from synctalk.runs import load_run
+
+    assert run_cli("train", *SMOKE, "trainer.max_steps=2", "render_video=false") == 0
+    state = torch.load(latest_run(run_cli.root) / "checkpoints" / "last.ckpt", weights_only=False)
+    del state["hyper_parameters"]["config"]["model"]["torso_deform_weight"]  # a key added later
+    torch.save(state, tmp_path / "older.ckpt")
+    cfg, system = load_run(tmp_path / "older.ckpt")
+    assert cfg.model.torso_deform_weight == 1e-5 and system.net is not None
+    state["hyper_parameters"]["config"]["model"]["removed_option"] = 1
+    torch.save(state, tmp_path / "foreign.ckpt")
+    with pytest.raises(UserError, match="incompatible"):
+        load_run(tmp_path / "foreign.ckpt")
