@@ -1,6 +1,7 @@
 """``synctalk preprocess``: make a dataset folder.
 
 ``data=synthetic`` generates the synthetic subject (deterministic for its seed).
+``data.video=PATH data.root=DIR`` runs the stages of :mod:`synctalk.data.ingest`.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from synctalk.config.schema import PreprocessConfig
+from synctalk.data.ingest import run_ingest
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
 
@@ -26,5 +28,11 @@ def run(cfg: DictConfig) -> dict:
         generate(spec, root)
         log.info("synthetic subject ready in %s", root)
         return {"root": str(root)}
-    raise UserError("preprocessing a real video is not available in this version; "
-                    "use data=synthetic, or a dataset folder made by the original SyncTalk tools with data=subject")
+    if not cfg.data.video:
+        raise UserError("set data.video=/path/to/video.mp4 (and data.root=/path/to/dataset), or use data=synthetic")
+    report = run_ingest(Path(cfg.data.video), root, cfg.data.fps, cfg.audio_encoder.name, cfg.audio_encoder.window,
+                        list(cfg.preprocess.force))
+    log.warning("%s now holds frames, 16 kHz audio and audio features; landmarks, parsing, background, "
+                "blendshapes and head poses are not produced by this version (use the original SyncTalk tools "
+                "for those files, then train with data=subject data.root=%s)", root, root)
+    return {"root": str(root), **report}

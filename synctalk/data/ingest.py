@@ -1,0 +1,148 @@
+"""Preprocessing stages that turn a video into the first files of a dataset folder.
+
+Each stage writes its outputs atomically and then a marker ``.stages/<name>.json``
+recording its settings; a stage whose marker matches is skipped, so an interrupted
+preprocessing run resumes where it stopped. The source video is only read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from synctalk.audio import SAMPLE_RATE, load_audio, mel_windows, write_wav
+from synctalk.data.layout import DatasetLayout
+from synctalk.errors import UserError
+from synctalk.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def probe_video(path: Path) -> dict:
+    """Frame rate, size, duration and audio presence of a video file."""
+    import av
+
+    if not path.is_file():
+        raise UserError(f"video not found: {path}")
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise UserError(f"{path} has no video stream")
+            v = c.streams.video[0]
+            rate = v.average_rate or v.guessed_rate
+            duration = float(c.duration / 1e6) if c.duration else None
+            return {"fps": float(rate) if rate else None, "width": v.codec_context.width,
+                    "height": v.codec_context.height, "duration_s": duration, "has_audio": bool(c.streams.audio)}
+    except av.error.FFmpegError as e:
+        raise UserError(f"cannot read video {path}: {e}") from None
+
+
+def ingest_frames(video: Path, out_dir: Path, fps: float, progress: bool = True) -> int:
+    """Decode ``video`` and write frames resampled to ``fps`` as ``<out_dir>/<i>.jpg``.
+
+    Frames are streamed (one in memory at a time); each output frame is the source frame
+    shown at its timestamp, so variable frame rates are handled. Returns the frame count.
+    """
+    import av
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    step = Fraction(1) / Fraction(fps).limit_denominator(1001)
+    written, next_t = 0, Fraction(0)
+    try:
+        with av.open(str(video)) as c:
+            stream = c.streams.video[0]
+            total = int(float(c.duration / 1e6) * fps) if c.duration else None
+            bar = tqdm(total=total, desc="ingest frames", unit="frame", disable=not progress)
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            last, last_end = None, Fraction(0)
+
+            def fill_until(t: Fraction) -> None:  # slots shown before time t take the previous frame
+                nonlocal written, next_t
+                while last is not None and next_t < t:
+                    cv2.imwrite(str(out_dir / f"{written}.jpg"), last, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                    written, next_t = written + 1, next_t + step
+                    bar.update()
+
+            for frame in c.decode(stream):
+                if frame.pts is None or frame.time_base is None:
+                    continue
+                t = Fraction(frame.pts) * frame.time_base
+                fill_until(t)
+                last = frame.to_ndarray(format="bgr24")
+                shown = Fraction(frame.duration) * frame.time_base if frame.duration else 1 / Fraction(rate)
+                last_end = t + shown
+            fill_until(last_end)
+            bar.close()
+    except av.error.FFmpegError as e:
+        raise UserError(f"{video} is corrupt or truncated ({e}); {written} frames were decoded") from None
+    if written == 0:
+        raise UserError(f"no frames could be decoded from {video}")
+    return written
+
+
+class StageRunner:
+    """Runs named stages once; ``force`` redoes the named ones."""
+
+    def __init__(self, root: Path, force: list[str] | None = None):
+        self.root = root
+        self.force = set(force or [])
+        (root / ".stages").mkdir(parents=True, exist_ok=True)
+
+    def done(self, name: str, settings: dict) -> bool:
+        marker = self.root / ".stages" / f"{name}.json"
+        return (name not in self.force and marker.is_file()
+                and json.loads(marker.read_text()).get("settings") == settings)
+
+    def run(self, name: str, settings: dict, fn: Callable[[], dict]) -> dict:
+        """Run ``fn`` unless the stage is done with the same settings; returns its report."""
+        marker = self.root / ".stages" / f"{name}.json"
+        if self.done(name, settings):
+            log.info("stage %s: cached", name)
+            return json.loads(marker.read_text())["report"]
+        report = fn()
+        write_json(marker, {"settings": settings, "report": report})
+        log.info("stage %s: %s", name, report)
+        return report
+
+
+def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: int, force: list[str],
+               progress: bool = True) -> dict:
+    """Stages ``frames``, ``audio`` and ``audio_features`` for one video."""
+    info = probe_video(video)
+    if not info["has_audio"]:
+        raise UserError(f"{video} has no audio track: a talking-head dataset needs the speech")
+    layout = DatasetLayout(root)
+    runner = StageRunner(root, force)
+    source = {"video": str(video.resolve()), "size": video.stat().st_size, "mtime": video.stat().st_mtime_ns}
+
+    def frames() -> dict:
+        with atomic_path(root / "ori_imgs") as tmp:
+            n = ingest_frames(video, tmp, fps, progress)
+        return {"frames": n, "source_fps": info["fps"], "width": info["width"], "height": info["height"]}
+
+    def audio() -> dict:
+        samples = load_audio(video)
+        with atomic_path(layout.audio) as tmp:
+            write_wav(tmp, samples)
+        return {"seconds": len(samples) / SAMPLE_RATE}
+
+    def features() -> dict:
+        if audio_encoder != "mel":
+            raise UserError(f"audio_encoder={audio_encoder} features are not computed by this version; use mel")
+        n = len(list((root / "ori_imgs").glob("*.jpg")))
+        feats = mel_windows(load_audio(layout.audio), n, fps, window)
+        with atomic_path(layout.audio_features("mel")) as tmp:
+            np.save(tmp, feats)
+        return {"shape": list(feats.shape)}
+
+    report = {"frames": runner.run("frames", {**source, "fps": fps}, frames)}
+    report["audio"] = runner.run("audio", source, audio)
+    report["audio_features"] = runner.run("audio_features", {**source, "fps": fps, "encoder": audio_encoder,
+                                                             "window": window}, features)
+    return report
