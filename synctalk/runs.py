@@ -41,7 +41,7 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         root=d.root, audio_name=cfg.audio_encoder.name, eye_names=list(cfg.blendshapes.names), scale=d.scale,
         downscale=d.downscale, rays_per_step=d.rays_per_step, val_frames=d.val_frames,
         lips_ray_fraction=cfg.stage.lips_ray_fraction, smooth_window=cfg.blendshapes.smooth_window,
-        smooth_order=cfg.blendshapes.smooth_order,
+        smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
         synthetic=OmegaConf.to_container(d.synthetic) if d.get("synthetic") else None)
 
 

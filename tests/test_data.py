@@ -155,3 +155,14 @@ def test_write_wav_roundtrip(tmp_path):
     write_wav(tmp_path / "a.wav", x)
     y = load_audio(tmp_path / "a.wav")
     assert np.abs(y[: len(x)] - x).max() < 1e-3
+
+
+def test_image_cache_is_bounded(tiny_dataset):
+    f = frames(tiny_dataset, cache_mb=0)
+    first = f.gt(0).clone()
+    for k in range(len(f)):
+        f.gt(k)
+        f.background(k)
+    assert len(f._cache) == 1  # a zero budget keeps only the image just read
+    torch.testing.assert_close(f.gt(0), first)
+    assert f.gt(0).dtype == torch.float32 and 0 <= float(f.gt(0).min()) and float(f.gt(0).max()) <= 1

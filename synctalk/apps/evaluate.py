@@ -21,7 +21,7 @@ def run(cfg: DictConfig) -> dict:
     root = cfg.data_root or run_cfg.data.root
     frames = SubjectFrames(root, cfg.split, run_cfg.audio_encoder.name, list(run_cfg.blendshapes.names),
                            run_cfg.data.downscale, run_cfg.data.scale, run_cfg.blendshapes.smooth_window,
-                           run_cfg.blendshapes.smooth_order)
+                           run_cfg.blendshapes.smooth_order, run_cfg.data.cache_mb)
     out = Path(cfg.paths.output_dir)
     video = out / f"{cfg.split}.mp4" if cfg.render_video else None
     metrics = evaluate_split(system, frames, cfg.gt_mode.name, cfg.gt_mode.mask_blur, video, run_cfg.data.fps)

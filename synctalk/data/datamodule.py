@@ -5,6 +5,7 @@ and ``rays_per_step`` of its pixels are rendered and compared with the ground tr
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,7 @@ MOUTH = slice(48, 68)  # 68-point layout
 
 
 def _read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """Image as float32 RGB (H, W, 3) in [0, 1], resized to ``size`` (W, H) if given."""
+    """Image as uint8 RGB(A) (H, W, C), resized to ``size`` (W, H) if given."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise UserError(f"cannot read image {path} (missing or corrupt)")
@@ -34,7 +35,7 @@ def _read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(img.shape[2])
     if code is not None:
         img = cv2.cvtColor(img, code)
-    return img.astype(np.float32) / 255.0
+    return img
 
 
 class SubjectFrames:
@@ -47,10 +48,11 @@ class SubjectFrames:
         eye_names: blendshape names of the eye condition (or ["AU45"]).
         downscale: integer factor; images and intrinsics are reduced by it.
         scale: metres -> NeRF units.
+        cache_mb: decoded images kept in memory (least recently used are dropped).
     """
 
     def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
-                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3):
+                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048):
         self.layout = DatasetLayout(Path(root))
         self.layout.check_ready()
         tf = Transforms.read(self.layout.transforms(split))
@@ -79,8 +81,9 @@ class SubjectFrames:
         if self.img_ids.max() >= len(eye):
             raise UserError(f"eye features cover {len(eye)} frames but {split} uses frame {self.img_ids.max()}")
         self.eye = torch.from_numpy(eye[self.img_ids])
-        self.static_background = torch.from_numpy(_read_rgb(self.layout.background, self.size))
-        self._cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.static_background = torch.from_numpy(_read_rgb(self.layout.background, self.size)).float() / 255
+        self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
 
     @property
     def size(self) -> tuple[int, int]:
@@ -90,13 +93,21 @@ class SubjectFrames:
         return len(self.img_ids)
 
     def _image(self, kind: str, k: int) -> torch.Tensor:
+        """Decoded image (H, W, C) as float in [0, 1]; kept as uint8 in a bounded LRU cache."""
         key = (kind, k)
-        if key not in self._cache:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
             i = int(self.img_ids[k])
             path = {"gt": self.layout.gt_image, "original": self.layout.frame, "torso": self.layout.torso_image,
                     "face": self.layout.face_only_mask}[kind](i)
-            self._cache[key] = torch.from_numpy(_read_rgb(path, self.size))
-        return self._cache[key]
+            image = torch.from_numpy(_read_rgb(path, self.size))
+            self._cache[key] = image
+            self._cache_bytes += image.numel()
+            while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+                _, dropped = self._cache.popitem(last=False)
+                self._cache_bytes -= dropped.numel()
+        return self._cache[key].float() / 255
 
     def gt(self, k: int) -> torch.Tensor:
         """Parsed ground truth (H, W, 3): the frame over the static background."""
@@ -197,12 +208,12 @@ class SubjectDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str, audio_name: str, eye_names: list[str], scale: float = 4.0, downscale: int = 1,
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
-                 smooth_window: int = 5, smooth_order: int = 3, synthetic: dict | None = None):
+                 smooth_window: int = 5, smooth_order: int = 3, synthetic: dict | None = None, cache_mb: int = 2048):
         super().__init__()
         self.root = Path(root)
         self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
-                               smooth_window=smooth_window, smooth_order=smooth_order)
+                               smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
         self.rays_per_step, self.val_frames, self.lips_ray_fraction = rays_per_step, val_frames, lips_ray_fraction
         self.train_frames: SubjectFrames | None = None
         self.val: SubjectFrames | None = None
