@@ -30,9 +30,10 @@ def run(cfg: DictConfig) -> dict:
         return {"root": str(root)}
     if not cfg.data.video:
         raise UserError("set data.video=/path/to/video.mp4 (and data.root=/path/to/dataset), or use data=synthetic")
+    lm = cfg.preprocess.landmarks
     report = run_ingest(Path(cfg.data.video), root, cfg.data.fps, cfg.audio_encoder.name, cfg.audio_encoder.window,
-                        list(cfg.preprocess.force))
-    log.warning("%s now holds frames, 16 kHz audio and audio features; landmarks, parsing, background, "
+                        list(cfg.preprocess.force), max_gap=lm.max_gap, max_missing_fraction=lm.max_missing_fraction)
+    log.warning("%s now holds frames, 68-point landmarks, 16 kHz audio and audio features; parsing, background, "
                 "blendshapes and head poses are not produced by this version (use the original SyncTalk tools "
                 "for those files, then train with data=subject data.root=%s)", root, root)
     return {"root": str(root), **report}

@@ -166,8 +166,15 @@ class ReportConfig:
 
 
 @dataclass
+class LandmarkOptions:
+    max_gap: int = 5  # longest run of frames without a face that is interpolated
+    max_missing_fraction: float = 0.1  # above this share of faceless frames the stage fails
+
+
+@dataclass
 class PreprocessOptions:
     force: list = field(default_factory=list)  # stages to redo even when cached
+    landmarks: LandmarkOptions = field(default_factory=LandmarkOptions)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Preprocessing stages that turn a video into the first files of a dataset folder.
+"""Preprocessing stages that turn a video into the first files of a dataset folder:
+frames, landmarks, audio and audio features.
 
 Each stage writes its outputs atomically and then a marker ``.stages/<name>.json``
 recording its settings; a stage whose marker matches is skipped, so an interrupted
@@ -17,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from synctalk.audio import SAMPLE_RATE, load_audio, mel_windows, write_wav
+from synctalk.data.landmarks import detect_mesh, fill_gaps, to_68
 from synctalk.data.layout import DatasetLayout
 from synctalk.errors import UserError
 from synctalk.io import atomic_path, write_json
@@ -94,15 +96,15 @@ class StageRunner:
         self.force = set(force or [])
         (root / ".stages").mkdir(parents=True, exist_ok=True)
 
-    def done(self, name: str, settings: dict) -> bool:
+    def done(self, name: str, settings: dict, outputs: list[Path]) -> bool:
         marker = self.root / ".stages" / f"{name}.json"
-        return (name not in self.force and marker.is_file()
+        return (name not in self.force and marker.is_file() and all(p.exists() for p in outputs)
                 and json.loads(marker.read_text()).get("settings") == settings)
 
-    def run(self, name: str, settings: dict, fn: Callable[[], dict]) -> dict:
-        """Run ``fn`` unless the stage is done with the same settings; returns its report."""
+    def run(self, name: str, settings: dict, fn: Callable[[], dict], outputs: list[Path]) -> dict:
+        """Run ``fn`` unless the stage is done with the same settings and its outputs exist; returns its report."""
         marker = self.root / ".stages" / f"{name}.json"
-        if self.done(name, settings):
+        if self.done(name, settings, outputs):
             log.info("stage %s: cached", name)
             return json.loads(marker.read_text())["report"]
         report = fn()
@@ -112,8 +114,8 @@ class StageRunner:
 
 
 def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: int, force: list[str],
-               progress: bool = True) -> dict:
-    """Stages ``frames``, ``audio`` and ``audio_features`` for one video."""
+               progress: bool = True, max_gap: int = 5, max_missing_fraction: float = 0.1) -> dict:
+    """Stages ``frames``, ``landmarks``, ``audio`` and ``audio_features`` for one video."""
     info = probe_video(video)
     if not info["has_audio"]:
         raise UserError(f"{video} has no audio track: a talking-head dataset needs the speech")
@@ -141,8 +143,28 @@ def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: 
             np.save(tmp, feats)
         return {"shape": list(feats.shape)}
 
-    report = {"frames": runner.run("frames", {**source, "fps": fps}, frames)}
-    report["audio"] = runner.run("audio", source, audio)
+    def landmarks() -> dict:
+        n = len(list((root / "ori_imgs").glob("*.jpg")))
+        mesh = detect_mesh([layout.frame(i) for i in range(n)], progress)
+        mesh, filled = fill_gaps(mesh, max_gap, max_missing_fraction)
+        if filled:
+            log.warning("no face in %d frame(s) (%s): interpolated from their neighbours", len(filled),
+                        ", ".join(map(str, filled[:20])))
+        lms = to_68(mesh)
+        for i in range(n):
+            with atomic_path(layout.landmarks(i)) as tmp:
+                np.savetxt(tmp, lms[i], fmt="%.2f")
+        with atomic_path(root / "landmarks_mesh.npy") as tmp:
+            np.save(tmp, mesh)
+        return {"frames": n, "interpolated": filled}
+
+    frame_settings = {**source, "fps": fps}
+    report = {"frames": runner.run("frames", frame_settings, frames, [root / "ori_imgs" / "0.jpg"])}
+    report["landmarks"] = runner.run("landmarks", {**frame_settings, "max_gap": max_gap,
+                                                   "max_missing_fraction": max_missing_fraction},
+                                     landmarks, [root / "landmarks_mesh.npy", layout.landmarks(0)])
+    report["audio"] = runner.run("audio", source, audio, [layout.audio])
     report["audio_features"] = runner.run("audio_features", {**source, "fps": fps, "encoder": audio_encoder,
-                                                             "window": window}, features)
+                                                             "window": window}, features,
+                                          [layout.audio_features(audio_encoder)])
     return report
