@@ -57,8 +57,41 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
     run_ingest(video, root, 25.0, "mel", 16, force=["audio_features"], progress=False)
     assert (root / "aud_mel.npy").stat().st_mtime_ns != stamp
     assert json.loads((root / ".stages" / "frames.json").read_text())["settings"]["fps"] == 25.0
+    parsing_stamp = (root / "parsing" / "0.png").stat().st_mtime_ns
     run_ingest(video, root, 25.0, "mel", 16, force=["frames"], progress=False)
     assert (root / "ori_imgs" / "0.lms").is_file()  # redone frames bring their landmarks back
+    assert (root / "parsing" / "0.png").stat().st_mtime_ns != parsing_stamp  # ... and everything after them
+
+
+def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject, tmp_path):
+    from synctalk.data.parsing import HEAD, PALETTE_BGR
+
+    video = make_video(face_subject, tmp_path / "face.mp4", fps=25)
+    root = tmp_path / "ds"
+    report = run_ingest(video, root, 25.0, "mel", 16, force=[], progress=False, background_every=5)
+    assert report["parsing"]["frames"] == 30
+
+    def labels(path):
+        return np.argmax(np.all(cv2.imread(str(path))[..., None, :] == PALETTE_BGR, -1), -1)
+
+    for i in (0, 15, 29):
+        got, truth = labels(root / "parsing" / f"{i}.png"), labels(face_subject / "parsing" / f"{i}.png")
+        head_iou = ((got == HEAD) & (truth == HEAD)).sum() / ((got == HEAD) | (truth == HEAD)).sum()
+        person_iou = ((got > 0) & (truth > 0)).sum() / ((got > 0) | (truth > 0)).sum()
+        assert head_iou > 0.9 and person_iou > 0.9, (i, head_iou, person_iou)
+        face = cv2.imread(str(root / "parsing" / f"{i}_face.png"), 0) > 127
+        face_truth = cv2.imread(str(face_subject / "parsing" / f"{i}_face.png"), 0) > 127
+        assert (face & face_truth).sum() / (face | face_truth).sum() > 0.75
+    # the static background: compare where the person never is
+    bc = cv2.imread(str(root / "bc.jpg")).astype(float)
+    truth_bc = cv2.imread(str(face_subject / "bc.jpg")).astype(float)
+    never_person = np.all([labels(face_subject / "parsing" / f"{i}.png") == 0 for i in range(30)], 0)
+    never_person = cv2.erode(never_person.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    assert np.abs(bc - truth_bc)[never_person].mean() < 6  # per-frame noise averages out
+    gt = cv2.imread(str(root / "gt_imgs" / "3.jpg"))
+    torso = cv2.imread(str(root / "torso_imgs" / "3.png"), cv2.IMREAD_UNCHANGED)
+    assert gt.shape == (128, 128, 3) and torso.shape == (128, 128, 4)
+    assert torso[-5:, 64, 3].min() > 200 and torso[5, 64, 3] == 0  # shirt opaque, sky transparent
 
 
 def test_frames_without_a_face(face_subject, tmp_path):

@@ -1,5 +1,5 @@
 """Preprocessing stages that turn a video into the first files of a dataset folder:
-frames, landmarks, audio and audio features.
+frames, landmarks, parsing and background, GT and torso images, audio and audio features.
 
 Each stage writes its outputs atomically and then a marker ``.stages/<name>.json``
 recording its settings; a stage whose marker matches is skipped, so an interrupted
@@ -20,6 +20,8 @@ from tqdm import tqdm
 from synctalk.audio import SAMPLE_RATE, load_audio, mel_windows, write_wav
 from synctalk.data.landmarks import detect_mesh, fill_gaps, to_68
 from synctalk.data.layout import DatasetLayout
+from synctalk.data.parsing import (HEAD, PALETTE_BGR, BackgroundAccumulator, PersonSegmenter, compose_gt_and_torso,
+                                   face_oval_order, parse_frame, write_parsing)
 from synctalk.errors import UserError
 from synctalk.io import atomic_path, write_json
 
@@ -113,9 +115,16 @@ class StageRunner:
         return report
 
 
+def _stamp(path: Path) -> int | None:
+    """Modification time of a stage output (None when absent)."""
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
 def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: int, force: list[str],
-               progress: bool = True, max_gap: int = 5, max_missing_fraction: float = 0.1) -> dict:
-    """Stages ``frames``, ``landmarks``, ``audio`` and ``audio_features`` for one video."""
+               progress: bool = True, max_gap: int = 5, max_missing_fraction: float = 0.1,
+               background_every: int = 20) -> dict:
+    """Stages ``frames``, ``landmarks``, ``parsing`` (with ``bc.jpg``), ``gt_images``, ``audio`` and
+    ``audio_features`` for one video."""
     info = probe_video(video)
     if not info["has_audio"]:
         raise UserError(f"{video} has no audio track: a talking-head dataset needs the speech")
@@ -158,11 +167,66 @@ def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: 
             np.save(tmp, mesh)
         return {"frames": n, "interpolated": filled}
 
+    def frame_count() -> int:
+        return len(list((root / "ori_imgs").glob("*.jpg")))
+
+    def parsing() -> dict:
+        n, mesh, oval = frame_count(), np.load(root / "landmarks_mesh.npy"), face_oval_order()
+        segmenter = PersonSegmenter()
+        background = None
+        try:
+            with atomic_path(root / "parsing") as parse_dir, atomic_path(root / "face_mask") as mask_dir:
+                parse_dir.mkdir()
+                mask_dir.mkdir()
+                for i in tqdm(range(n), desc="parsing", unit="frame", disable=not progress):
+                    bgr = cv2.imread(str(layout.frame(i)))
+                    if background is None:
+                        background = BackgroundAccumulator(margin_px=round(0.04 * bgr.shape[1]))
+                    labels, face = parse_frame(segmenter(bgr), mesh[i], oval, jaw_shift=4 * bgr.shape[1] / 512)
+                    write_parsing(parse_dir / f"{i}.png", labels)
+                    cv2.imwrite(str(parse_dir / f"{i}_face.png"), face.astype(np.uint8) * 255)
+                    cv2.imwrite(str(mask_dir / f"{i}.png"), (labels == HEAD).astype(np.uint8) * 255)
+                    if i % background_every == 0:
+                        background.add(bgr, labels)
+                try:
+                    bc, filled = background.result()
+                except ValueError:
+                    raise UserError("the person covers the whole frame in every sampled frame: no static "
+                                    "background can be estimated") from None
+                with atomic_path(layout.background) as tmp:
+                    cv2.imwrite(str(tmp), bc, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        finally:
+            segmenter.close()
+        return {"frames": n, "background_filled_fraction": round(filled, 4)}
+
+    def gt_images() -> dict:
+        n, bc = frame_count(), cv2.imread(str(layout.background)).astype(np.float32)
+        segmenter = PersonSegmenter()
+        try:
+            with atomic_path(root / "gt_imgs") as gt_dir, atomic_path(root / "torso_imgs") as torso_dir:
+                gt_dir.mkdir()
+                torso_dir.mkdir()
+                for i in tqdm(range(n), desc="gt images", unit="frame", disable=not progress):
+                    bgr = cv2.imread(str(layout.frame(i)))
+                    labels = np.argmax(np.all(cv2.imread(str(layout.parsing(i)))[..., None, :] == PALETTE_BGR, -1), -1)
+                    gt, torso = compose_gt_and_torso(bgr.astype(np.float32), labels, segmenter(bgr), bc)
+                    cv2.imwrite(str(gt_dir / f"{i}.jpg"), gt, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                    cv2.imwrite(str(torso_dir / f"{i}.png"), torso)
+        finally:
+            segmenter.close()
+        return {"frames": n}
+
     frame_settings = {**source, "fps": fps}
     report = {"frames": runner.run("frames", frame_settings, frames, [root / "ori_imgs" / "0.jpg"])}
     report["landmarks"] = runner.run("landmarks", {**frame_settings, "max_gap": max_gap,
                                                    "max_missing_fraction": max_missing_fraction},
                                      landmarks, [root / "landmarks_mesh.npy", layout.landmarks(0)])
+    # a stage depending on an earlier one records that stage's output time: redoing it redoes them
+    report["parsing"] = runner.run("parsing", {"landmarks": _stamp(root / "landmarks_mesh.npy"),
+                                               "background_every": background_every}, parsing,
+                                   [layout.parsing(0), layout.face_only_mask(0), layout.head_mask(0), layout.background])
+    report["gt_images"] = runner.run("gt_images", {"background": _stamp(layout.background)}, gt_images,
+                                     [layout.gt_image(0), layout.torso_image(0)])
     report["audio"] = runner.run("audio", source, audio, [layout.audio])
     report["audio_features"] = runner.run("audio_features", {**source, "fps": fps, "encoder": audio_encoder,
                                                              "window": window}, features,
