@@ -42,7 +42,7 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         downscale=d.downscale, rays_per_step=d.rays_per_step, val_frames=d.val_frames,
         lips_ray_fraction=cfg.stage.lips_ray_fraction, smooth_window=cfg.blendshapes.smooth_window,
         smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
-        synthetic=OmegaConf.to_container(d.synthetic) if d.get("synthetic") else None)
+        synthetic=OmegaConf.to_container(d.synthetic) if d.name == "synthetic" and d.get("synthetic") else None)
 
 
 def build_system(cfg: DictConfig, num_train_frames: int, media_dir: str | None = None) -> HeadNeRFSystem:

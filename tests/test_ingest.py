@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from synctalk.audio import load_audio
-from synctalk.data.ingest import run_ingest
+from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.landmarks import MESH_TO_68, fill_gaps
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
 from synctalk.video import VideoWriter
+from tests.conftest import latest_run
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +22,11 @@ def face_subject(tmp_path_factory):
                     progress=False)
 
 
-def make_video(subject, path, fps=30, blank=(), audio=True):
+def make_video(subject, path, fps=30, blank=(), audio=True, frames=30):
     """An mp4 of the synthetic subject's frames (``blank``: frames replaced by an empty image)."""
     sound = load_audio(subject / "aud.wav") if audio else None
     with VideoWriter(path, fps, sound) as w:
-        for i in range(30):
+        for i in range(frames):
             frame = cv2.imread(str(subject / "ori_imgs" / f"{i}.jpg"))[..., ::-1]
             w.write(np.full_like(frame, 128) if i in blank else frame)
     return path
@@ -39,7 +40,7 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "my clip.mp4")
     before = video.read_bytes()
     root = tmp_path / "data set"
-    report = run_ingest(video, root, 25.0, "mel", 16, force=[], progress=False)
+    report = run_ingest(video, root, IngestOptions(force=[], progress=False))
     n = report["frames"]["frames"]
     assert n == 25  # 30 frames at 30 fps resampled to 25 fps
     assert report["landmarks"]["interpolated"] == []
@@ -52,13 +53,13 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
     assert np.linalg.norm(lms - truth, axis=-1).mean() < 0.05 * 128
     assert lms[36, 0] < lms[45, 0] and lms[8, 1] > lms[30, 1] > lms[27, 1]  # eyes ordered, chin below nose
     stamp = (root / "aud_mel.npy").stat().st_mtime_ns
-    run_ingest(video, root, 25.0, "mel", 16, force=[], progress=False)
+    run_ingest(video, root, IngestOptions(force=[], progress=False))
     assert (root / "aud_mel.npy").stat().st_mtime_ns == stamp  # cached
-    run_ingest(video, root, 25.0, "mel", 16, force=["audio_features"], progress=False)
+    run_ingest(video, root, IngestOptions(force=["audio_features"], progress=False))
     assert (root / "aud_mel.npy").stat().st_mtime_ns != stamp
     assert json.loads((root / ".stages" / "frames.json").read_text())["settings"]["fps"] == 25.0
     parsing_stamp = (root / "parsing" / "0.png").stat().st_mtime_ns
-    run_ingest(video, root, 25.0, "mel", 16, force=["frames"], progress=False)
+    run_ingest(video, root, IngestOptions(force=["frames"], progress=False))
     assert (root / "ori_imgs" / "0.lms").is_file()  # redone frames bring their landmarks back
     assert (root / "parsing" / "0.png").stat().st_mtime_ns != parsing_stamp  # ... and everything after them
 
@@ -68,7 +69,7 @@ def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject
 
     video = make_video(face_subject, tmp_path / "face.mp4", fps=25)
     root = tmp_path / "ds"
-    report = run_ingest(video, root, 25.0, "mel", 16, force=[], progress=False, background_every=5)
+    report = run_ingest(video, root, IngestOptions(progress=False, background_every=5))
     assert report["parsing"]["frames"] == 30
 
     def labels(path):
@@ -94,15 +95,72 @@ def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject
     assert torso[-5:, 64, 3].min() > 200 and torso[5, 64, 3] == 0  # shirt opaque, sky transparent
 
 
+def test_blendshapes_and_poses_follow_the_synthetic_truth(tmp_path):
+    from synctalk.data.layout import Transforms
+
+    subject = generate(SyntheticSpec(num_frames=60, size=256, seed=2), tmp_path / "s", progress=False)
+    video = make_video(subject, tmp_path / "v.mp4", fps=25, frames=60)
+    root = tmp_path / "ds"
+    report = run_ingest(video, root, IngestOptions(progress=False, focal_at_512=1350.0))
+    gt = np.load(subject / "ground_truth.npz")
+    bs = np.load(root / "bs.npy")
+    assert bs.shape == (60, 52)
+    assert np.corrcoef(bs[:, 9], gt["blink"])[0, 1] > 0.8 and np.corrcoef(bs[:, 25], gt["mouth"])[0, 1] > 0.8
+    assert report["poses"]["mean_reprojection_error_px"] < 3
+    train, val = Transforms.read(root / "transforms_train.json"), Transforms.read(root / "transforms_val.json")
+    c2w = np.concatenate([train.c2w, val.c2w]).astype(np.float64)
+    est, true = np.linalg.inv(c2w)[:, :3, :3], gt["rotation"]
+
+    def angle(a, b):
+        return np.degrees(np.arccos(np.clip((np.trace(a @ b.T) - 1) / 2, -1, 1)))
+
+    relative = [angle(est[i] @ est[0].T, true[i] @ true[0].T) for i in range(60)]
+    assert np.median(relative) < 4.0  # measured 2.2 degrees on +-8 degree head motion
+    distance = -np.linalg.inv(c2w)[:, 2, 3].mean()
+    assert abs(distance - 0.9) < 0.2  # true camera distance 0.9 m
+
+
+def test_synthetic_generation_never_replaces_a_real_dataset(tmp_path):
+    real = tmp_path / "my_dataset"
+    real.mkdir()
+    (real / "transforms_train.json").write_text("{}")
+    with pytest.raises(UserError, match="refusing to replace"):
+        generate(SyntheticSpec(num_frames=4, size=32), real, progress=False)
+    assert (real / "transforms_train.json").read_text() == "{}"
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
+    """From a real video to a trained head and a rendered mp4, at smoke size."""
+    root = run_cli.root / "katie"
+    assert run_cli("preprocess", f"data.video={real_data / 'WDA_KatieHill_000.mp4'}", f"data.root={root}") == 0
+    assert run_cli("train", "experiment=smoke", "data=subject", f"data.root={root}", "data.downscale=4",
+                   "logger=none", "trainer.enable_progress_bar=false", "gt_mode=with_hair") == 0
+    run = latest_run(run_cli.root)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["frames"] == 19 and metrics["with_hair/psnr"] > metrics["parsed/psnr"] > 10
+    from synctalk.audio import write_wav
+
+    excerpt = run_cli.root / "speech_2s.wav"
+    write_wav(excerpt, load_audio(real_data / "eng_speech.wav")[: 2 * 16000])
+    out = run_cli.root / "katie_speech.mp4"
+    assert run_cli("render", f"ckpt={run}/checkpoints/last.ckpt", f"audio={excerpt}", f"output={out}",
+                   "poses=replay") == 0
+    import av
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].frames == 50 and len(c.streams.audio) == 1
+
+
 def test_frames_without_a_face(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "gap.mp4", fps=25, blank=(10, 11))
-    report = run_ingest(video, tmp_path / "gap", 25.0, "mel", 16, force=[], progress=False)
+    report = run_ingest(video, tmp_path / "gap", IngestOptions(force=[], progress=False))
     assert report["landmarks"]["interpolated"] == [10, 11]
     lms = [np.loadtxt(tmp_path / "gap" / "ori_imgs" / f"{i}.lms") for i in (9, 10, 12)]
     assert np.abs(lms[1] - (lms[0] + (lms[2] - lms[0]) / 3)).max() < 1e-2  # linear in time
     many = make_video(face_subject, tmp_path / "many.mp4", fps=25, blank=range(5, 15))
     with pytest.raises(UserError, match=r"no face in 10 of 30 frames .*frames 5-14"):
-        run_ingest(many, tmp_path / "many", 25.0, "mel", 16, force=[], progress=False)
+        run_ingest(many, tmp_path / "many", IngestOptions(force=[], progress=False))
     with pytest.raises(UserError, match="no face was found in any"):
         fill_gaps(np.full((4, 478, 3), np.nan), 5, 0.5)
     with pytest.raises(UserError, match="more than 2 frames in a row at frames 1-3"):
@@ -113,15 +171,15 @@ def test_frames_without_a_face(face_subject, tmp_path):
 
 def test_ingest_bad_inputs(face_subject, tmp_path):
     with pytest.raises(UserError, match="no audio track"):
-        run_ingest(make_video(face_subject, tmp_path / "silent.mp4", audio=False), tmp_path / "a", 25.0, "mel", 16,
-                   [], False)
+        silent = make_video(face_subject, tmp_path / "silent.mp4", audio=False)
+        run_ingest(silent, tmp_path / "a", IngestOptions(progress=False))
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(make_video(face_subject, tmp_path / "ok.mp4").read_bytes()[:3000])
     with pytest.raises(UserError):
-        run_ingest(corrupt, tmp_path / "b", 25.0, "mel", 16, [], False)
+        run_ingest(corrupt, tmp_path / "b", IngestOptions(progress=False))
     assert not (tmp_path / "b" / "ori_imgs").exists()  # nothing half-written is left as done
     with pytest.raises(UserError, match="not found"):
-        run_ingest(tmp_path / "missing.mp4", tmp_path / "c", 25.0, "mel", 16, [], False)
+        run_ingest(tmp_path / "missing.mp4", tmp_path / "c", IngestOptions(progress=False))
 
 
 @pytest.mark.real_data

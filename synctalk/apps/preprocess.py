@@ -1,7 +1,8 @@
 """``synctalk preprocess``: make a dataset folder.
 
 ``data=synthetic`` generates the synthetic subject (deterministic for its seed).
-``data.video=PATH data.root=DIR`` runs the stages of :mod:`synctalk.data.ingest`.
+``data.video=PATH data.root=DIR`` runs the stages of :mod:`synctalk.data.ingest` and writes a dataset
+that ``synctalk train data=subject`` reads.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from synctalk.config.schema import PreprocessConfig
-from synctalk.data.ingest import run_ingest
+from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
 
@@ -21,7 +22,7 @@ SCHEMA = PreprocessConfig
 
 def run(cfg: DictConfig) -> dict:
     root = Path(cfg.data.root)
-    if cfg.data.get("synthetic"):
+    if cfg.data.name == "synthetic":
         spec = SyntheticSpec(**OmegaConf.to_container(cfg.data.synthetic))
         if "synthetic" in cfg.preprocess.force and (root / "synthetic_spec.json").is_file():
             (root / "synthetic_spec.json").unlink()
@@ -30,10 +31,14 @@ def run(cfg: DictConfig) -> dict:
         return {"root": str(root)}
     if not cfg.data.video:
         raise UserError("set data.video=/path/to/video.mp4 (and data.root=/path/to/dataset), or use data=synthetic")
-    lm = cfg.preprocess.landmarks
-    report = run_ingest(Path(cfg.data.video), root, cfg.data.fps, cfg.audio_encoder.name, cfg.audio_encoder.window,
-                        list(cfg.preprocess.force), max_gap=lm.max_gap, max_missing_fraction=lm.max_missing_fraction)
-    log.warning("%s now holds frames, 68-point landmarks, 16 kHz audio and audio features; parsing, background, "
-                "blendshapes and head poses are not produced by this version (use the original SyncTalk tools "
-                "for those files, then train with data=subject data.root=%s)", root, root)
+    if cfg.tracker.pose_source != "landmarks":
+        raise UserError(f"tracker.pose_source={cfg.tracker.pose_source} is not available in this version; "
+                        f"use tracker.pose_source=landmarks")
+    p = cfg.preprocess
+    opts = IngestOptions(fps=cfg.data.fps, audio_encoder=cfg.audio_encoder.name, audio_window=cfg.audio_encoder.window,
+                         force=list(p.force), max_gap=p.landmarks.max_gap,
+                         max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
+                         focal_at_512=p.poses.focal_at_512, pose_smooth_window=p.poses.smooth_window)
+    report = run_ingest(Path(cfg.data.video), root, opts)
+    log.info("dataset ready in %s: train with 'synctalk train data=subject data.root=%s'", root, root)
     return {"root": str(root), **report}

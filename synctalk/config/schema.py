@@ -63,7 +63,7 @@ class TrackerConfig:
     every_k: int = 10  # frames used for the focal search
     steps: int = 2000
     lr: float = 0.3
-    pose_source: str = "bundle_adjustment"  # landmarks | bundle_adjustment
+    pose_source: str = "landmarks"  # landmarks (PnP of the landmark template) | bundle_adjustment
 
 
 @dataclass
@@ -172,9 +172,17 @@ class LandmarkOptions:
 
 
 @dataclass
+class PoseOptions:
+    focal_at_512: float = 1200.0  # focal length (px for a 512 px wide image) of the landmark PnP poses
+    smooth_window: int = 7  # Savitzky-Golay window over the poses (0: off)
+
+
+@dataclass
 class PreprocessOptions:
     force: list = field(default_factory=list)  # stages to redo even when cached
     landmarks: LandmarkOptions = field(default_factory=LandmarkOptions)
+    background_every: int = 20  # every k-th frame is used for the static background
+    poses: PoseOptions = field(default_factory=PoseOptions)
 
 
 @dataclass

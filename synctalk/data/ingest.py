@@ -1,5 +1,5 @@
 """Preprocessing stages that turn a video into the first files of a dataset folder:
-frames, landmarks, parsing and background, GT and torso images, audio and audio features.
+frames, landmarks, parsing and background, GT and torso images, blendshapes, head poses and\nthe transforms json, audio and audio features.
 
 Each stage writes its outputs atomically and then a marker ``.stages/<name>.json``
 recording its settings; a stage whose marker matches is skipped, so an interrupted
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -18,8 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from synctalk.audio import SAMPLE_RATE, load_audio, mel_windows, write_wav
+from synctalk.data.blendshapes import BLENDSHAPE_NAMES
+from synctalk.data.face_geometry import blendshapes_from_mesh, poses_by_pnp
 from synctalk.data.landmarks import detect_mesh, fill_gaps, to_68
-from synctalk.data.layout import DatasetLayout
+from synctalk.data.layout import DatasetLayout, Transforms, split_train_val
 from synctalk.data.parsing import (HEAD, PALETTE_BGR, BackgroundAccumulator, PersonSegmenter, compose_gt_and_torso,
                                    face_oval_order, parse_frame, write_parsing)
 from synctalk.errors import UserError
@@ -120,16 +123,31 @@ def _stamp(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.exists() else None
 
 
-def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: int, force: list[str],
-               progress: bool = True, max_gap: int = 5, max_missing_fraction: float = 0.1,
-               background_every: int = 20) -> dict:
-    """Stages ``frames``, ``landmarks``, ``parsing`` (with ``bc.jpg``), ``gt_images``, ``audio`` and
-    ``audio_features`` for one video."""
+@dataclass
+class IngestOptions:
+    """Settings of the preprocessing stages (see ``conf/preprocess.yaml``)."""
+
+    fps: float = 25.0
+    audio_encoder: str = "mel"
+    audio_window: int = 16
+    force: list = field(default_factory=list)
+    max_gap: int = 5
+    max_missing_fraction: float = 0.1
+    background_every: int = 20
+    focal_at_512: float = 1200.0
+    pose_smooth_window: int = 7
+    progress: bool = True
+
+
+def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
+    """All stages for one video: ``frames``, ``landmarks``, ``parsing`` (with ``bc.jpg``), ``gt_images``,
+    ``blendshapes``, ``poses`` (the transforms json), ``audio`` and ``audio_features``."""
+    fps, audio_encoder, window, progress = opts.fps, opts.audio_encoder, opts.audio_window, opts.progress
     info = probe_video(video)
     if not info["has_audio"]:
         raise UserError(f"{video} has no audio track: a talking-head dataset needs the speech")
     layout = DatasetLayout(root)
-    runner = StageRunner(root, force)
+    runner = StageRunner(root, opts.force)
     source = {"video": str(video.resolve()), "size": video.stat().st_size, "mtime": video.stat().st_mtime_ns}
 
     def frames() -> dict:
@@ -155,7 +173,7 @@ def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: 
     def landmarks() -> dict:
         n = len(list((root / "ori_imgs").glob("*.jpg")))
         mesh = detect_mesh([layout.frame(i) for i in range(n)], progress)
-        mesh, filled = fill_gaps(mesh, max_gap, max_missing_fraction)
+        mesh, filled = fill_gaps(mesh, opts.max_gap, opts.max_missing_fraction)
         if filled:
             log.warning("no face in %d frame(s) (%s): interpolated from their neighbours", len(filled),
                         ", ".join(map(str, filled[:20])))
@@ -186,7 +204,7 @@ def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: 
                     write_parsing(parse_dir / f"{i}.png", labels)
                     cv2.imwrite(str(parse_dir / f"{i}_face.png"), face.astype(np.uint8) * 255)
                     cv2.imwrite(str(mask_dir / f"{i}.png"), (labels == HEAD).astype(np.uint8) * 255)
-                    if i % background_every == 0:
+                    if i % opts.background_every == 0:
                         background.add(bgr, labels)
                 try:
                     bc, filled = background.result()
@@ -218,15 +236,39 @@ def run_ingest(video: Path, root: Path, fps: float, audio_encoder: str, window: 
 
     frame_settings = {**source, "fps": fps}
     report = {"frames": runner.run("frames", frame_settings, frames, [root / "ori_imgs" / "0.jpg"])}
-    report["landmarks"] = runner.run("landmarks", {**frame_settings, "max_gap": max_gap,
-                                                   "max_missing_fraction": max_missing_fraction},
+    report["landmarks"] = runner.run("landmarks", {**frame_settings, "max_gap": opts.max_gap,
+                                                   "max_missing_fraction": opts.max_missing_fraction},
                                      landmarks, [root / "landmarks_mesh.npy", layout.landmarks(0)])
     # a stage depending on an earlier one records that stage's output time: redoing it redoes them
     report["parsing"] = runner.run("parsing", {"landmarks": _stamp(root / "landmarks_mesh.npy"),
-                                               "background_every": background_every}, parsing,
+                                               "background_every": opts.background_every}, parsing,
                                    [layout.parsing(0), layout.face_only_mask(0), layout.head_mask(0), layout.background])
     report["gt_images"] = runner.run("gt_images", {"background": _stamp(layout.background)}, gt_images,
                                      [layout.gt_image(0), layout.torso_image(0)])
+    def blendshapes() -> dict:
+        bs = blendshapes_from_mesh(np.load(root / "landmarks_mesh.npy"))
+        with atomic_path(layout.blendshapes) as tmp:
+            np.save(tmp, bs)
+        return {"frames": len(bs), "blinks_over_half": int((bs[:, BLENDSHAPE_NAMES.index("eyeBlinkLeft")] > 0.5).sum())}
+
+    def poses() -> dict:
+        mesh = np.load(root / "landmarks_mesh.npy")
+        height, width = cv2.imread(str(layout.frame(0))).shape[:2]
+        focal = opts.focal_at_512 * width / 512
+        c2w, errors = poses_by_pnp(mesh, focal, width / 2, height / 2, opts.pose_smooth_window)
+        train_ids, val_ids = split_train_val(len(c2w))
+        for split, ids in (("train", train_ids), ("val", val_ids)):
+            Transforms(focal, width / 2, height / 2, ids, ids, c2w[ids].astype(np.float32)).write(layout.transforms(split))
+        with atomic_path(root / "poses_landmarks.npz") as tmp:
+            np.savez(tmp, c2w=c2w, reprojection_error_px=errors, focal=focal)
+        return {"focal": focal, "mean_reprojection_error_px": round(float(errors.mean()), 3),
+                "train": len(train_ids), "val": len(val_ids)}
+
+    mesh_stamp = {"landmarks": _stamp(root / "landmarks_mesh.npy")}
+    report["blendshapes"] = runner.run("blendshapes", mesh_stamp, blendshapes, [layout.blendshapes])
+    report["poses"] = runner.run("poses", {**mesh_stamp, "focal_at_512": opts.focal_at_512,
+                                           "smooth_window": opts.pose_smooth_window}, poses,
+                                 [layout.transforms("train"), layout.transforms("val")])
     report["audio"] = runner.run("audio", source, audio, [layout.audio])
     report["audio_features"] = runner.run("audio_features", {**source, "fps": fps, "encoder": audio_encoder,
                                                              "window": window}, features,

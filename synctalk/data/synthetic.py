@@ -22,6 +22,7 @@ from tqdm import tqdm
 from synctalk.audio import SAMPLE_RATE, mel_windows, write_wav
 from synctalk.data.blendshapes import BLENDSHAPE_NAMES
 from synctalk.data.layout import PARSING_COLORS, DatasetLayout, Transforms, split_train_val
+from synctalk.errors import UserError
 from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, project_points
 from synctalk.io import atomic_path
 
@@ -333,6 +334,9 @@ def generate(spec: SyntheticSpec, root: Path, progress: bool = True) -> Path:
     marker = root / "synthetic_spec.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == spec.key():
         return root
+    if root.exists() and any(root.iterdir()) and not marker.is_file():
+        raise UserError(f"{root} exists and is not a synthetic subject: refusing to replace it "
+                        f"(choose another data.root for data=synthetic)")
     with atomic_path(root) as tmp:
         _write(spec, tmp, progress)
     return root
