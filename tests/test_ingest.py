@@ -65,15 +65,12 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
 
 
 def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject, tmp_path):
-    from synctalk.data.parsing import HEAD, PALETTE_BGR
+    from synctalk.data.parsing import HEAD, read_parsing as labels
 
     video = make_video(face_subject, tmp_path / "face.mp4", fps=25)
     root = tmp_path / "ds"
     report = run_ingest(video, root, IngestOptions(progress=False, background_every=5))
     assert report["parsing"]["frames"] == 30
-
-    def labels(path):
-        return np.argmax(np.all(cv2.imread(str(path))[..., None, :] == PALETTE_BGR, -1), -1)
 
     for i in (0, 15, 29):
         got, truth = labels(root / "parsing" / f"{i}.png"), labels(face_subject / "parsing" / f"{i}.png")

@@ -23,8 +23,8 @@ from synctalk.data.blendshapes import BLENDSHAPE_NAMES
 from synctalk.data.face_geometry import blendshapes_from_mesh, poses_by_pnp
 from synctalk.data.landmarks import detect_mesh, fill_gaps, to_68
 from synctalk.data.layout import DatasetLayout, Transforms, split_train_val
-from synctalk.data.parsing import (HEAD, PALETTE_BGR, BackgroundAccumulator, PersonSegmenter, compose_gt_and_torso,
-                                   face_oval_order, parse_frame, write_parsing)
+from synctalk.data.parsing import (HEAD, BackgroundAccumulator, PersonSegmenter, compose_gt_and_torso, face_oval_order,
+                                   parse_frame, read_parsing, write_parsing)
 from synctalk.errors import UserError
 from synctalk.io import atomic_path, write_json
 
@@ -190,48 +190,42 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
 
     def parsing() -> dict:
         n, mesh, oval = frame_count(), np.load(root / "landmarks_mesh.npy"), face_oval_order()
-        segmenter = PersonSegmenter()
         background = None
-        try:
-            with atomic_path(root / "parsing") as parse_dir, atomic_path(root / "face_mask") as mask_dir:
-                parse_dir.mkdir()
-                mask_dir.mkdir()
-                for i in tqdm(range(n), desc="parsing", unit="frame", disable=not progress):
-                    bgr = cv2.imread(str(layout.frame(i)))
-                    if background is None:
-                        background = BackgroundAccumulator(margin_px=round(0.04 * bgr.shape[1]))
-                    labels, face = parse_frame(segmenter(bgr), mesh[i], oval, jaw_shift=4 * bgr.shape[1] / 512)
-                    write_parsing(parse_dir / f"{i}.png", labels)
-                    cv2.imwrite(str(parse_dir / f"{i}_face.png"), face.astype(np.uint8) * 255)
-                    cv2.imwrite(str(mask_dir / f"{i}.png"), (labels == HEAD).astype(np.uint8) * 255)
-                    if i % opts.background_every == 0:
-                        background.add(bgr, labels)
-                try:
-                    bc, filled = background.result()
-                except ValueError:
-                    raise UserError("the person covers the whole frame in every sampled frame: no static "
-                                    "background can be estimated") from None
-                with atomic_path(layout.background) as tmp:
-                    cv2.imwrite(str(tmp), bc, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        finally:
-            segmenter.close()
+        with (PersonSegmenter() as segmenter, atomic_path(root / "parsing") as parse_dir,
+              atomic_path(root / "face_mask") as mask_dir):
+            parse_dir.mkdir()
+            mask_dir.mkdir()
+            for i in tqdm(range(n), desc="parsing", unit="frame", disable=not progress):
+                bgr = cv2.imread(str(layout.frame(i)))
+                if background is None:
+                    background = BackgroundAccumulator(margin_px=round(0.04 * bgr.shape[1]))
+                labels, face = parse_frame(segmenter(bgr), mesh[i], oval, jaw_shift=4 * bgr.shape[1] / 512)
+                write_parsing(parse_dir / f"{i}.png", labels)
+                cv2.imwrite(str(parse_dir / f"{i}_face.png"), face.astype(np.uint8) * 255)
+                cv2.imwrite(str(mask_dir / f"{i}.png"), (labels == HEAD).astype(np.uint8) * 255)
+                if i % opts.background_every == 0:
+                    background.add(bgr, labels)
+            try:
+                bc, filled = background.result()
+            except ValueError:
+                raise UserError("the person covers the whole frame in every sampled frame: no static "
+                                "background can be estimated") from None
+            with atomic_path(layout.background) as tmp:
+                cv2.imwrite(str(tmp), bc, [cv2.IMWRITE_JPEG_QUALITY, 95])
         return {"frames": n, "background_filled_fraction": round(filled, 4)}
 
     def gt_images() -> dict:
         n, bc = frame_count(), cv2.imread(str(layout.background)).astype(np.float32)
-        segmenter = PersonSegmenter()
-        try:
-            with atomic_path(root / "gt_imgs") as gt_dir, atomic_path(root / "torso_imgs") as torso_dir:
-                gt_dir.mkdir()
-                torso_dir.mkdir()
-                for i in tqdm(range(n), desc="gt images", unit="frame", disable=not progress):
-                    bgr = cv2.imread(str(layout.frame(i)))
-                    labels = np.argmax(np.all(cv2.imread(str(layout.parsing(i)))[..., None, :] == PALETTE_BGR, -1), -1)
-                    gt, torso = compose_gt_and_torso(bgr.astype(np.float32), labels, segmenter(bgr), bc)
-                    cv2.imwrite(str(gt_dir / f"{i}.jpg"), gt, [cv2.IMWRITE_JPEG_QUALITY, 95])
-                    cv2.imwrite(str(torso_dir / f"{i}.png"), torso)
-        finally:
-            segmenter.close()
+        with (PersonSegmenter() as segmenter, atomic_path(root / "gt_imgs") as gt_dir,
+              atomic_path(root / "torso_imgs") as torso_dir):
+            gt_dir.mkdir()
+            torso_dir.mkdir()
+            for i in tqdm(range(n), desc="gt images", unit="frame", disable=not progress):
+                bgr = cv2.imread(str(layout.frame(i)))
+                gt, torso = compose_gt_and_torso(bgr.astype(np.float32), read_parsing(layout.parsing(i)),
+                                                 segmenter(bgr), bc)
+                cv2.imwrite(str(gt_dir / f"{i}.jpg"), gt, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                cv2.imwrite(str(torso_dir / f"{i}.png"), torso)
         return {"frames": n}
 
     frame_settings = {**source, "fps": fps}

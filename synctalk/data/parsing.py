@@ -53,7 +53,10 @@ class PersonSegmenter:
     def __call__(self, bgr: np.ndarray) -> np.ndarray:
         return self._seg.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).segmentation_mask.astype(np.float32)
 
-    def close(self) -> None:
+    def __enter__(self) -> "PersonSegmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self._seg.close()
 
 
@@ -143,4 +146,13 @@ def compose_gt_and_torso(bgr: np.ndarray, labels: np.ndarray, person: np.ndarray
 
 
 def write_parsing(path: Path, labels: np.ndarray) -> None:
+    """Save labels (H, W) in {0..3} with the parsing colours."""
     cv2.imwrite(str(path), PALETTE_BGR[labels])
+
+
+def read_parsing(path: Path) -> np.ndarray:
+    """Labels (H, W) in {0 background, 1 head, 2 neck, 3 torso} of a parsing image."""
+    img = cv2.imread(str(path))
+    if img is None:
+        raise FileNotFoundError(path)
+    return np.argmax(np.all(img[..., None, :] == PALETTE_BGR, -1), -1)
