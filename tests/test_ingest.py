@@ -149,6 +149,52 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
         assert c.streams.video[0].frames == 50 and len(c.streams.audio) == 1
 
 
+def test_variable_frame_rate_is_resampled_by_timestamp(tmp_path):
+    import av
+    from fractions import Fraction
+
+    from synctalk.data.ingest import ingest_frames
+
+    times_ms = [0, 20, 100, 120, 200, 330, 400, 410, 420, 600, 800, 1000]
+    with av.open(str(tmp_path / "vfr.mp4"), "w") as c:
+        stream = c.add_stream("libx264", rate=50)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for k, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k * 20, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    n = ingest_frames(tmp_path / "vfr.mp4", tmp_path / "frames", 25.0, progress=False)
+    assert n >= 25
+    for slot in range(25):  # each output frame shows the source frame on screen at slot / 25 s
+        shown = max(k for k, t in enumerate(times_ms) if t <= slot * 40)
+        value = cv2.imread(str(tmp_path / "frames" / f"{slot}.jpg")).mean()
+        assert abs(value - shown * 20) < 6, (slot, value, shown)
+
+
+def test_overlays_jitter_and_imported_features(face_subject, tmp_path):
+    video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
+    ds = np.random.default_rng(0).normal(size=(31, 16, 29)).astype(np.float32)  # one frame too many
+    np.save(tmp_path / "aud_ds.npy", ds)
+    opts = IngestOptions(progress=False, overlay_every=10, audio_encoder="ds", feature_dim=29,
+                         features_file=str(tmp_path / "aud_ds.npy"))
+    report = run_ingest(video, tmp_path / "d", opts)
+    assert sorted(p.name for p in (tmp_path / "d" / "overlays").iterdir()) == ["0.jpg", "10.jpg", "20.jpg"]
+    assert 0 <= report["landmarks"]["rigid_jitter_px"] < 1.0  # smooth synthetic motion, 128 px
+    np.testing.assert_array_equal(np.load(tmp_path / "d" / "aud_ds.npy"), ds[:30])
+    np.save(tmp_path / "bad.npy", ds[:, :, :10])
+    with pytest.raises(UserError, match="expected \\(frames, 16, 29\\)"):
+        run_ingest(video, tmp_path / "e", IngestOptions(progress=False, audio_encoder="ds", feature_dim=29,
+                                                        features_file=str(tmp_path / "bad.npy")))
+    with pytest.raises(UserError, match="audio_encoder.features_file"):
+        run_ingest(video, tmp_path / "f", IngestOptions(progress=False, audio_encoder="ds", feature_dim=29))
+    with pytest.raises(UserError, match="preprocess.face_landmarker"):
+        run_ingest(video, tmp_path / "g", IngestOptions(progress=False, face_landmarker=str(tmp_path / "no.task")))
+
+
 def test_frames_without_a_face(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "gap.mp4", fps=25, blank=(10, 11))
     report = run_ingest(video, tmp_path / "gap", IngestOptions(force=[], progress=False))

@@ -38,7 +38,9 @@ def run(cfg: DictConfig) -> dict:
     opts = IngestOptions(fps=cfg.data.fps, audio_encoder=cfg.audio_encoder.name, audio_window=cfg.audio_encoder.window,
                          force=list(p.force), max_gap=p.landmarks.max_gap,
                          max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
-                         focal_at_512=p.poses.focal_at_512, pose_smooth_window=p.poses.smooth_window)
+                         focal_at_512=p.poses.focal_at_512, pose_smooth_window=p.poses.smooth_window,
+                         overlay_every=p.overlay_every, face_landmarker=p.face_landmarker,
+                         features_file=cfg.audio_encoder.features_file, feature_dim=cfg.audio_encoder.feature_dim)
     report = run_ingest(Path(cfg.data.video), root, opts)
     log.info("dataset ready in %s: train with 'synctalk train data=subject data.root=%s'", root, root)
     return {"root": str(root), **report}

@@ -39,6 +39,7 @@ class AudioConfig:
     feature_dim: int = 80  # size of one audio step
     window: int = 16  # audio steps per video frame
     checkpoint: Optional[str] = None  # weight file of encoders that need one
+    features_file: Optional[str] = None  # precomputed features to import, e.g. aud_ds.npy of the original tools
 
 
 @dataclass
@@ -182,6 +183,8 @@ class PreprocessOptions:
     force: list = field(default_factory=list)  # stages to redo even when cached
     landmarks: LandmarkOptions = field(default_factory=LandmarkOptions)
     background_every: int = 20  # every k-th frame is used for the static background
+    overlay_every: int = 25  # every k-th frame gets a checking image in overlays/
+    face_landmarker: Optional[str] = None  # face_landmarker.task with blendshapes (None: from landmark geometry)
     poses: PoseOptions = field(default_factory=PoseOptions)
 
 

@@ -58,6 +58,33 @@ def blendshapes_from_mesh(mesh: np.ndarray) -> np.ndarray:
     return out
 
 
+def blendshapes_from_face_landmarker(frame_paths: list, model_path, fps: float, progress: bool = True) -> np.ndarray:
+    """Blendshapes from MediaPipe's Face Landmarker model (video mode).
+
+    Args:
+        model_path: ``face_landmarker.task`` (with blendshapes).
+    Returns:
+        (N, 52) scores in category order; frames without a face are NaN.
+    """
+    import mediapipe as mp
+    from tqdm import tqdm
+
+    vision = mp.tasks.vision
+    options = vision.FaceLandmarkerOptions(base_options=mp.tasks.BaseOptions(model_asset_path=str(model_path)),
+                                           running_mode=vision.RunningMode.VIDEO, output_face_blendshapes=True,
+                                           num_faces=1)
+    out = np.full((len(frame_paths), len(BLENDSHAPE_NAMES)), np.nan, np.float32)
+    with vision.FaceLandmarker.create_from_options(options) as landmarker:
+        for i, path in enumerate(tqdm(frame_paths, desc="blendshapes", unit="frame", disable=not progress)):
+            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            result = landmarker.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb),
+                                                 int(round(i * 1000 / fps)))
+            if result.face_blendshapes:
+                for category in result.face_blendshapes[0]:
+                    out[i, category.index] = category.score
+    return out
+
+
 def rigid_template(mesh: np.ndarray, every: int = 5) -> np.ndarray:
     """The subject's rigid face template in the head frame, metres, (len(RIGID), 3).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -20,12 +21,13 @@ from tqdm import tqdm
 
 from synctalk.audio import SAMPLE_RATE, load_audio, mel_windows, write_wav
 from synctalk.data.blendshapes import BLENDSHAPE_NAMES
-from synctalk.data.face_geometry import blendshapes_from_mesh, poses_by_pnp
-from synctalk.data.landmarks import detect_mesh, fill_gaps, to_68
+from synctalk.data.face_geometry import blendshapes_from_face_landmarker, blendshapes_from_mesh, poses_by_pnp
+from synctalk.data.landmarks import detect_mesh, fill_gaps, jitter, to_68
 from synctalk.data.layout import DatasetLayout, Transforms, split_train_val
 from synctalk.data.parsing import (HEAD, BackgroundAccumulator, PersonSegmenter, compose_gt_and_torso, face_oval_order,
-                                   parse_frame, read_parsing, write_parsing)
+                                   overlay, parse_frame, read_parsing, write_parsing)
 from synctalk.errors import UserError
+from synctalk.external import require_file
 from synctalk.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -112,10 +114,28 @@ class StageRunner:
         if self.done(name, settings, outputs):
             log.info("stage %s: cached", name)
             return json.loads(marker.read_text())["report"]
+        start = time.perf_counter()
         report = fn()
+        report["seconds"] = round(time.perf_counter() - start, 2)
         write_json(marker, {"settings": settings, "report": report})
         log.info("stage %s: %s", name, report)
         return report
+
+
+def import_features(path: Path, num_frames: int, window: int, dim: int) -> np.ndarray:
+    """Precomputed per-frame audio features (frames, window, dim), e.g. the original tools' aud_ds.npy.
+
+    A count off by a couple of frames (rounding of the audio length) is padded or cut at the end.
+    """
+    if not path.is_file():
+        raise UserError(f"audio_encoder.features_file={path} does not exist")
+    feats = np.load(path)
+    if feats.ndim != 3 or feats.shape[1:] != (window, dim):
+        raise UserError(f"{path} has shape {feats.shape}; expected (frames, {window}, {dim})")
+    if abs(len(feats) - num_frames) > 2:
+        raise UserError(f"{path} has features for {len(feats)} frames but the video has {num_frames}")
+    idx = np.minimum(np.arange(num_frames), len(feats) - 1)
+    return feats[idx].astype(np.float32)
 
 
 def _stamp(path: Path) -> int | None:
@@ -136,18 +156,25 @@ class IngestOptions:
     background_every: int = 20
     focal_at_512: float = 1200.0
     pose_smooth_window: int = 7
+    overlay_every: int = 25
+    face_landmarker: str | None = None
+    features_file: str | None = None
+    feature_dim: int = 80
     progress: bool = True
 
 
 def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
     """All stages for one video: ``frames``, ``landmarks``, ``parsing`` (with ``bc.jpg``), ``gt_images``,
-    ``blendshapes``, ``poses`` (the transforms json), ``audio`` and ``audio_features``."""
+    ``overlays``, ``blendshapes``, ``poses`` (the transforms json), ``audio`` and ``audio_features``."""
     fps, audio_encoder, window, progress = opts.fps, opts.audio_encoder, opts.audio_window, opts.progress
     info = probe_video(video)
     if not info["has_audio"]:
         raise UserError(f"{video} has no audio track: a talking-head dataset needs the speech")
     layout = DatasetLayout(root)
     runner = StageRunner(root, opts.force)
+
+    def frame_count() -> int:
+        return len(list((root / "ori_imgs").glob("*.jpg")))
     source = {"video": str(video.resolve()), "size": video.stat().st_size, "mtime": video.stat().st_mtime_ns}
 
     def frames() -> dict:
@@ -162,16 +189,20 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
         return {"seconds": len(samples) / SAMPLE_RATE}
 
     def features() -> dict:
-        if audio_encoder != "mel":
-            raise UserError(f"audio_encoder={audio_encoder} features are not computed by this version; use mel")
-        n = len(list((root / "ori_imgs").glob("*.jpg")))
-        feats = mel_windows(load_audio(layout.audio), n, fps, window)
-        with atomic_path(layout.audio_features("mel")) as tmp:
+        n = frame_count()
+        if opts.features_file:
+            feats = import_features(Path(opts.features_file), n, window, opts.feature_dim)
+        elif audio_encoder == "mel":
+            feats = mel_windows(load_audio(layout.audio), n, fps, window)
+        else:
+            raise UserError(f"audio_encoder={audio_encoder} features are not computed by this version: set "
+                            f"audio_encoder.features_file=/path/to/aud_{audio_encoder}.npy to import them")
+        with atomic_path(layout.audio_features(audio_encoder)) as tmp:
             np.save(tmp, feats)
         return {"shape": list(feats.shape)}
 
     def landmarks() -> dict:
-        n = len(list((root / "ori_imgs").glob("*.jpg")))
+        n = frame_count()
         mesh = detect_mesh([layout.frame(i) for i in range(n)], progress)
         mesh, filled = fill_gaps(mesh, opts.max_gap, opts.max_missing_fraction)
         if filled:
@@ -183,10 +214,8 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                 np.savetxt(tmp, lms[i], fmt="%.2f")
         with atomic_path(root / "landmarks_mesh.npy") as tmp:
             np.save(tmp, mesh)
-        return {"frames": n, "interpolated": filled}
-
-    def frame_count() -> int:
-        return len(list((root / "ori_imgs").glob("*.jpg")))
+        rigid = [36, 39, 42, 45, 27, 28]  # eye corners and nose bridge
+        return {"frames": n, "interpolated": filled, "rigid_jitter_px": round(jitter(lms[:, rigid]), 3)}
 
     def parsing() -> dict:
         n, mesh, oval = frame_count(), np.load(root / "landmarks_mesh.npy"), face_oval_order()
@@ -239,11 +268,31 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                                    [layout.parsing(0), layout.face_only_mask(0), layout.head_mask(0), layout.background])
     report["gt_images"] = runner.run("gt_images", {"background": _stamp(layout.background)}, gt_images,
                                      [layout.gt_image(0), layout.torso_image(0)])
+    def overlays() -> dict:
+        every = max(1, opts.overlay_every)
+        with atomic_path(root / "overlays") as out:
+            out.mkdir()
+            ids = range(0, frame_count(), every)
+            for i in ids:
+                face = cv2.imread(str(layout.face_only_mask(i)), cv2.IMREAD_GRAYSCALE) > 127
+                image = overlay(cv2.imread(str(layout.frame(i))), read_parsing(layout.parsing(i)), face,
+                                np.loadtxt(layout.landmarks(i)))
+                cv2.imwrite(str(out / f"{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return {"images": len(ids)}
+
     def blendshapes() -> dict:
-        bs = blendshapes_from_mesh(np.load(root / "landmarks_mesh.npy"))
+        if opts.face_landmarker:
+            model = require_file(opts.face_landmarker, "Face Landmarker model", "preprocess.face_landmarker")
+            raw = blendshapes_from_face_landmarker([layout.frame(i) for i in range(frame_count())], model, fps,
+                                                   progress)
+            bs, _ = fill_gaps(raw[..., None], opts.max_gap, opts.max_missing_fraction)
+            bs = bs[..., 0]
+        else:
+            bs = blendshapes_from_mesh(np.load(root / "landmarks_mesh.npy"))
         with atomic_path(layout.blendshapes) as tmp:
             np.save(tmp, bs)
-        return {"frames": len(bs), "blinks_over_half": int((bs[:, BLENDSHAPE_NAMES.index("eyeBlinkLeft")] > 0.5).sum())}
+        return {"frames": len(bs), "source": "face_landmarker" if opts.face_landmarker else "landmark geometry",
+                "frames_blinking": int((bs[:, BLENDSHAPE_NAMES.index("eyeBlinkLeft")] > 0.5).sum())}
 
     def poses() -> dict:
         mesh = np.load(root / "landmarks_mesh.npy")
@@ -258,13 +307,16 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
         return {"focal": focal, "mean_reprojection_error_px": round(float(errors.mean()), 3),
                 "train": len(train_ids), "val": len(val_ids)}
 
+    report["overlays"] = runner.run("overlays", {"parsing": _stamp(layout.background), "every": opts.overlay_every},
+                                    overlays, [root / "overlays"])
     mesh_stamp = {"landmarks": _stamp(root / "landmarks_mesh.npy")}
-    report["blendshapes"] = runner.run("blendshapes", mesh_stamp, blendshapes, [layout.blendshapes])
+    report["blendshapes"] = runner.run("blendshapes", {**mesh_stamp, "face_landmarker": opts.face_landmarker},
+                                       blendshapes, [layout.blendshapes])
     report["poses"] = runner.run("poses", {**mesh_stamp, "focal_at_512": opts.focal_at_512,
                                            "smooth_window": opts.pose_smooth_window}, poses,
                                  [layout.transforms("train"), layout.transforms("val")])
     report["audio"] = runner.run("audio", source, audio, [layout.audio])
     report["audio_features"] = runner.run("audio_features", {**source, "fps": fps, "encoder": audio_encoder,
-                                                             "window": window}, features,
+                                                             "window": window, "file": opts.features_file}, features,
                                           [layout.audio_features(audio_encoder)])
     return report

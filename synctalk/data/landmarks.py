@@ -91,6 +91,17 @@ def fill_gaps(landmarks: np.ndarray, max_gap: int, max_missing_fraction: float) 
     return flat.reshape(landmarks.shape), idx
 
 
+def jitter(points: np.ndarray) -> float:
+    """Mean absolute second difference over time of (N, P, 2) points, pixels.
+
+    On points that do not move with expression (eye corners, nose bridge) this measures the
+    detector's frame-to-frame noise plus the head's acceleration, which is small for real motion.
+    """
+    if len(points) < 3:
+        return 0.0
+    return float(np.abs(points[2:] - 2 * points[1:-1] + points[:-2]).sum(-1).mean())
+
+
 def to_68(mesh: np.ndarray) -> np.ndarray:
     """(..., 478, D) FaceMesh points -> (..., 68, 2) pixel landmarks."""
     return mesh[..., MESH_TO_68, :2]

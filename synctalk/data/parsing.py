@@ -156,3 +156,14 @@ def read_parsing(path: Path) -> np.ndarray:
     if img is None:
         raise FileNotFoundError(path)
     return np.argmax(np.all(img[..., None, :] == PALETTE_BGR, -1), -1)
+
+
+def overlay(bgr: np.ndarray, labels: np.ndarray, face: np.ndarray, lms68: np.ndarray) -> np.ndarray:
+    """A checking image: parsing colours blended over the frame, the face-mask outline, the 68 landmarks."""
+    out = cv2.addWeighted(bgr, 0.65, PALETTE_BGR[labels], 0.35, 0)
+    contours, _ = cv2.findContours(face.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (255, 255, 0), 1)
+    radius = max(1, bgr.shape[1] // 256)
+    for x, y in lms68:
+        cv2.circle(out, (int(round(x)), int(round(y))), radius, (0, 255, 0), -1)
+    return out
