@@ -27,7 +27,7 @@ REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parent
 
 
 def stage_seconds(report: dict) -> dict:
-    return {stage: r.get("seconds") for stage, r in report.items()}
+    return {stage: r.get("elapsed_s") for stage, r in report.items()}
 
 
 def looped_video(clip: Path, minutes: float, out: Path) -> Path:

@@ -45,6 +45,7 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
     assert n == 25  # 30 frames at 30 fps resampled to 25 fps
     assert report["landmarks"]["interpolated"] == []
     assert abs(report["audio"]["seconds"] - 1.2) < 0.05
+    assert all(r["elapsed_s"] >= 0 for r in report.values())
     assert np.load(root / "aud_mel.npy").shape == (n, 16, 80)
     assert video.read_bytes() == before  # the source is never modified
     # the 68 landmarks land on the synthetic head's own (frame 0 is the same image in both)

@@ -116,7 +116,7 @@ class StageRunner:
             return json.loads(marker.read_text())["report"]
         start = time.perf_counter()
         report = fn()
-        report["seconds"] = round(time.perf_counter() - start, 2)
+        report["elapsed_s"] = round(time.perf_counter() - start, 2)
         write_json(marker, {"settings": settings, "report": report})
         log.info("stage %s: %s", name, report)
         return report
@@ -172,10 +172,10 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
         raise UserError(f"{video} has no audio track: a talking-head dataset needs the speech")
     layout = DatasetLayout(root)
     runner = StageRunner(root, opts.force)
+    source = {"video": str(video.resolve()), "size": video.stat().st_size, "mtime": video.stat().st_mtime_ns}
 
     def frame_count() -> int:
         return len(list((root / "ori_imgs").glob("*.jpg")))
-    source = {"video": str(video.resolve()), "size": video.stat().st_size, "mtime": video.stat().st_mtime_ns}
 
     def frames() -> dict:
         with atomic_path(root / "ori_imgs") as tmp:

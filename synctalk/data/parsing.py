@@ -20,6 +20,9 @@ from synctalk.data.layout import PARSING_COLORS
 
 BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
 PALETTE_BGR = np.array([PARSING_COLORS[k] for k in ("background", "head", "neck", "torso")], np.uint8)[:, ::-1]
+# colour bits (B*4 + G*2 + R) of the palette -> label: white 7, red 1, green 2, blue 4
+_CODE_TO_LABEL = np.zeros(8, np.uint8)
+_CODE_TO_LABEL[[7, 1, 2, 4]] = [BACKGROUND, HEAD, NECK, TORSO]
 
 
 def face_oval_order() -> np.ndarray:
@@ -141,7 +144,7 @@ def compose_gt_and_torso(bgr: np.ndarray, labels: np.ndarray, person: np.ndarray
     alpha = np.where(labels == BACKGROUND, 0.0, np.clip(person, 0, 1))[..., None]
     gt = (bgr * alpha + background * (1 - alpha) + 0.5).astype(np.uint8)
     body = ((labels == NECK) | (labels == TORSO))[..., None] * alpha
-    torso = np.concatenate([bgr, (body * 255 + 0.5).astype(np.uint8)], -1)
+    torso = np.concatenate([np.clip(bgr + 0.5, 0, 255).astype(np.uint8), (body * 255 + 0.5).astype(np.uint8)], -1)
     return gt, torso
 
 
@@ -155,7 +158,8 @@ def read_parsing(path: Path) -> np.ndarray:
     img = cv2.imread(str(path))
     if img is None:
         raise FileNotFoundError(path)
-    return np.argmax(np.all(img[..., None, :] == PALETTE_BGR, -1), -1)
+    code = (img[..., 0] > 127).astype(np.uint8) * 4 + (img[..., 1] > 127) * 2 + (img[..., 2] > 127)  # B, G, R bits
+    return _CODE_TO_LABEL[code]
 
 
 def overlay(bgr: np.ndarray, labels: np.ndarray, face: np.ndarray, lms68: np.ndarray) -> np.ndarray:
