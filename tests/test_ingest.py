@@ -213,6 +213,40 @@ def test_frames_without_a_face(face_subject, tmp_path):
         fill_gaps(arr, 2, 0.5)
 
 
+def test_a_video_without_any_face_stops_with_a_clear_error(face_subject, tmp_path):
+    video = make_video(face_subject, tmp_path / "empty room.mp4", fps=25, blank=range(30))
+    with pytest.raises(UserError, match="no face was found in any of the 30 frames"):
+        run_ingest(video, tmp_path / "d", IngestOptions(progress=False))
+    assert (tmp_path / "d" / "ori_imgs" / "29.jpg").is_file()  # the finished frames stage is kept
+    assert not (tmp_path / "d" / ".stages" / "landmarks.json").exists()
+
+
+def test_a_stage_killed_midway_is_redone_on_the_next_run(face_subject, tmp_path, monkeypatch):
+    import synctalk.data.ingest as ingest
+
+    video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
+    real = ingest.compose_gt_and_torso
+    calls = {"n": 0}
+
+    def dies_on_frame_12(*args):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(ingest, "compose_gt_and_torso", dies_on_frame_12)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(video, tmp_path / "d", IngestOptions(progress=False))
+    root = tmp_path / "d"
+    assert not (root / "gt_imgs").exists() and not (root / ".stages" / "gt_images.json").exists()
+    parsing_marker = (root / ".stages" / "parsing.json").stat().st_mtime_ns
+    monkeypatch.setattr(ingest, "compose_gt_and_torso", real)
+    report = run_ingest(video, root, IngestOptions(progress=False))
+    assert len(list((root / "gt_imgs").glob("*.jpg"))) == 30 and report["gt_images"]["frames"] == 30
+    assert (root / ".stages" / "parsing.json").stat().st_mtime_ns == parsing_marker  # finished stages kept
+    assert (root / "blendshapes.png").is_file()
+
+
 def test_ingest_bad_inputs(face_subject, tmp_path):
     with pytest.raises(UserError, match="no audio track"):
         silent = make_video(face_subject, tmp_path / "silent.mp4", audio=False)

@@ -122,6 +122,30 @@ class StageRunner:
         return report
 
 
+def plot_blendshape_curves(bs: np.ndarray, fps: float, path: Path) -> None:
+    """Save the blink, brow and jaw curves over time as a picture a person can check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(len(bs)) / fps
+    fig, ax = plt.subplots(2, 1, figsize=(10, 4), sharex=True)
+    for name in ("eyeBlinkLeft", "eyeBlinkRight"):
+        ax[0].plot(t, bs[:, BLENDSHAPE_NAMES.index(name)], label=name)
+    for name in ("browInnerUp", "jawOpen"):
+        ax[1].plot(t, bs[:, BLENDSHAPE_NAMES.index(name)], label=name)
+    for a in ax:
+        a.set_ylim(-0.05, 1.05)
+        a.legend(loc="upper right", fontsize=8)
+    ax[1].set_xlabel("seconds")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
 def import_features(path: Path, num_frames: int, window: int, dim: int) -> np.ndarray:
     """Precomputed per-frame audio features (frames, window, dim), e.g. the original tools' aud_ds.npy.
 
@@ -291,6 +315,7 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
             bs = blendshapes_from_mesh(np.load(root / "landmarks_mesh.npy"))
         with atomic_path(layout.blendshapes) as tmp:
             np.save(tmp, bs)
+        plot_blendshape_curves(bs, fps, root / "blendshapes.png")
         return {"frames": len(bs), "source": "face_landmarker" if opts.face_landmarker else "landmark geometry",
                 "frames_blinking": int((bs[:, BLENDSHAPE_NAMES.index("eyeBlinkLeft")] > 0.5).sum())}
 
@@ -311,7 +336,7 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                                     overlays, [root / "overlays"])
     mesh_stamp = {"landmarks": _stamp(root / "landmarks_mesh.npy")}
     report["blendshapes"] = runner.run("blendshapes", {**mesh_stamp, "face_landmarker": opts.face_landmarker},
-                                       blendshapes, [layout.blendshapes])
+                                       blendshapes, [layout.blendshapes, root / "blendshapes.png"])
     report["poses"] = runner.run("poses", {**mesh_stamp, "focal_at_512": opts.focal_at_512,
                                            "smooth_window": opts.pose_smooth_window}, poses,
                                  [layout.transforms("train"), layout.transforms("val")])
