@@ -91,6 +91,15 @@ def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject
     torso = cv2.imread(str(root / "torso_imgs" / "3.png"), cv2.IMREAD_UNCHANGED)
     assert gt.shape == (128, 128, 3) and torso.shape == (128, 128, 4)
     assert torso[-5:, 64, 3].min() > 200 and torso[5, 64, 3] == 0  # shirt opaque, sky transparent
+    # the neck continued behind the head matches the neck the generator drew there
+    for i in (0, 15, 29):
+        ours = cv2.imread(str(root / "torso_imgs" / f"{i}.png"), cv2.IMREAD_UNCHANGED).astype(float)
+        truth = cv2.imread(str(face_subject / "torso_imgs" / f"{i}.png"), cv2.IMREAD_UNCHANGED).astype(float)
+        head_now = labels(root / "parsing" / f"{i}.png") == HEAD
+        filled = head_now & (ours[..., 3] == 255)
+        assert filled.sum() > 20
+        assert np.abs(ours[..., :3] - truth[..., :3])[filled & (truth[..., 3] > 250)].mean() < 20
+        assert (truth[..., 3][filled] > 128).mean() > 0.9  # filled where the true neck is
 
 
 def test_blendshapes_and_poses_follow_the_synthetic_truth(tmp_path):

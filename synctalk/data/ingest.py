@@ -276,7 +276,7 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
             for i in tqdm(range(n), desc="gt images", unit="frame", disable=not progress):
                 bgr = cv2.imread(str(layout.frame(i)))
                 gt, torso = compose_gt_and_torso(bgr.astype(np.float32), read_parsing(layout.parsing(i)),
-                                                 segmenter(bgr), bc)
+                                                 segmenter(bgr), bc, neck_gap_px=round(0.08 * bgr.shape[1]))
                 cv2.imwrite(str(gt_dir / f"{i}.jpg"), gt, [cv2.IMWRITE_JPEG_QUALITY, 95])
                 cv2.imwrite(str(torso_dir / f"{i}.png"), torso)
         return {"frames": n}

@@ -133,19 +133,48 @@ class BackgroundAccumulator:
         return np.clip(filled + 0.5, 0, 255).astype(np.uint8), float(1 - seen.mean())
 
 
-def compose_gt_and_torso(bgr: np.ndarray, labels: np.ndarray, person: np.ndarray, background: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def compose_gt_and_torso(bgr: np.ndarray, labels: np.ndarray, person: np.ndarray, background: np.ndarray,
+                         neck_gap_px: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``gt_imgs`` (the frame over the static background) and ``torso_imgs`` (BGRA neck and torso).
 
     Args:
         bgr: (H, W, 3) frame; labels: (H, W) parsing; person: (H, W) soft person mask;
         background: (H, W, 3) static background.
+        neck_gap_px: how far up behind the head the neck is continued (see :func:`fill_neck_gap`).
     """
     alpha = np.where(labels == BACKGROUND, 0.0, np.clip(person, 0, 1))[..., None]
     gt = (bgr * alpha + background * (1 - alpha) + 0.5).astype(np.uint8)
     body = ((labels == NECK) | (labels == TORSO))[..., None] * alpha
     torso = np.concatenate([np.clip(bgr + 0.5, 0, 255).astype(np.uint8), (body * 255 + 0.5).astype(np.uint8)], -1)
-    return gt, torso
+    return gt, fill_neck_gap(torso, labels, neck_gap_px)
+
+
+def fill_neck_gap(torso: np.ndarray, labels: np.ndarray, gap_px: int) -> np.ndarray:
+    """Continue the neck upwards behind the head, so a head rendered in another pose leaves no hole.
+
+    In each column that shows neck, the ``gap_px`` head pixels just above the neck's top take
+    the colour found a little below that top, fully opaque.
+
+    Args:
+        torso: (H, W, 4) BGRA torso image; labels: (H, W) parsing.
+    Returns:
+        the filled copy.
+    """
+    neck = labels == NECK
+    if gap_px <= 0 or not neck.any():
+        return torso
+    h = labels.shape[0]
+    has_neck = neck.any(0)
+    top = np.where(has_neck, neck.argmax(0), h)  # first neck row per column
+    rows = np.arange(h)[:, None]
+    gap = (rows >= top - gap_px) & (rows < top) & (labels == HEAD) & has_neck[None, :]
+    sample_row = np.minimum(top + 2, h - 1)
+    colour = torso[sample_row, np.arange(labels.shape[1]), :3]  # (W, 3)
+    out = torso.copy()
+    ys, xs = np.nonzero(gap)
+    out[ys, xs, :3] = colour[xs]
+    out[ys, xs, 3] = 255
+    return out
 
 
 def write_parsing(path: Path, labels: np.ndarray) -> None:
