@@ -237,11 +237,11 @@ def test_a_stage_killed_midway_is_redone_on_the_next_run(face_subject, tmp_path,
     real = ingest.compose_gt_and_torso
     calls = {"n": 0}
 
-    def dies_on_frame_12(*args):
+    def dies_on_frame_12(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 12:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(ingest, "compose_gt_and_torso", dies_on_frame_12)
     with pytest.raises(KeyboardInterrupt):
