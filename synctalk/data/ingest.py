@@ -1,5 +1,6 @@
 """Preprocessing stages that turn a video into the first files of a dataset folder:
-frames, landmarks, parsing and background, GT and torso images, blendshapes, head poses and\nthe transforms json, audio and audio features.
+frames, landmarks, parsing and background, GT and torso images, blendshapes, head poses and
+the transforms json, audio and audio features.
 
 Each stage writes its outputs atomically and then a marker ``.stages/<name>.json``
 recording its settings; a stage whose marker matches is skipped, so an interrupted
