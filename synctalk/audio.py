@@ -54,35 +54,68 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_R
         f.writeframes(pcm.tobytes())
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """Triangular mel filters (HTK mel scale), shape (n_mels, n_fft // 2 + 1)."""
-    def hz_to_mel(f):
-        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+def _hz_to_mel(f, scale: str):
+    f = np.asarray(f, dtype=np.float64)
+    if scale == "htk":
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    # Slaney: linear below 1 kHz, logarithmic above
+    return np.where(f < 1000.0, 3.0 * f / 200.0, 15.0 + 27.0 * np.log(np.maximum(f, 1e-9) / 1000.0) / np.log(6.4))
 
-    def mel_to_hz(m):
-        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
 
+def _mel_to_hz(m, scale: str):
+    m = np.asarray(m, dtype=np.float64)
+    if scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    return np.where(m < 15.0, 200.0 * m / 3.0, 1000.0 * np.exp((m - 15.0) * np.log(6.4) / 27.0))
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, scale: str = "htk"
+                   ) -> np.ndarray:
+    """Triangular mel filters, shape (n_mels, n_fft // 2 + 1).
+
+    ``scale="htk"``: peak-1 triangles on the HTK mel scale (the platform's own mel features).
+    ``scale="slaney"``: area-normalised triangles on the Slaney mel scale, the filterbank of the
+    lip-sync (Wav2Lip / SyncNet) mel spectrogram that the AVE encoder was trained on.
+    """
+    if scale not in ("htk", "slaney"):
+        raise ValueError(f"mel scale must be htk or slaney, got {scale!r}")
     freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin, scale), _hz_to_mel(fmax, scale), n_mels + 2), scale)
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (freqs[None] - lower) / (centre - lower)
     falling = (upper - freqs[None]) / (upper - centre)
-    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    filters = np.maximum(0.0, np.minimum(rising, falling))
+    if scale == "slaney":
+        filters *= 2.0 / (upper - lower)
+    return filters.astype(np.float32)
 
 
 def log_mel(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mels: int = 80, hop_length: int = 160,
-            n_fft: int = 800, fmin: float = 55.0, fmax: float = 7600.0) -> np.ndarray:
-    """Log-mel spectrogram normalised to [-4, 4].
+            n_fft: int = 800, fmin: float = 55.0, fmax: float = 7600.0, preemphasis: float = 0.0,
+            mel_scale: str = "htk", pad_mode: str = "reflect") -> np.ndarray:
+    """Log-mel spectrogram normalised to [-4, 4] (dB - 20, floor -100 dB).
 
     Returns:
         (T_mel, n_mels) with one row every ``hop_length`` samples (10 ms by default).
     """
     x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    if preemphasis:
+        x = torch.cat([x[:1], x[1:] - preemphasis * x[:-1]])
     spec = torch.stft(x, n_fft, hop_length=hop_length, win_length=n_fft, window=torch.hann_window(n_fft),
-                      center=True, pad_mode="reflect", return_complex=True).abs()  # (F, T)
-    mel = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)) @ spec
+                      center=True, pad_mode=pad_mode, return_complex=True).abs()  # (F, T)
+    mel = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, mel_scale)) @ spec
     db = 20.0 * torch.log10(mel.clamp(min=1e-5)) - 20.0
     return ((db + 100.0) / 100.0 * 8.0 - 4.0).clamp(-4.0, 4.0).T.numpy()
+
+
+def lipsync_mel(samples: np.ndarray) -> np.ndarray:
+    """The mel spectrogram of the lip-sync models (AVE, SyncNet): pre-emphasis 0.97, 80 Slaney
+    mel bins from 55 to 7600 Hz, 800-sample window, one row every 200 samples (80 rows/s).
+
+    Returns:
+        (T_mel, 80) in [-4, 4].
+    """
+    return log_mel(samples, hop_length=200, preemphasis=0.97, mel_scale="slaney", pad_mode="constant")
 
 
 def mel_windows(samples: np.ndarray, num_frames: int, fps: float, window: int = 16, n_mels: int = 80,
@@ -110,13 +143,25 @@ def frames_for_audio(samples: np.ndarray, fps: float, sample_rate: int = SAMPLE_
     return n
 
 
-def compute_features(encoder: str, samples: np.ndarray, num_frames: int, fps: float, window: int) -> np.ndarray:
-    """Per-frame audio features of new audio for a run's audio encoder.
+def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float, progress: bool = True
+                     ) -> np.ndarray:
+    """Per-frame audio features of ``samples`` for an ``audio_encoder`` config (name, window, checkpoint).
+
+    ``mel`` needs no weights; ``ave`` loads the AVE checkpoint file and ``hu`` a local HuBERT model
+    folder from ``audio_encoder.checkpoint``. DeepSpeech features are imported, not computed.
 
     Returns:
-        (num_frames, window, dim) float32.
+        (num_frames, window, dim) float32 (``ave``: window 1, dim 512; ``hu``: window 2, dim 1024).
     """
-    if encoder == "mel":
-        return mel_windows(samples, num_frames, fps, window)
-    raise UserError(f"audio features '{encoder}' cannot be computed from new audio by this version; "
-                    f"train with audio_encoder=mel to drive the head with arbitrary audio")
+    name = audio_cfg.name
+    if name == "mel":
+        return mel_windows(samples, num_frames, fps, audio_cfg.window)
+    if name == "ave":
+        from synctalk.models.audio_encoders import ave_features
+        return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
+    if name == "hu":
+        from synctalk.models.audio_encoders import hubert_features
+        return hubert_features(samples, num_frames, fps, audio_cfg.checkpoint, progress=progress)
+    raise UserError(f"audio features '{name}' cannot be computed from audio by this platform (the original "
+                    f"DeepSpeech tools compute them): import them with audio_encoder.features_file=/path/to/"
+                    f"aud_{name}.npy, or use audio_encoder=mel|ave|hubert")

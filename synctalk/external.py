@@ -12,7 +12,7 @@ from pathlib import Path
 
 from synctalk.errors import UserError
 
-#: package name -> how to install it (none of these is on PyPI).
+#: optional package -> how to install it (tinycudann, pytorch3d and cotracker are not on PyPI).
 INSTALL_HINTS = {
     "tinycudann": (
         "pip install --no-build-isolation "
@@ -27,6 +27,7 @@ INSTALL_HINTS = {
         "pip install 'git+https://github.com/facebookresearch/co-tracker.git' and download a checkpoint, "
         "e.g. scaled_offline.pth from https://huggingface.co/facebook/cotracker3, then set its path in the config"
     ),
+    "transformers": "pip install 'transformers>=4.40' (or install this package with the [hubert] extra)",
 }
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from synctalk.audio import load_audio
+from synctalk.config.schema import AudioConfig
 from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.landmarks import MESH_TO_68, fill_gaps
 from synctalk.data.synthetic import SyntheticSpec, generate
@@ -20,6 +21,11 @@ from tests.conftest import latest_run
 def face_subject(tmp_path_factory):
     return generate(SyntheticSpec(num_frames=30, size=128, seed=5), tmp_path_factory.mktemp("face") / "s",
                     progress=False)
+
+
+def DS(**kw) -> AudioConfig:
+    """The audio_encoder=deepspeech config (imported features)."""
+    return AudioConfig(name="ds", feature_dim=29, window=16, **kw)
 
 
 def make_video(subject, path, fps=30, blank=(), audio=True, frames=30):
@@ -189,18 +195,16 @@ def test_overlays_jitter_and_imported_features(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
     ds = np.random.default_rng(0).normal(size=(31, 16, 29)).astype(np.float32)  # one frame too many
     np.save(tmp_path / "aud_ds.npy", ds)
-    opts = IngestOptions(progress=False, overlay_every=10, audio_encoder="ds", feature_dim=29,
-                         features_file=str(tmp_path / "aud_ds.npy"))
+    opts = IngestOptions(progress=False, overlay_every=10, audio=DS(features_file=str(tmp_path / "aud_ds.npy")))
     report = run_ingest(video, tmp_path / "d", opts)
     assert sorted(p.name for p in (tmp_path / "d" / "overlays").iterdir()) == ["0.jpg", "10.jpg", "20.jpg"]
     assert 0 <= report["landmarks"]["rigid_jitter_px"] < 1.0  # smooth synthetic motion, 128 px
     np.testing.assert_array_equal(np.load(tmp_path / "d" / "aud_ds.npy"), ds[:30])
     np.save(tmp_path / "bad.npy", ds[:, :, :10])
     with pytest.raises(UserError, match="expected \\(frames, 16, 29\\)"):
-        run_ingest(video, tmp_path / "e", IngestOptions(progress=False, audio_encoder="ds", feature_dim=29,
-                                                        features_file=str(tmp_path / "bad.npy")))
+        run_ingest(video, tmp_path / "e", IngestOptions(progress=False, audio=DS(features_file=str(tmp_path / "bad.npy"))))
     with pytest.raises(UserError, match="audio_encoder.features_file"):
-        run_ingest(video, tmp_path / "f", IngestOptions(progress=False, audio_encoder="ds", feature_dim=29))
+        run_ingest(video, tmp_path / "f", IngestOptions(progress=False, audio=DS()))
     with pytest.raises(UserError, match="preprocess.face_landmarker"):
         run_ingest(video, tmp_path / "g", IngestOptions(progress=False, face_landmarker=str(tmp_path / "no.task")))
 
@@ -280,3 +284,26 @@ def test_ingest_a_real_clip(real_data, run_cli, clip):
     lms = np.loadtxt(root / "ori_imgs" / "100.lms")
     assert lms.shape == (68, 2) and (lms > 0).all() and (lms < 512).all()
     assert np.load(root / "aud_mel.npy").shape == (200, 16, 80)
+
+
+def test_ave_features_and_bisenet_backend_from_config(face_subject, tmp_path):
+    import torch
+
+    from synctalk.data.datamodule import SubjectFrames
+    from synctalk.models.audio_encoders import AVEncoder
+
+    video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
+    torch.manual_seed(0)
+    torch.save({k.removeprefix("audio_encoder."): v for k, v in AVEncoder().state_dict().items()}, tmp_path / "ave.pth")
+    ave = AudioConfig(name="ave", feature_dim=512, window=1, checkpoint=str(tmp_path / "ave.pth"))
+    root = tmp_path / "d"
+    run_ingest(video, root, IngestOptions(progress=False, audio=ave))
+    feats = np.load(root / "aud_ave.npy")
+    assert feats.shape == (30, 512)  # 2-D, as the original's aud_ave.npy
+    frames = SubjectFrames(root, "train", "ave", ["eyeBlinkLeft"])
+    assert frames.audio.shape[1:] == (1, 512)
+    with pytest.raises(UserError, match="preprocess.parsing.bisenet_checkpoint"):
+        run_ingest(video, root, IngestOptions(progress=False, audio=ave, parsing_backend="bisenet",
+                                              force=["parsing"]))
+    with pytest.raises(UserError, match="audio_encoder.checkpoint"):
+        run_ingest(video, tmp_path / "e", IngestOptions(progress=False, audio=AudioConfig(name="ave", window=1)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synctalk.config.schema import PreprocessConfig
+from synctalk.config.schema import AudioConfig, PreprocessConfig
 from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
@@ -35,12 +35,12 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"tracker.pose_source={cfg.tracker.pose_source} is not available in this version; "
                         f"use tracker.pose_source=landmarks")
     p = cfg.preprocess
-    opts = IngestOptions(fps=cfg.data.fps, audio_encoder=cfg.audio_encoder.name, audio_window=cfg.audio_encoder.window,
+    opts = IngestOptions(fps=cfg.data.fps, audio=AudioConfig(**OmegaConf.to_container(cfg.audio_encoder)),
                          force=list(p.force), max_gap=p.landmarks.max_gap,
                          max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
                          focal_at_512=p.poses.focal_at_512, pose_smooth_window=p.poses.smooth_window,
                          overlay_every=p.overlay_every, face_landmarker=p.face_landmarker,
-                         features_file=cfg.audio_encoder.features_file, feature_dim=cfg.audio_encoder.feature_dim)
+                         parsing_backend=p.parsing.backend, bisenet_checkpoint=p.parsing.bisenet_checkpoint)
     report = run_ingest(Path(cfg.data.video), root, opts)
     log.info("dataset ready in %s: train with 'synctalk train data=subject data.root=%s'", root, root)
     return {"root": str(root), **report}

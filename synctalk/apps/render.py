@@ -43,8 +43,7 @@ def run(cfg: DictConfig) -> dict:
     samples = load_audio(cfg.audio)
     fps = float(run_cfg.data.fps)
     n = frames_for_audio(samples, fps)
-    encoder = run_cfg.audio_encoder
-    features = torch.from_numpy(compute_features(encoder.name, samples, n, fps, encoder.window))
+    features = torch.from_numpy(compute_features(run_cfg.audio_encoder, samples, n, fps))
     frames = build_datamodule(run_cfg).frames("train")
     schedule = pose_schedule(cfg.poses, n, len(frames))
     portrait = cfg.gt_mode.name == "with_hair"

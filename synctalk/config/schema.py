@@ -179,9 +179,16 @@ class PoseOptions:
 
 
 @dataclass
+class ParsingOptions:
+    backend: str = "mediapipe"  # mediapipe (weight-free) | bisenet (19-class face-parsing checkpoint)
+    bisenet_checkpoint: Optional[str] = None  # 79999_iter.pth of the face-parsing BiSeNet
+
+
+@dataclass
 class PreprocessOptions:
     force: list = field(default_factory=list)  # stages to redo even when cached
     landmarks: LandmarkOptions = field(default_factory=LandmarkOptions)
+    parsing: ParsingOptions = field(default_factory=ParsingOptions)
     background_every: int = 20  # every k-th frame is used for the static background
     overlay_every: int = 25  # every k-th frame gets a checking image in overlays/
     face_landmarker: Optional[str] = None  # face_landmarker.task with blendshapes (None: from landmark geometry)

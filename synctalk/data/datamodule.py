@@ -72,6 +72,8 @@ class SubjectFrames:
             raise UserError(f"{feats_path} not found: this dataset has no '{audio_name}' audio features; "
                             f"run 'synctalk preprocess' with the same audio_encoder")
         feats = np.load(feats_path)
+        if feats.ndim == 2:  # one vector per frame, e.g. aud_ave.npy (frames, 512)
+            feats = feats[:, None]
         if feats.ndim != 3:
             raise UserError(f"{feats_path} has shape {feats.shape}; expected (frames, window, dim)")
         if self.aud_ids.max() >= len(feats):

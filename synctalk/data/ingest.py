@@ -20,13 +20,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from synctalk.audio import SAMPLE_RATE, load_audio, mel_windows, write_wav
+from synctalk.audio import SAMPLE_RATE, compute_features, load_audio, write_wav
 from synctalk.data.blendshapes import BLENDSHAPE_NAMES
 from synctalk.data.face_geometry import blendshapes_from_face_landmarker, blendshapes_from_mesh, poses_by_pnp
 from synctalk.data.landmarks import detect_mesh, fill_gaps, jitter, to_68
 from synctalk.data.layout import DatasetLayout, Transforms, split_train_val
 from synctalk.data.parsing import (HEAD, BackgroundAccumulator, PersonSegmenter, compose_gt_and_torso, face_oval_order,
-                                   overlay, parse_frame, read_parsing, write_parsing)
+                                   labels_from_classes, overlay, parse_frame, read_parsing, write_parsing)
+from synctalk.config.schema import AudioConfig
 from synctalk.errors import UserError
 from synctalk.external import require_file
 from synctalk.io import atomic_path, write_json
@@ -155,6 +156,8 @@ def import_features(path: Path, num_frames: int, window: int, dim: int) -> np.nd
     if not path.is_file():
         raise UserError(f"audio_encoder.features_file={path} does not exist")
     feats = np.load(path)
+    if feats.ndim == 2 and window == 1:  # one vector per frame, e.g. aud_ave.npy
+        feats = feats[:, None]
     if feats.ndim != 3 or feats.shape[1:] != (window, dim):
         raise UserError(f"{path} has shape {feats.shape}; expected (frames, {window}, {dim})")
     if abs(len(feats) - num_frames) > 2:
@@ -173,8 +176,7 @@ class IngestOptions:
     """Settings of the preprocessing stages (see ``conf/preprocess.yaml``)."""
 
     fps: float = 25.0
-    audio_encoder: str = "mel"
-    audio_window: int = 16
+    audio: AudioConfig = field(default_factory=AudioConfig)  # the audio_encoder config group
     force: list = field(default_factory=list)
     max_gap: int = 5
     max_missing_fraction: float = 0.1
@@ -183,15 +185,15 @@ class IngestOptions:
     pose_smooth_window: int = 7
     overlay_every: int = 25
     face_landmarker: str | None = None
-    features_file: str | None = None
-    feature_dim: int = 80
+    parsing_backend: str = "mediapipe"
+    bisenet_checkpoint: str | None = None
     progress: bool = True
 
 
 def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
     """All stages for one video: ``frames``, ``landmarks``, ``parsing`` (with ``bc.jpg``), ``gt_images``,
     ``overlays``, ``blendshapes``, ``poses`` (the transforms json), ``audio`` and ``audio_features``."""
-    fps, audio_encoder, window, progress = opts.fps, opts.audio_encoder, opts.audio_window, opts.progress
+    fps, audio_encoder, window, progress = opts.fps, opts.audio.name, opts.audio.window, opts.progress
     info = probe_video(video)
     if not info["has_audio"]:
         raise UserError(f"{video} has no audio track: a talking-head dataset needs the speech")
@@ -215,13 +217,12 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
 
     def features() -> dict:
         n = frame_count()
-        if opts.features_file:
-            feats = import_features(Path(opts.features_file), n, window, opts.feature_dim)
-        elif audio_encoder == "mel":
-            feats = mel_windows(load_audio(layout.audio), n, fps, window)
+        if opts.audio.features_file:
+            feats = import_features(Path(opts.audio.features_file), n, window, opts.audio.feature_dim)
         else:
-            raise UserError(f"audio_encoder={audio_encoder} features are not computed by this version: set "
-                            f"audio_encoder.features_file=/path/to/aud_{audio_encoder}.npy to import them")
+            feats = compute_features(opts.audio, load_audio(layout.audio), n, fps, progress)
+        if window == 1:  # one vector per frame is stored 2-D, as the original's aud_ave.npy
+            feats = feats[:, 0]
         with atomic_path(layout.audio_features(audio_encoder)) as tmp:
             np.save(tmp, feats)
         return {"shape": list(feats.shape)}
@@ -244,16 +245,26 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
 
     def parsing() -> dict:
         n, mesh, oval = frame_count(), np.load(root / "landmarks_mesh.npy"), face_oval_order()
+        if opts.parsing_backend not in ("mediapipe", "bisenet"):
+            raise UserError(f"preprocess.parsing.backend={opts.parsing_backend} is not one of mediapipe, bisenet")
+        bisenet = None
+        if opts.parsing_backend == "bisenet":
+            from synctalk.models.face_parsing import BiSeNetParser
+            bisenet = BiSeNetParser(opts.bisenet_checkpoint)
         background = None
         with (PersonSegmenter() as segmenter, atomic_path(root / "parsing") as parse_dir,
               atomic_path(root / "face_mask") as mask_dir):
             parse_dir.mkdir()
             mask_dir.mkdir()
-            for i in tqdm(range(n), desc="parsing", unit="frame", disable=not progress):
+            for i in tqdm(range(n), desc=f"parsing ({opts.parsing_backend})", unit="frame", disable=not progress):
                 bgr = cv2.imread(str(layout.frame(i)))
                 if background is None:
                     background = BackgroundAccumulator(margin_px=round(0.04 * bgr.shape[1]))
-                labels, face = parse_frame(segmenter(bgr), mesh[i], oval, jaw_shift=4 * bgr.shape[1] / 512)
+                jaw_shift = 4 * bgr.shape[1] / 512
+                if bisenet is not None:
+                    labels, face = labels_from_classes(bisenet(bgr), round(jaw_shift))
+                else:
+                    labels, face = parse_frame(segmenter(bgr), mesh[i], oval, jaw_shift=jaw_shift)
                 write_parsing(parse_dir / f"{i}.png", labels)
                 cv2.imwrite(str(parse_dir / f"{i}_face.png"), face.astype(np.uint8) * 255)
                 cv2.imwrite(str(mask_dir / f"{i}.png"), (labels == HEAD).astype(np.uint8) * 255)
@@ -266,7 +277,9 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                                 "background can be estimated") from None
             with atomic_path(layout.background) as tmp:
                 cv2.imwrite(str(tmp), bc, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        return {"frames": n, "background_filled_fraction": round(filled, 4)}
+        head_fraction = float(np.mean([(read_parsing(layout.parsing(i)) == HEAD).mean() for i in range(0, n, 25)]))
+        return {"frames": n, "backend": opts.parsing_backend, "background_filled_fraction": round(filled, 4),
+                "head_area_fraction": round(head_fraction, 4)}
 
     def gt_images() -> dict:
         n, bc = frame_count(), cv2.imread(str(layout.background)).astype(np.float32)
@@ -289,7 +302,9 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                                      landmarks, [root / "landmarks_mesh.npy", layout.landmarks(0)])
     # a stage depending on an earlier one records that stage's output time: redoing it redoes them
     report["parsing"] = runner.run("parsing", {"landmarks": _stamp(root / "landmarks_mesh.npy"),
-                                               "background_every": opts.background_every}, parsing,
+                                               "background_every": opts.background_every,
+                                               "backend": opts.parsing_backend,
+                                               "bisenet_checkpoint": opts.bisenet_checkpoint}, parsing,
                                    [layout.parsing(0), layout.face_only_mask(0), layout.head_mask(0), layout.background])
     report["gt_images"] = runner.run("gt_images", {"background": _stamp(layout.background)}, gt_images,
                                      [layout.gt_image(0), layout.torso_image(0)])
@@ -343,6 +358,7 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                                  [layout.transforms("train"), layout.transforms("val")])
     report["audio"] = runner.run("audio", source, audio, [layout.audio])
     report["audio_features"] = runner.run("audio_features", {**source, "fps": fps, "encoder": audio_encoder,
-                                                             "window": window, "file": opts.features_file}, features,
+                                                             "window": window, "file": opts.audio.features_file,
+                                                             "checkpoint": opts.audio.checkpoint}, features,
                                           [layout.audio_features(audio_encoder)])
     return report

@@ -6,7 +6,9 @@ below the chin is the neck, the rest of the person is the torso. The face-only m
 face oval with the jaw edge moved down a little (no hair, no ears).
 
 Limits of this default: hair that falls below the jaw line is labelled neck or torso, and
-ears outside the person mask are lost; a BiSeNet face-parsing backend does better.
+ears outside the person mask are lost. ``preprocess.parsing.backend=bisenet`` uses a 19-class
+face-parsing checkpoint instead (:mod:`synctalk.models.face_parsing`), grouped into the same labels
+by :func:`labels_from_classes`.
 """
 from __future__ import annotations
 
@@ -101,6 +103,40 @@ def parse_frame(person: np.ndarray, mesh: np.ndarray, oval: np.ndarray, jaw_shif
     labels[neck] = NECK
     labels[face.astype(bool)] = HEAD
     return labels, face.astype(bool)
+
+
+#: 19-class face-parsing ids (BiSeNet / CelebAMask-HQ) of each label, as the original tools group them
+CLASSES_HEAD = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 18)  # face, ears, hair, hat
+CLASSES_NECK = (14, 15)
+CLASSES_TORSO = (16,)
+CLASSES_FACE_ONLY = (1, 2, 3, 4, 5, 6, 10, 11, 12, 13)  # no hair, ears or hat
+
+
+def labels_from_classes(classes: np.ndarray, jaw_shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and face-only mask from a 19-class face-parsing map.
+
+    The face-only mask's lower edge is moved down by ``jaw_shift`` pixels over the middle half of
+    the face's width (the chin), as the portrait blending of the original expects.
+
+    Args:
+        classes: (H, W) class ids in [0, 19).
+    Returns:
+        labels (H, W) uint8 in {0 background, 1 head, 2 neck, 3 torso}; face mask (H, W) bool.
+    """
+    labels = np.full(classes.shape, BACKGROUND, np.uint8)
+    labels[np.isin(classes, CLASSES_HEAD)] = HEAD
+    labels[np.isin(classes, CLASSES_NECK)] = NECK
+    labels[np.isin(classes, CLASSES_TORSO)] = TORSO
+    face = np.isin(classes, CLASSES_FACE_ONLY)
+    cols = np.flatnonzero(face.any(0))
+    if len(cols) and jaw_shift > 0:
+        x0, x1 = cols.min(), cols.max()
+        quarter = (x1 - x0) / 4
+        rows = np.arange(face.shape[0])[:, None]
+        bottom = np.where(face.any(0), face.shape[0] - 1 - np.argmax(face[::-1], axis=0), -1)
+        middle = (np.arange(face.shape[1]) >= x0 + quarter) & (np.arange(face.shape[1]) <= x1 - quarter) & (bottom >= 0)
+        face |= middle[None] & (rows > bottom[None]) & (rows <= bottom[None] + jaw_shift)
+    return labels, face
 
 
 class BackgroundAccumulator:
