@@ -13,6 +13,7 @@ from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.landmarks import MESH_TO_68, fill_gaps
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
+from synctalk.stabilizer.pipeline import StabilizerOptions
 from synctalk.video import VideoWriter
 from tests.conftest import latest_run
 
@@ -21,6 +22,10 @@ from tests.conftest import latest_run
 def face_subject(tmp_path_factory):
     return generate(SyntheticSpec(num_frames=30, size=128, seed=5), tmp_path_factory.mktemp("face") / "s",
                     progress=False)
+
+
+#: stages before and after the poses are what most tests check: a short face-model fit is enough there
+QUICK_POSES = {"pose_source": "landmarks", "stabilizer": StabilizerOptions(steps=200, refine_points=0)}
 
 
 def DS(**kw) -> AudioConfig:
@@ -46,7 +51,7 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "my clip.mp4")
     before = video.read_bytes()
     root = tmp_path / "data set"
-    report = run_ingest(video, root, IngestOptions(force=[], progress=False))
+    report = run_ingest(video, root, IngestOptions(**QUICK_POSES, force=[], progress=False))
     n = report["frames"]["frames"]
     assert n == 25  # 30 frames at 30 fps resampled to 25 fps
     assert report["landmarks"]["interpolated"] == []
@@ -60,13 +65,13 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
     assert np.linalg.norm(lms - truth, axis=-1).mean() < 0.05 * 128
     assert lms[36, 0] < lms[45, 0] and lms[8, 1] > lms[30, 1] > lms[27, 1]  # eyes ordered, chin below nose
     stamp = (root / "aud_mel.npy").stat().st_mtime_ns
-    run_ingest(video, root, IngestOptions(force=[], progress=False))
+    run_ingest(video, root, IngestOptions(**QUICK_POSES, force=[], progress=False))
     assert (root / "aud_mel.npy").stat().st_mtime_ns == stamp  # cached
-    run_ingest(video, root, IngestOptions(force=["audio_features"], progress=False))
+    run_ingest(video, root, IngestOptions(**QUICK_POSES, force=["audio_features"], progress=False))
     assert (root / "aud_mel.npy").stat().st_mtime_ns != stamp
     assert json.loads((root / ".stages" / "frames.json").read_text())["settings"]["fps"] == 25.0
     parsing_stamp = (root / "parsing" / "0.png").stat().st_mtime_ns
-    run_ingest(video, root, IngestOptions(force=["frames"], progress=False))
+    run_ingest(video, root, IngestOptions(**QUICK_POSES, force=["frames"], progress=False))
     assert (root / "ori_imgs" / "0.lms").is_file()  # redone frames bring their landmarks back
     assert (root / "parsing" / "0.png").stat().st_mtime_ns != parsing_stamp  # ... and everything after them
 
@@ -76,7 +81,7 @@ def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject
 
     video = make_video(face_subject, tmp_path / "face.mp4", fps=25)
     root = tmp_path / "ds"
-    report = run_ingest(video, root, IngestOptions(progress=False, background_every=5))
+    report = run_ingest(video, root, IngestOptions(**QUICK_POSES, progress=False, background_every=5))
     assert report["parsing"]["frames"] == 30
 
     for i in (0, 15, 29):
@@ -108,19 +113,27 @@ def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject
         assert (truth[..., 3][filled] > 128).mean() > 0.9  # filled where the true neck is
 
 
-def test_blendshapes_and_poses_follow_the_synthetic_truth(tmp_path):
+def test_blendshapes_and_stabilized_poses_follow_the_synthetic_truth(tmp_path):
     from synctalk.data.layout import Transforms
 
     subject = generate(SyntheticSpec(num_frames=60, size=256, seed=2), tmp_path / "s", progress=False)
     video = make_video(subject, tmp_path / "v.mp4", fps=25, frames=60)
     root = tmp_path / "ds"
-    report = run_ingest(video, root, IngestOptions(progress=False, focal_at_512=1350.0))
+    report = run_ingest(video, root, IngestOptions(progress=False))
     gt = np.load(subject / "ground_truth.npz")
     bs = np.load(root / "bs.npy")
     assert bs.shape == (60, 52)
     assert np.corrcoef(bs[:, 9], gt["blink"])[0, 1] > 0.8 and np.corrcoef(bs[:, 25], gt["mouth"])[0, 1] > 0.8
-    assert report["poses"]["mean_reprojection_error_px"] < 3
+    poses = report["poses"]
+    assert poses["pose_source"] == "bundle_adjustment" and poses["landmark_rms_px"] < 2
+    ba = poses["ba_reprojection_px"]
+    assert ba["joint"] < ba["initial"] and ba["joint"] < 1.5
+    assert poses["jitter_bundle_adjustment"]["rotation_deg"] < poses["jitter_landmarks"]["rotation_deg"]
+    for name in ("focal_search.json", "focal_curve.png", "landmark_fit.npz", "tracks.npz", "bundle_adjustment.pt",
+                 "poses.png"):
+        assert (root / "stabilizer" / name).is_file(), name
     train, val = Transforms.read(root / "transforms_train.json"), Transforms.read(root / "transforms_val.json")
+    assert train.focal == val.focal == poses["focal"]
     c2w = np.concatenate([train.c2w, val.c2w]).astype(np.float64)
     est, true = np.linalg.inv(c2w)[:, :3, :3], gt["rotation"]
 
@@ -128,9 +141,9 @@ def test_blendshapes_and_poses_follow_the_synthetic_truth(tmp_path):
         return np.degrees(np.arccos(np.clip((np.trace(a @ b.T) - 1) / 2, -1, 1)))
 
     relative = [angle(est[i] @ est[0].T, true[i] @ true[0].T) for i in range(60)]
-    assert np.median(relative) < 4.0  # measured 2.2 degrees on +-8 degree head motion
+    assert np.median(relative) < 4.5  # measured 3.2 degrees on +-10 degree head motion (focal biased ~7% high)
     distance = -np.linalg.inv(c2w)[:, 2, 3].mean()
-    assert abs(distance - 0.9) < 0.2  # true camera distance 0.9 m
+    assert abs(distance - 0.9) < 0.25  # true camera distance 0.9 m (scale follows the focal estimate)
 
 
 def test_synthetic_generation_never_replaces_a_real_dataset(tmp_path):
@@ -148,6 +161,10 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
     """From a real video to a trained head and a rendered mp4, at smoke size."""
     root = run_cli.root / "katie"
     assert run_cli("preprocess", f"data.video={real_data / 'WDA_KatieHill_000.mp4'}", f"data.root={root}") == 0
+    poses = json.loads((root / ".stages" / "poses.json").read_text())["report"]
+    assert poses["pose_source"] == "bundle_adjustment" and poses["frames_with_few_points"] == 0
+    assert poses["ba_reprojection_px"]["joint"] < poses["ba_reprojection_px"]["initial"]
+    assert poses["jitter_bundle_adjustment"]["rotation_deg"] < poses["jitter_landmarks"]["rotation_deg"]
     assert run_cli("train", "experiment=smoke", "data=subject", f"data.root={root}", "data.downscale=4",
                    "logger=none", "trainer.enable_progress_bar=false", "gt_mode=with_hair") == 0
     run = latest_run(run_cli.root)
@@ -195,29 +212,29 @@ def test_overlays_jitter_and_imported_features(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
     ds = np.random.default_rng(0).normal(size=(31, 16, 29)).astype(np.float32)  # one frame too many
     np.save(tmp_path / "aud_ds.npy", ds)
-    opts = IngestOptions(progress=False, overlay_every=10, audio=DS(features_file=str(tmp_path / "aud_ds.npy")))
+    opts = IngestOptions(**QUICK_POSES, progress=False, overlay_every=10, audio=DS(features_file=str(tmp_path / "aud_ds.npy")))
     report = run_ingest(video, tmp_path / "d", opts)
     assert sorted(p.name for p in (tmp_path / "d" / "overlays").iterdir()) == ["0.jpg", "10.jpg", "20.jpg"]
     assert 0 <= report["landmarks"]["rigid_jitter_px"] < 1.0  # smooth synthetic motion, 128 px
     np.testing.assert_array_equal(np.load(tmp_path / "d" / "aud_ds.npy"), ds[:30])
     np.save(tmp_path / "bad.npy", ds[:, :, :10])
     with pytest.raises(UserError, match="expected \\(frames, 16, 29\\)"):
-        run_ingest(video, tmp_path / "e", IngestOptions(progress=False, audio=DS(features_file=str(tmp_path / "bad.npy"))))
+        run_ingest(video, tmp_path / "e", IngestOptions(**QUICK_POSES, progress=False, audio=DS(features_file=str(tmp_path / "bad.npy"))))
     with pytest.raises(UserError, match="audio_encoder.features_file"):
-        run_ingest(video, tmp_path / "f", IngestOptions(progress=False, audio=DS()))
+        run_ingest(video, tmp_path / "f", IngestOptions(**QUICK_POSES, progress=False, audio=DS()))
     with pytest.raises(UserError, match="preprocess.face_landmarker"):
-        run_ingest(video, tmp_path / "g", IngestOptions(progress=False, face_landmarker=str(tmp_path / "no.task")))
+        run_ingest(video, tmp_path / "g", IngestOptions(**QUICK_POSES, progress=False, face_landmarker=str(tmp_path / "no.task")))
 
 
 def test_frames_without_a_face(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "gap.mp4", fps=25, blank=(10, 11))
-    report = run_ingest(video, tmp_path / "gap", IngestOptions(force=[], progress=False))
+    report = run_ingest(video, tmp_path / "gap", IngestOptions(**QUICK_POSES, force=[], progress=False))
     assert report["landmarks"]["interpolated"] == [10, 11]
     lms = [np.loadtxt(tmp_path / "gap" / "ori_imgs" / f"{i}.lms") for i in (9, 10, 12)]
     assert np.abs(lms[1] - (lms[0] + (lms[2] - lms[0]) / 3)).max() < 1e-2  # linear in time
     many = make_video(face_subject, tmp_path / "many.mp4", fps=25, blank=range(5, 15))
     with pytest.raises(UserError, match=r"no face in 10 of 30 frames .*frames 5-14"):
-        run_ingest(many, tmp_path / "many", IngestOptions(force=[], progress=False))
+        run_ingest(many, tmp_path / "many", IngestOptions(**QUICK_POSES, force=[], progress=False))
     with pytest.raises(UserError, match="no face was found in any"):
         fill_gaps(np.full((4, 478, 3), np.nan), 5, 0.5)
     with pytest.raises(UserError, match="more than 2 frames in a row at frames 1-3"):
@@ -229,7 +246,7 @@ def test_frames_without_a_face(face_subject, tmp_path):
 def test_a_video_without_any_face_stops_with_a_clear_error(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "empty room.mp4", fps=25, blank=range(30))
     with pytest.raises(UserError, match="no face was found in any of the 30 frames"):
-        run_ingest(video, tmp_path / "d", IngestOptions(progress=False))
+        run_ingest(video, tmp_path / "d", IngestOptions(**QUICK_POSES, progress=False))
     assert (tmp_path / "d" / "ori_imgs" / "29.jpg").is_file()  # the finished frames stage is kept
     assert not (tmp_path / "d" / ".stages" / "landmarks.json").exists()
 
@@ -249,12 +266,12 @@ def test_a_stage_killed_midway_is_redone_on_the_next_run(face_subject, tmp_path,
 
     monkeypatch.setattr(ingest, "compose_gt_and_torso", dies_on_frame_12)
     with pytest.raises(KeyboardInterrupt):
-        run_ingest(video, tmp_path / "d", IngestOptions(progress=False))
+        run_ingest(video, tmp_path / "d", IngestOptions(**QUICK_POSES, progress=False))
     root = tmp_path / "d"
     assert not (root / "gt_imgs").exists() and not (root / ".stages" / "gt_images.json").exists()
     parsing_marker = (root / ".stages" / "parsing.json").stat().st_mtime_ns
     monkeypatch.setattr(ingest, "compose_gt_and_torso", real)
-    report = run_ingest(video, root, IngestOptions(progress=False))
+    report = run_ingest(video, root, IngestOptions(**QUICK_POSES, progress=False))
     assert len(list((root / "gt_imgs").glob("*.jpg"))) == 30 and report["gt_images"]["frames"] == 30
     assert (root / ".stages" / "parsing.json").stat().st_mtime_ns == parsing_marker  # finished stages kept
     assert (root / "blendshapes.png").is_file()
@@ -263,14 +280,14 @@ def test_a_stage_killed_midway_is_redone_on_the_next_run(face_subject, tmp_path,
 def test_ingest_bad_inputs(face_subject, tmp_path):
     with pytest.raises(UserError, match="no audio track"):
         silent = make_video(face_subject, tmp_path / "silent.mp4", audio=False)
-        run_ingest(silent, tmp_path / "a", IngestOptions(progress=False))
+        run_ingest(silent, tmp_path / "a", IngestOptions(**QUICK_POSES, progress=False))
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(make_video(face_subject, tmp_path / "ok.mp4").read_bytes()[:3000])
     with pytest.raises(UserError):
-        run_ingest(corrupt, tmp_path / "b", IngestOptions(progress=False))
+        run_ingest(corrupt, tmp_path / "b", IngestOptions(**QUICK_POSES, progress=False))
     assert not (tmp_path / "b" / "ori_imgs").exists()  # nothing half-written is left as done
     with pytest.raises(UserError, match="not found"):
-        run_ingest(tmp_path / "missing.mp4", tmp_path / "c", IngestOptions(progress=False))
+        run_ingest(tmp_path / "missing.mp4", tmp_path / "c", IngestOptions(**QUICK_POSES, progress=False))
 
 
 @pytest.mark.real_data
@@ -297,13 +314,13 @@ def test_ave_features_and_bisenet_backend_from_config(face_subject, tmp_path):
     torch.save({k.removeprefix("audio_encoder."): v for k, v in AVEncoder().state_dict().items()}, tmp_path / "ave.pth")
     ave = AudioConfig(name="ave", feature_dim=512, window=1, checkpoint=str(tmp_path / "ave.pth"))
     root = tmp_path / "d"
-    run_ingest(video, root, IngestOptions(progress=False, audio=ave))
+    run_ingest(video, root, IngestOptions(**QUICK_POSES, progress=False, audio=ave))
     feats = np.load(root / "aud_ave.npy")
     assert feats.shape == (30, 512)  # 2-D, as the original's aud_ave.npy
     frames = SubjectFrames(root, "train", "ave", ["eyeBlinkLeft"])
     assert frames.audio.shape[1:] == (1, 512)
     with pytest.raises(UserError, match="preprocess.parsing.bisenet_checkpoint"):
-        run_ingest(video, root, IngestOptions(progress=False, audio=ave, parsing_backend="bisenet",
+        run_ingest(video, root, IngestOptions(**QUICK_POSES, progress=False, audio=ave, parsing_backend="bisenet",
                                               force=["parsing"]))
     with pytest.raises(UserError, match="audio_encoder.checkpoint"):
-        run_ingest(video, tmp_path / "e", IngestOptions(progress=False, audio=AudioConfig(name="ave", window=1)))
+        run_ingest(video, tmp_path / "e", IngestOptions(**QUICK_POSES, progress=False, audio=AudioConfig(name="ave", window=1)))

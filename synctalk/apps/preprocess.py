@@ -15,6 +15,7 @@ from synctalk.config.schema import AudioConfig, PreprocessConfig
 from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
+from synctalk.stabilizer.pipeline import StabilizerOptions
 
 log = logging.getLogger(__name__)
 SCHEMA = PreprocessConfig
@@ -31,16 +32,41 @@ def run(cfg: DictConfig) -> dict:
         return {"root": str(root)}
     if not cfg.data.video:
         raise UserError("set data.video=/path/to/video.mp4 (and data.root=/path/to/dataset), or use data=synthetic")
-    if cfg.tracker.pose_source != "landmarks":
-        raise UserError(f"tracker.pose_source={cfg.tracker.pose_source} is not available in this version; "
-                        f"use tracker.pose_source=landmarks")
-    p = cfg.preprocess
+    p, t = cfg.preprocess, cfg.tracker
+    stabilizer = StabilizerOptions(
+        focal_start=t.focal.start, focal_stop=t.focal.stop, focal_step=t.focal.step, every_k=t.every_k, steps=t.steps,
+        lr=t.lr, refine_points=t.refine_points, face_model=p.face_model.backend, bfm_dir=p.face_model.bfm_dir,
+        num_exp=p.face_model.num_exp, id_reg=p.face_model.id_reg, exp_reg=p.face_model.exp_reg,
+        points=OmegaConf.to_container(p.points), bundle_adjustment=OmegaConf.to_container(p.bundle_adjustment),
+        flow_backend=cfg.flow.backend, flow_checkpoint=cfg.flow.checkpoint)
     opts = IngestOptions(fps=cfg.data.fps, audio=AudioConfig(**OmegaConf.to_container(cfg.audio_encoder)),
                          force=list(p.force), max_gap=p.landmarks.max_gap,
                          max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
-                         focal_at_512=p.poses.focal_at_512, pose_smooth_window=p.poses.smooth_window,
+                         pose_source=t.pose_source, stabilizer=stabilizer,
                          overlay_every=p.overlay_every, face_landmarker=p.face_landmarker,
                          parsing_backend=p.parsing.backend, bisenet_checkpoint=p.parsing.bisenet_checkpoint)
     report = run_ingest(Path(cfg.data.video), root, opts)
+    _keep_stabilizer_results(root, report["poses"])
     log.info("dataset ready in %s: train with 'synctalk train data=subject data.root=%s'", root, root)
     return {"root": str(root), **report}
+
+
+def _keep_stabilizer_results(root: Path, poses: dict) -> None:
+    """Copy the stabilizer's numbers (``metrics.json``) and plots into the Hydra run folder, so that the runs
+    of a sweep such as ``-m tracker.focal.step=100,50`` can be compared with ``synctalk report``."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from synctalk.io import write_json
+    from synctalk.report import flatten
+
+    if not HydraConfig.initialized():
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    for name in ("focal_search.json", "focal_curve.png", "poses.png"):
+        if (root / "stabilizer" / name).is_file():
+            (run_dir / "stabilizer").mkdir(exist_ok=True)
+            shutil.copy2(root / "stabilizer" / name, run_dir / "stabilizer" / name)
+    numbers = {k: v for k, v in flatten(poses).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    write_json(run_dir / "metrics.json", numbers)

@@ -64,7 +64,8 @@ class TrackerConfig:
     every_k: int = 10  # frames used for the focal search
     steps: int = 2000
     lr: float = 0.3
-    pose_source: str = "landmarks"  # landmarks (PnP of the landmark template) | bundle_adjustment
+    refine_points: int = 9  # focals tried between the winner's grid neighbours (0: no refinement)
+    pose_source: str = "bundle_adjustment"  # landmarks (face-model fit) | bundle_adjustment (+ tracking, BA)
 
 
 @dataclass
@@ -173,9 +174,35 @@ class LandmarkOptions:
 
 
 @dataclass
-class PoseOptions:
-    focal_at_512: float = 1200.0  # focal length (px for a 512 px wide image) of the landmark PnP poses
-    smooth_window: int = 7  # Savitzky-Golay window over the poses (0: off)
+class FaceModelOptions:
+    backend: str = "subject"  # subject (weight-free, from the subject's FaceMesh) | bfm (Basel Face Model 2009)
+    bfm_dir: Optional[str] = None  # folder with the BFM files (backend=bfm)
+    num_exp: int = 10  # expression components of the subject model
+    id_reg: float = 0.5  # weight of mean(identity^2) in the landmark fit
+    exp_reg: float = 0.5  # weight of mean(expression^2)
+
+
+@dataclass
+class PointsOptions:
+    rule: str = "stable"  # stable (score minima, released code) | salient (maxima, paper)
+    window: int = 5  # extrema within window x window pixels
+    min_distance: float = 5.0  # pixels between keypoints
+    max_points: int = 400
+    fb_threshold: float = 2.0  # forward-backward flow error (px) above which a point is not visible
+    min_points: int = 20  # fewer trackable points is an error
+    erode_px: int = 3  # the head mask is eroded by this much before choosing points
+
+
+@dataclass
+class BundleAdjustmentOptions:
+    points_steps: int = 500  # stage 1: 3D points only
+    points_lr: float = 1e-3  # metres per step
+    joint_steps: int = 2000  # stage 2: points, rotations and translations
+    joint_lr: float = 1e-4  # metres per step for points; x1000 for poses (degrees, millimetres)
+    robust: str = "huber"  # huber | none
+    huber_px: float = 2.0
+    smoothness: float = 0.0  # weight of the temporal second-difference prior on the poses
+    batch_frames: int = 0  # frames per step (0: all)
 
 
 @dataclass
@@ -192,7 +219,9 @@ class PreprocessOptions:
     background_every: int = 20  # every k-th frame is used for the static background
     overlay_every: int = 25  # every k-th frame gets a checking image in overlays/
     face_landmarker: Optional[str] = None  # face_landmarker.task with blendshapes (None: from landmark geometry)
-    poses: PoseOptions = field(default_factory=PoseOptions)
+    face_model: FaceModelOptions = field(default_factory=FaceModelOptions)
+    points: PointsOptions = field(default_factory=PointsOptions)
+    bundle_adjustment: BundleAdjustmentOptions = field(default_factory=BundleAdjustmentOptions)
 
 
 @dataclass

@@ -1,21 +1,15 @@
-"""Weight-free estimates from FaceMesh landmarks: upper-face blendshapes and head poses.
+"""Weight-free upper-face blendshapes from FaceMesh landmarks, and the Face Landmarker loader.
 
-* Blendshapes: eye openness (lid distance over eye width), brow height and mouth opening
+Blendshapes: eye openness (lid distance over eye width), brow height and mouth opening
   (over the inter-ocular distance), each normalised over the video, written in the 52-column
   MediaPipe layout (the Face Landmarker model, when configured, is the better source).
-* Poses: a rigid 3D template of the subject built from its own landmarks (similarity-aligned
-  and averaged, scaled to a 90 mm distance between the outer eye corners), fitted to every frame with PnP at a
-  fixed focal length. This is the pose source until the stabilizer (focal search, point
-  tracking, bundle adjustment) replaces it.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.signal import savgol_filter
 
 from synctalk.data.blendshapes import BLENDSHAPE_NAMES
-from synctalk.geometry import head_pose_to_c2w
 
 # FaceMesh indices (the subject's right side is the image's left)
 R_EYE = {"outer": 33, "inner": 133, "upper": 159, "lower": 145}
@@ -83,62 +77,3 @@ def blendshapes_from_face_landmarker(frame_paths: list, model_path, fps: float, 
                 for category in result.face_blendshapes[0]:
                     out[i, category.index] = category.score
     return out
-
-
-def rigid_template(mesh: np.ndarray, every: int = 5) -> np.ndarray:
-    """The subject's rigid face template in the head frame, metres, (len(RIGID), 3).
-
-    Head frame: x to the subject's left (image right), y up, z out of the face; the origin
-    sits 5 cm behind the centroid of the rigid points (roughly inside the head).
-    """
-    pts = mesh[::every][:, RIGID].astype(np.float64)
-    pts = np.stack([pts[..., 0], -pts[..., 1], -pts[..., 2]], -1)  # image (u, v, depth) -> head axes
-    pts -= pts.mean(1, keepdims=True)
-    ref = pts[0]
-    aligned = []
-    for p in pts:  # similarity (Kabsch + scale) alignment onto the first sample
-        u, s, vt = np.linalg.svd(p.T @ ref)
-        d = np.sign(np.linalg.det(u @ vt))
-        rot = u @ np.diag([1, 1, d]) @ vt
-        scale = (s * [1, 1, d]).sum() / (p ** 2).sum()
-        aligned.append(scale * p @ rot)
-    template = np.mean(aligned, 0)
-    iod = np.linalg.norm(template[list(RIGID).index(33)] - template[list(RIGID).index(263)])
-    template *= OUTER_EYE_CORNERS_M / iod
-    template[:, 2] += 0.05  # centred on the rigid points, then the origin moved 5 cm into the head
-    return template
-
-
-def poses_by_pnp(mesh: np.ndarray, focal: float, cx: float, cy: float, smooth_window: int = 7
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame camera-to-world matrices from a PnP fit of the rigid template.
-
-    Returns:
-        c2w (N, 4, 4) (OpenGL camera, head frame, metres) and the per-frame mean
-        reprojection error in pixels (N,).
-    """
-    template = rigid_template(mesh)
-    obj = template.astype(np.float64)
-    k = np.array([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], np.float64)
-    flip = np.diag([1.0, -1.0, -1.0])  # OpenCV camera axes -> OpenGL camera axes
-    rvecs, tvecs, errors = [], [], []
-    rvec, tvec = None, None
-    for frame in mesh:
-        img = frame[RIGID, :2].astype(np.float64)
-        if rvec is None:
-            ok, rvec, tvec = cv2.solvePnP(obj, img, k, None, flags=cv2.SOLVEPNP_EPNP)
-        ok, rvec, tvec = cv2.solvePnP(obj, img, k, None, rvec, tvec, useExtrinsicGuess=True,
-                                      flags=cv2.SOLVEPNP_ITERATIVE)
-        proj, _ = cv2.projectPoints(obj, rvec, tvec, k, None)
-        errors.append(float(np.linalg.norm(proj[:, 0] - img, axis=-1).mean()))
-        rvecs.append(rvec[:, 0].copy())
-        tvecs.append(tvec[:, 0].copy())
-    # head -> OpenGL camera; smoothed there, where a frontal head has a small rotation
-    rot_gl = np.stack([flip @ cv2.Rodrigues(r)[0] for r in rvecs])
-    translation = np.array(tvecs) @ flip.T
-    rvec_gl = np.stack([cv2.Rodrigues(r)[0][:, 0] for r in rot_gl])
-    if smooth_window and len(mesh) > smooth_window:
-        rvec_gl = savgol_filter(rvec_gl, smooth_window, 2, axis=0)
-        translation = savgol_filter(translation, smooth_window, 2, axis=0)
-    rotation = np.stack([cv2.Rodrigues(r)[0] for r in rvec_gl])
-    return head_pose_to_c2w(rotation, translation), np.array(errors)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from synctalk.audio import SAMPLE_RATE, compute_features, load_audio, write_wav
 from synctalk.data.blendshapes import BLENDSHAPE_NAMES
-from synctalk.data.face_geometry import blendshapes_from_face_landmarker, blendshapes_from_mesh, poses_by_pnp
+from synctalk.data.face_geometry import blendshapes_from_face_landmarker, blendshapes_from_mesh
 from synctalk.data.landmarks import detect_mesh, fill_gaps, jitter, to_68
 from synctalk.data.layout import DatasetLayout, Transforms, split_train_val
 from synctalk.data.parsing import (HEAD, BackgroundAccumulator, PersonSegmenter, compose_gt_and_torso, face_oval_order,
@@ -31,8 +31,10 @@ from synctalk.config.schema import AudioConfig
 from synctalk.errors import UserError
 from synctalk.external import require_file
 from synctalk.io import atomic_path, write_json
+from synctalk.stabilizer.pipeline import StabilizerOptions, stabilize
 
 log = logging.getLogger(__name__)
+POSE_SOURCES = ("landmarks", "bundle_adjustment")
 
 
 def probe_video(path: Path) -> dict:
@@ -181,8 +183,8 @@ class IngestOptions:
     max_gap: int = 5
     max_missing_fraction: float = 0.1
     background_every: int = 20
-    focal_at_512: float = 1200.0
-    pose_smooth_window: int = 7
+    pose_source: str = "bundle_adjustment"  # landmarks (face-model fit) | bundle_adjustment (+ point tracking, BA)
+    stabilizer: StabilizerOptions = field(default_factory=StabilizerOptions)
     overlay_every: int = 25
     face_landmarker: str | None = None
     parsing_backend: str = "mediapipe"
@@ -336,25 +338,28 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                 "frames_blinking": int((bs[:, BLENDSHAPE_NAMES.index("eyeBlinkLeft")] > 0.5).sum())}
 
     def poses() -> dict:
+        if opts.pose_source not in POSE_SOURCES:
+            raise UserError(f"tracker.pose_source={opts.pose_source} is not one of {', '.join(POSE_SOURCES)}")
         mesh = np.load(root / "landmarks_mesh.npy")
+        n = len(mesh)
         height, width = cv2.imread(str(layout.frame(0))).shape[:2]
-        focal = opts.focal_at_512 * width / 512
-        c2w, errors = poses_by_pnp(mesh, focal, width / 2, height / 2, opts.pose_smooth_window)
-        train_ids, val_ids = split_train_val(len(c2w))
+        result = stabilize([layout.frame(i) for i in range(n)], [layout.head_mask(i) for i in range(n)], mesh,
+                           to_68(mesh)[..., :2], width, height, fps, opts.stabilizer, root / "stabilizer",
+                           use_bundle_adjustment=opts.pose_source == "bundle_adjustment", progress=progress)
+        focal, c2w = result["focal"], result["c2w"]
+        train_ids, val_ids = split_train_val(n)
         for split, ids in (("train", train_ids), ("val", val_ids)):
             Transforms(focal, width / 2, height / 2, ids, ids, c2w[ids].astype(np.float32)).write(layout.transforms(split))
-        with atomic_path(root / "poses_landmarks.npz") as tmp:
-            np.savez(tmp, c2w=c2w, reprojection_error_px=errors, focal=focal)
-        return {"focal": focal, "mean_reprojection_error_px": round(float(errors.mean()), 3),
-                "train": len(train_ids), "val": len(val_ids)}
+        return {"pose_source": opts.pose_source, **result["report"], "train": len(train_ids), "val": len(val_ids)}
 
     report["overlays"] = runner.run("overlays", {"parsing": _stamp(layout.background), "every": opts.overlay_every},
                                     overlays, [root / "overlays"])
     mesh_stamp = {"landmarks": _stamp(root / "landmarks_mesh.npy")}
     report["blendshapes"] = runner.run("blendshapes", {**mesh_stamp, "face_landmarker": opts.face_landmarker},
                                        blendshapes, [layout.blendshapes, root / "blendshapes.png"])
-    report["poses"] = runner.run("poses", {**mesh_stamp, "focal_at_512": opts.focal_at_512,
-                                           "smooth_window": opts.pose_smooth_window}, poses,
+    report["poses"] = runner.run("poses", {**mesh_stamp, "head_masks": _stamp(layout.background),
+                                           "pose_source": opts.pose_source, "stabilizer": asdict(opts.stabilizer)},
+                                 poses,
                                  [layout.transforms("train"), layout.transforms("val")])
     report["audio"] = runner.run("audio", source, audio, [layout.audio])
     report["audio_features"] = runner.run("audio_features", {**source, "fps": fps, "encoder": audio_encoder,

@@ -1,0 +1,211 @@
+"""The Head-Sync Stabilizer end to end: focal search, landmark fit, head point tracking, bundle adjustment.
+
+Writes into ``<dataset>/stabilizer/``: ``focal_search.json`` and ``focal_curve.png`` (error vs focal),
+``landmark_fit.npz`` (the face-model fit of every frame: "raw 3DMM" poses), ``tracks.npz``,
+``bundle_adjustment.pt`` (poses, keypoints, reprojection errors) and ``poses.png`` (pose curves of both
+sources). Poses are returned as camera-to-world matrices in the dataset convention (OpenGL camera,
+head frame, metres).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synctalk.errors import UserError
+from synctalk.geometry import head_pose_to_c2w
+from synctalk.io import atomic_path, write_json
+from synctalk.stabilizer.bundle_adjustment import run_bundle_adjustment
+from synctalk.stabilizer.face_model import FaceModel, bfm_face_model, subject_face_model
+from synctalk.stabilizer.head_tracker import fit_landmarks, search_focal
+from synctalk.stabilizer.point_tracker import track_head_points
+
+log = logging.getLogger(__name__)
+CV_TO_GL = np.diag([1.0, -1.0, -1.0])
+
+
+@dataclass
+class StabilizerOptions:
+    """Settings of the stabilizer (``tracker`` group and ``preprocess.face_model|points|bundle_adjustment``)."""
+
+    focal_start: float = 500.0
+    focal_stop: float = 1450.0
+    focal_step: float = 50.0
+    every_k: int = 10
+    steps: int = 2000
+    lr: float = 0.3
+    refine_points: int = 9
+    face_model: str = "subject"
+    bfm_dir: str | None = None
+    num_exp: int = 10
+    id_reg: float = 0.5
+    exp_reg: float = 0.5
+    points: dict = field(default_factory=dict)  # keyword arguments of track_head_points
+    bundle_adjustment: dict = field(default_factory=dict)  # keyword arguments of run_bundle_adjustment
+    flow_backend: str = "opencv"  # opencv | cotracker
+    flow_checkpoint: str | None = None
+
+
+def build_face_model(opts: StabilizerOptions, mesh: np.ndarray) -> FaceModel:
+    if opts.face_model == "subject":
+        return subject_face_model(mesh, opts.num_exp)
+    if opts.face_model == "bfm":
+        return bfm_face_model(opts.bfm_dir)
+    raise UserError(f"preprocess.face_model.backend={opts.face_model} is not one of subject, bfm")
+
+
+def rotation_angles_deg(rotation: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) -> (N, 3) Euler angles (pitch, yaw, roll) in degrees, ``R = Rz Ry Rx``."""
+    pitch = np.arctan2(rotation[:, 2, 1], rotation[:, 2, 2])
+    yaw = np.arcsin(np.clip(-rotation[:, 2, 0], -1, 1))
+    roll = np.arctan2(rotation[:, 1, 0], rotation[:, 0, 0])
+    return np.degrees(np.stack([pitch, yaw, roll], -1))
+
+
+def jitter(rotation: np.ndarray, translation: np.ndarray) -> dict:
+    """Mean absolute second difference over time of rotation angles (deg) and translation (mm)."""
+    if len(rotation) < 3:
+        return {"rotation_deg": 0.0, "translation_mm": 0.0}
+    ang = np.unwrap(np.radians(rotation_angles_deg(rotation)), axis=0)
+    second = lambda x: np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean()  # noqa: E731
+    return {"rotation_deg": round(float(np.degrees(second(ang))), 5),
+            "translation_mm": round(float(second(translation * 1000.0)), 5)}
+
+
+def backproject(keypoints: np.ndarray, landmarks_cam: np.ndarray, landmarks_px: np.ndarray, rotation: np.ndarray,
+                translation: np.ndarray, focal: float, cx: float, cy: float) -> np.ndarray:
+    """Head-frame 3D positions of reference-frame keypoints, with depths interpolated from the fitted
+    landmarks (inverse-distance weights of the 4 nearest in the image).
+
+    Args:
+        keypoints: (P, 2) px; landmarks_cam: (68, 3) camera-frame landmark positions; landmarks_px: (68, 2).
+        rotation, translation: the reference pose (head -> OpenCV camera).
+    Returns:
+        (P, 3) metres, head frame.
+    """
+    d = np.linalg.norm(keypoints[:, None] - landmarks_px[None], axis=-1)
+    near = np.argsort(d, axis=1)[:, :4]
+    w = 1.0 / np.maximum(np.take_along_axis(d, near, 1), 1.0)
+    depth = (landmarks_cam[near, 2] * w).sum(1) / w.sum(1)
+    rays = np.stack([(keypoints[:, 0] - cx) / focal, (keypoints[:, 1] - cy) / focal, np.ones(len(keypoints))], -1)
+    cam = rays * depth[:, None]
+    return (cam - translation) @ rotation  # R^T (X - T), row vectors
+
+
+def _plot_focal(search, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(search.candidates, search.rms_px, "o-", label="grid")
+    if len(search.refined):
+        ax.plot(search.refined, search.refined_rms_px, ".", label="refinement")
+    ax.axvline(search.focal, color="k", lw=0.8, ls="--", label=f"chosen {search.focal:.0f}")
+    ax.set_xlabel("focal length (px)")
+    ax.set_ylabel("landmark RMS error (px)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def _plot_poses(curves: dict, fps: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(2, 3, figsize=(12, 5), sharex=True)
+    for name, (rot, trans) in curves.items():
+        t = np.arange(len(rot)) / fps
+        ang = rotation_angles_deg(rot)
+        for k, label in enumerate(("pitch (deg)", "yaw (deg)", "roll (deg)")):
+            ax[0, k].plot(t, ang[:, k], lw=0.9, label=name)
+            ax[0, k].set_title(label, fontsize=9)
+        for k, label in enumerate(("x (mm)", "y (mm)", "z (mm)")):
+            ax[1, k].plot(t, trans[:, k] * 1000, lw=0.9, label=name)
+            ax[1, k].set_title(label, fontsize=9)
+    ax[0, 0].legend(fontsize=8)
+    for a in ax[1]:
+        a.set_xlabel("seconds")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
+              height: int, fps: float, opts: StabilizerOptions, out_dir: Path, use_bundle_adjustment: bool = True,
+              progress: bool = True) -> dict:
+    """Focal search, landmark fit and (optionally) point tracking + bundle adjustment.
+
+    Args:
+        frames, head_masks: per-frame paths (N); mesh: (N, 478, 3) FaceMesh points; lms68: (N, 68, 2).
+    Returns:
+        ``focal``, ``c2w_landmarks`` (N, 4, 4), ``c2w`` (N, 4, 4, the chosen source) and ``report``.
+    """
+    if opts.flow_backend != "opencv":
+        from synctalk.external import require, require_file
+
+        require("cotracker", "flow=cotracker")
+        require_file(opts.flow_checkpoint, "CoTracker checkpoint", "flow.checkpoint")
+        raise UserError("flow=cotracker: the CoTracker tracking path is not implemented in this version; use flow=opencv")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cx, cy = width / 2.0, height / 2.0
+    model = build_face_model(opts, mesh)
+    to_px = width / 512.0  # the focal range is given for a 512 px wide video, as in the original tools
+    search = search_focal(model, lms68, cx, cy, opts.focal_start * to_px, opts.focal_stop * to_px,
+                          opts.focal_step * to_px, opts.every_k,
+                          opts.steps, opts.lr, opts.refine_points, opts.id_reg, opts.exp_reg, progress)
+    write_json(out_dir / "focal_search.json", search.to_dict())
+    _plot_focal(search, out_dir / "focal_curve.png")
+    focal = search.focal
+    fit = fit_landmarks(model, lms68, [focal], cx, cy, opts.steps, opts.lr, opts.id_reg, opts.exp_reg, progress,
+                        "landmark fit")
+    rot_lm, trans_lm = fit.rotation[0], fit.translation[0]
+    with atomic_path(out_dir / "landmark_fit.npz") as tmp:
+        np.savez(tmp, focal=focal, rotation=rot_lm, translation=trans_lm, id_coeff=fit.id_coeff[0],
+                 exp_coeff=fit.exp_coeff[0], error_px=fit.error_px[0], face_model=model.name)
+    c2w_lm = head_pose_to_c2w(CV_TO_GL @ rot_lm, trans_lm @ CV_TO_GL.T)
+    report = {"focal": round(focal, 2), "focal_grid_best": search.grid_best, "face_model": model.name,
+              "landmark_rms_px": round(float(np.sqrt((fit.error_px[0] ** 2).mean())), 4),
+              "jitter_landmarks": jitter(rot_lm, trans_lm)}
+    curves = {"landmark fit": (rot_lm, trans_lm)}
+    c2w = c2w_lm
+    if use_bundle_adjustment:
+        reference = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot_lm), axis=1)))  # the most frontal frame
+        points = {"min_distance": 5.0, "erode_px": 3, **opts.points}  # distances at 512 px wide, scaled
+        points["min_distance"] = max(1.0, points["min_distance"] * to_px)
+        points["erode_px"] = max(1, round(points["erode_px"] * to_px))
+        tracks = track_head_points(frames, head_masks, lms68, reference, progress=progress, **points)
+        tracks.save(out_dir / "tracks.npz")
+        with torch.no_grad():
+            shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [reference]]))[0, 0].numpy()
+        lms_cam = shape @ rot_lm[reference].T + trans_lm[reference]
+        points3d = backproject(tracks.points[reference], lms_cam, lms68[reference], rot_lm[reference],
+                               trans_lm[reference], focal, cx, cy)
+        ba = run_bundle_adjustment(tracks.points, tracks.visible, points3d, rot_lm, trans_lm, focal, cx, cy,
+                                   reference, progress=progress, **opts.bundle_adjustment)
+        visible = tracks.visible.sum(1)
+        torch.save({"focal": focal, "rotation": torch.as_tensor(ba.rotation), "translation": torch.as_tensor(ba.translation),
+                    "points3d": torch.as_tensor(ba.points3d), "reference": reference,
+                    "error_px": {k: torch.as_tensor(v) for k, v in ba.error_px.items()}, "history": ba.history},
+                   out_dir / "bundle_adjustment.pt.tmp")
+        (out_dir / "bundle_adjustment.pt.tmp").replace(out_dir / "bundle_adjustment.pt")
+        report.update({
+            "reference_frame": reference, "tracked_points": int(tracks.points.shape[1]),
+            "visible_fraction": round(float(tracks.visible.mean()), 4),
+            "frames_with_few_points": int((visible < 6).sum()),
+            "ba_reprojection_px": {k: round(float(v.mean()), 4) for k, v in ba.error_px.items()},
+            "jitter_bundle_adjustment": jitter(ba.rotation, ba.translation),
+        })
+        curves["bundle adjustment"] = (ba.rotation, ba.translation)
+        c2w = head_pose_to_c2w(CV_TO_GL @ ba.rotation, ba.translation @ CV_TO_GL.T)
+    _plot_poses(curves, fps, out_dir / "poses.png")
+    return {"focal": focal, "c2w_landmarks": c2w_lm, "c2w": c2w, "report": report}

@@ -1,0 +1,187 @@
+"""Head Points Tracker: keypoints on the rigid head region tracked through the video.
+
+1. Dense optical flow of every frame against a reference frame (OpenCV DIS flow by default),
+   forward (reference -> frame) and backward (frame -> reference).
+2. A temporal Laplacian score per reference pixel, ``sum_t |f_t - (f_{t-1} + f_{t+1}) / 2|``:
+   how irregularly the pixel's flow changes over time.
+3. Keypoints from the score map inside the head region (face without eyes and mouth):
+   ``rule=stable`` keeps local minima (the released SyncTalk code), ``rule=salient`` local maxima
+   (the paper's wording); both take window-wise extrema at least ``min_distance`` px apart.
+4. Tracks: keypoint + forward flow; a point is visible in a frame when the forward-backward
+   error is below ``fb_threshold`` px and it lands inside that frame's head region.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from synctalk.errors import UserError
+
+EYES_AND_MOUTH = (list(range(36, 42)), list(range(42, 48)), list(range(48, 60)))  # 68-point polygons
+
+
+def head_region(head_mask: np.ndarray, lms68: np.ndarray, erode_px: int) -> np.ndarray:
+    """Rigid head region: the head mask, eroded, without the eyes and the mouth (dilated polygons).
+
+    Args:
+        head_mask: (H, W) bool; lms68: (68, 2) pixels.
+    Returns:
+        (H, W) bool.
+    """
+    region = head_mask.astype(np.uint8)
+    if erode_px > 0:
+        region = cv2.erode(region, np.ones((2 * erode_px + 1,) * 2, np.uint8))
+    holes = np.zeros_like(region)
+    for poly in EYES_AND_MOUTH:
+        cv2.fillPoly(holes, [np.round(lms68[poly]).astype(np.int32)], 1)
+    grow = max(3, erode_px)
+    holes = cv2.dilate(holes, np.ones((2 * grow + 1,) * 2, np.uint8))
+    return (region > 0) & (holes == 0)
+
+
+class DenseFlow:
+    """OpenCV DIS optical flow between grayscale frames: (H, W, 2) pixel displacements."""
+
+    def __init__(self):
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._dis.calc(a, b, None)
+
+
+def _sample(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples of an (H, W, C) field at (P, 2) pixel positions (clamped to the image)."""
+    h, w = field.shape[:2]
+    x = np.clip(xy[:, 0], 0, w - 1.001)
+    y = np.clip(xy[:, 1], 0, h - 1.001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    return ((1 - fx) * (1 - fy) * field[y0, x0] + fx * (1 - fy) * field[y0, x0 + 1]
+            + (1 - fx) * fy * field[y0 + 1, x0] + fx * fy * field[y0 + 1, x0 + 1])
+
+
+def select_keypoints(score: np.ndarray, region: np.ndarray, rule: str, window: int, min_distance: float,
+                     max_points: int) -> np.ndarray:
+    """Window-wise extrema of the score map inside ``region``.
+
+    Args:
+        score: (H, W) temporal Laplacian score; region: (H, W) bool.
+        rule: ``stable`` (minima, lowest first) or ``salient`` (maxima, highest first).
+    Returns:
+        (P, 2) integer pixel positions (x, y).
+    """
+    if rule not in ("stable", "salient"):
+        raise UserError(f"preprocess.points.rule={rule} is not one of stable, salient")
+    kernel = np.ones((window, window), np.uint8)
+    s = score.astype(np.float32)
+    if rule == "stable":
+        filled = np.where(region, s, np.float32(np.inf))
+        extrema = region & (filled <= cv2.erode(filled, kernel))
+        order_key = s
+    else:
+        filled = np.where(region, s, np.float32(-np.inf))
+        extrema = region & (filled >= cv2.dilate(filled, kernel))
+        order_key = -s
+    ys, xs = np.nonzero(extrema)
+    order = np.argsort(order_key[ys, xs], kind="stable")
+    chosen: list[tuple[int, int]] = []
+    taken = np.zeros(score.shape, bool)
+    r = int(np.ceil(min_distance))
+    for k in order:
+        x, y = int(xs[k]), int(ys[k])
+        if taken[y, x]:
+            continue
+        chosen.append((x, y))
+        cv2.circle(taken.view(np.uint8), (x, y), r, 1, -1)
+        if len(chosen) >= max_points:
+            break
+    return np.array(chosen, np.float64).reshape(-1, 2)
+
+
+@dataclass
+class Tracks:
+    """Keypoint tracks through a video."""
+
+    reference: int  # reference frame id
+    points: np.ndarray  # (N, P, 2) pixels
+    visible: np.ndarray  # (N, P) bool
+    fb_error: np.ndarray  # (N, P) forward-backward error, pixels
+    score: np.ndarray  # (H, W) temporal Laplacian score of the reference frame's pixels
+    region: np.ndarray  # (H, W) bool, the head region of the reference frame
+
+    def save(self, path: Path) -> None:
+        from synctalk.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, reference=self.reference, points=self.points, visible=self.visible,
+                                fb_error=self.fb_error, score=self.score, region=self.region)
+
+    @classmethod
+    def load(cls, path: Path) -> "Tracks":
+        d = np.load(path)
+        return cls(int(d["reference"]), d["points"], d["visible"], d["fb_error"], d["score"], d["region"])
+
+
+def track_head_points(frames: list[Path], head_masks: list[Path], lms68: np.ndarray, reference: int,
+                      rule: str = "stable", window: int = 5, min_distance: float = 5.0, max_points: int = 400,
+                      fb_threshold: float = 2.0, min_points: int = 20, erode_px: int = 3,
+                      progress: bool = True) -> Tracks:
+    """Track keypoints of the rigid head region through all frames (see the module docstring).
+
+    Args:
+        frames, head_masks: per-frame image and head-mask paths (N).
+        lms68: (N, 68, 2) landmarks, used to cut out the eyes and the mouth.
+        reference: the frame the keypoints are chosen in (a frontal one).
+    """
+    n = len(frames)
+    read_gray = lambda p: cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)  # noqa: E731
+    ref = read_gray(frames[reference])
+    h, w = ref.shape
+    region = head_region(cv2.imread(str(head_masks[reference]), cv2.IMREAD_GRAYSCALE) > 127, lms68[reference], erode_px)
+    ys, xs = np.nonzero(region)
+    if len(xs) < min_points:
+        raise UserError(f"the head region of frame {reference} has {len(xs)} pixels: too small to track points "
+                        f"(check parsing/ and face_mask/ in the overlays)")
+    candidates = np.stack([xs, ys], -1).astype(np.float64)
+    flow = DenseFlow()
+    fwd = np.zeros((n, len(candidates), 2), np.float32)
+    fb = np.zeros((n, len(candidates)), np.float32)
+    inside = np.zeros((n, len(candidates)), bool)
+    for t in tqdm(range(n), desc="head point flow", unit="frame", disable=not progress):
+        img = read_gray(frames[t])
+        if t == reference:
+            inside[t] = True
+            continue
+        f_fwd = flow(ref, img)
+        f_bwd = flow(img, ref)
+        fwd[t] = _sample(f_fwd, candidates)
+        moved = candidates + fwd[t]
+        back = moved + _sample(f_bwd, moved)
+        fb[t] = np.linalg.norm(back - candidates, axis=-1)
+        mask_t = cv2.imread(str(head_masks[t]), cv2.IMREAD_GRAYSCALE) > 127
+        xi = np.clip(np.round(moved[:, 0]).astype(int), 0, w - 1)
+        yi = np.clip(np.round(moved[:, 1]).astype(int), 0, h - 1)
+        in_frame = (moved[:, 0] >= 0) & (moved[:, 0] < w) & (moved[:, 1] >= 0) & (moved[:, 1] < h)
+        inside[t] = in_frame & mask_t[yi, xi]
+    # temporal Laplacian of each candidate's flow, summed over time
+    lap = np.zeros(len(candidates), np.float64)
+    if n >= 3:
+        lap = np.linalg.norm(fwd[1:-1] - 0.5 * (fwd[:-2] + fwd[2:]), axis=-1).sum(0)
+    score = np.zeros((h, w), np.float32)
+    score[ys, xs] = lap
+    chosen = select_keypoints(score, region, rule, window, min_distance, max_points)
+    if len(chosen) < min_points:
+        raise UserError(f"only {len(chosen)} trackable head points (need preprocess.points.min_points="
+                        f"{min_points}): the head region is too small or textureless; lower min_distance, or use "
+                        f"tracker.pose_source=landmarks")
+    index = {(int(x), int(y)): k for k, (x, y) in enumerate(candidates.astype(int))}
+    idx = np.array([index[(int(x), int(y))] for x, y in chosen])
+    points = candidates[idx][None] + fwd[:, idx].astype(np.float64)
+    fb_err = fb[:, idx]
+    visible = (fb_err < fb_threshold) & inside[:, idx]
+    visible[reference] = True
+    return Tracks(reference, points, visible, fb_err, score, region)

@@ -1,0 +1,187 @@
+"""Head-Sync Stabilizer: face models, batched focal search, point tracking and bundle adjustment."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synctalk.errors import UserError
+from synctalk.geometry import euler_to_matrix
+from synctalk.stabilizer.bundle_adjustment import run_bundle_adjustment
+from synctalk.stabilizer.face_model import FaceModel, bfm_face_model, subject_face_model
+from synctalk.stabilizer.head_tracker import fit_landmarks, focal_candidates, search_focal
+from synctalk.stabilizer.pipeline import jitter, rotation_angles_deg
+from synctalk.stabilizer.point_tracker import select_keypoints
+
+FOCAL, CX, CY = 1300.0, 256.0, 256.0
+
+
+def random_head(seed: int = 0, points: int = 68) -> np.ndarray:
+    """A face-sized rigid point cloud in the head frame (metres, z out of the face)."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-0.07, 0.07, (points, 2))
+    z = 0.07 - 6.0 * (xy ** 2).sum(1) + rng.normal(0, 0.004, points)  # a rounded face, nose forward
+    return np.concatenate([xy, z[:, None]], 1)
+
+
+def head_motion(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Head -> OpenCV camera rotations (N, 3, 3) and translations (N, 3) of a talking head 0.9 m away."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 2 * np.pi, n)
+    euler = np.radians(np.stack([6 * np.sin(t + rng.uniform(0, 6)), 12 * np.sin(1.3 * t), 4 * np.sin(0.7 * t)], -1))
+    flip = np.diag([1.0, -1.0, -1.0])  # head axes -> camera axes (the face looks at the camera)
+    rot = flip @ euler_to_matrix(euler)
+    trans = np.stack([0.01 * np.sin(t), 0.005 * np.cos(t), 0.9 + 0.01 * np.sin(0.5 * t)], -1)
+    return rot, trans
+
+
+def project_np(points: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: float) -> np.ndarray:
+    cam = np.einsum("nij,pj->npi", rot, points) + trans[:, None]
+    return np.stack([focal * cam[..., 0] / cam[..., 2] + CX, focal * cam[..., 1] / cam[..., 2] + CY], -1)
+
+
+def test_focal_search_is_one_batched_fit_and_finds_the_focal():
+    head = random_head()
+    rot, trans = head_motion(40)
+    lms = project_np(head, rot, trans, FOCAL) + np.random.default_rng(2).normal(0, 0.5, (40, 68, 2))
+    model = FaceModel(head, np.zeros((68, 3, 0)), np.zeros((68, 3, 0)), "exact")
+    grid = focal_candidates(800, 1800, 100)
+    fit = fit_landmarks(model, lms[::4], grid, CX, CY, steps=300)
+    assert fit.rotation.shape == (len(grid), 10, 3, 3) and fit.error_px.shape == (len(grid), 10)
+    assert abs(grid[np.argmin(fit.rms_px)] - FOCAL) <= 100  # within one grid step
+    search = search_focal(model, lms, CX, CY, 800, 1800, 100, every_k=4, steps=300, refine_points=7)
+    assert abs(search.focal - FOCAL) / FOCAL < 0.03
+    assert search.rms_px.min() < 1.0 < search.rms_px.max()  # the curve has a clear minimum
+    # the recovered poses: relative rotations within a fraction of a degree
+    full = fit_landmarks(model, lms, [search.focal], CX, CY, steps=300)
+    ang = np.degrees(np.arccos(np.clip((np.einsum("nij,nij->n", full.rotation[0], rot) - 1) / 2, -1, 1)))
+    assert np.median(ang) < 0.5
+
+
+def test_focal_range_and_fit_errors():
+    with pytest.raises(UserError, match="no candidates"):
+        focal_candidates(1000, 500, 50)
+    with pytest.raises(UserError, match="no candidates"):
+        focal_candidates(500, 1000, 0)
+    model = FaceModel(random_head(), np.zeros((68, 3, 0)), np.zeros((68, 3, 0)), "exact")
+    with pytest.raises(UserError, match="no candidates"):
+        fit_landmarks(model, np.zeros((2, 68, 2)), [], CX, CY)
+
+
+def test_subject_face_model_from_facemesh_points():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 40, (478, 3)) + [256, 256, 0]
+    base[33], base[263] = [196, 240, 0], [316, 240, 0]  # outer eye corners 120 px apart
+    mesh = np.stack([base + rng.normal(0, 0.5, base.shape) for _ in range(12)])
+    mesh[:, :, 0] = mesh[:, :, 0] * np.linspace(0.9, 1.1, 12)[:, None] + 10  # scale and shift per frame
+    model = subject_face_model(mesh, num_exp=4)
+    assert model.mean.shape == (68, 3) and model.num_exp == 4 and model.num_id == 204
+    out = model(torch.zeros(2, model.num_id), torch.zeros(2, 3, model.num_exp))
+    assert out.shape == (2, 3, 68, 3)
+    with pytest.raises(UserError, match="bfm_dir"):
+        bfm_face_model(None)
+
+
+def test_bfm_loader_reads_the_standard_files(tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    v, n_id, n_exp = 300, 20, 6
+    shape_mu = rng.normal(0, 40000, 3 * v)  # micrometres, as in 01_MorphableModel.mat
+    lms = np.arange(0, 68 * 4, 4)
+    shape_mu[3 * 36:3 * 36 + 3] = [-45000, 0, 0]
+    shape_mu[3 * 45:3 * 45 + 3] = [45000, 0, 0]
+    lms[36], lms[45] = 36, 45
+    savemat(tmp_path / "01_MorphableModel.mat", {"shapeMU": shape_mu[:, None], "shapePC": rng.normal(size=(3 * v, n_id)),
+                                                 "shapeEV": np.ones((n_id, 1))})
+    trim = np.arange(1, v + 1)  # 1-based, every vertex kept
+    savemat(tmp_path / "BFM_exp_idx.mat", {"trimIndex": trim[:, None]})
+    with open(tmp_path / "Exp_Pca.bin", "wb") as f:
+        f.write(np.int32(n_exp).tobytes())
+        f.write(np.zeros(3 * v, np.float32).tobytes())
+        f.write(rng.normal(size=(n_exp, 3 * v)).astype(np.float32).tobytes())
+    np.savetxt(tmp_path / "std_exp.txt", np.ones(n_exp))
+    np.savetxt(tmp_path / "landmarks_68.txt", lms, fmt="%d")
+    model = bfm_face_model(tmp_path)
+    assert model.num_id == n_id and model.num_exp == n_exp
+    eyes = model.mean[45] - model.mean[36]
+    assert float(eyes.norm()) == pytest.approx(0.09, rel=1e-4)  # micrometres -> metres
+    (tmp_path / "std_exp.txt").unlink()
+    with pytest.raises(UserError, match="std_exp.txt"):
+        bfm_face_model(tmp_path)
+
+
+def test_keypoint_rules_pick_minima_or_maxima_apart():
+    score = np.random.default_rng(0).uniform(0, 1, (60, 60)).astype(np.float32)
+    region = np.zeros((60, 60), bool)
+    region[10:50, 10:50] = True
+    stable = select_keypoints(score, region, "stable", 5, 5.0, 20)
+    salient = select_keypoints(score, region, "salient", 5, 5.0, 20)
+    assert len(stable) == len(salient) == 20
+    s_vals = score[stable[:, 1].astype(int), stable[:, 0].astype(int)]
+    m_vals = score[salient[:, 1].astype(int), salient[:, 0].astype(int)]
+    assert s_vals.max() < m_vals.min()
+    d = np.linalg.norm(stable[:, None] - stable[None], axis=-1) + np.eye(20) * 99
+    assert d.min() >= 5.0 and region[stable[:, 1].astype(int), stable[:, 0].astype(int)].all()
+    with pytest.raises(UserError, match="rule"):
+        select_keypoints(score, region, "random", 5, 5.0, 30)
+
+
+def test_bundle_adjustment_beats_the_landmark_poses():
+    rng = np.random.default_rng(3)
+    n = 50
+    points = random_head(4, points=150)
+    rot, trans = head_motion(n, seed=5)
+    tracks = project_np(points, rot, trans, FOCAL) + rng.normal(0, 0.3, (n, 150, 2))
+    visible = rng.uniform(size=(n, 150)) > 0.1
+    # noisy initial poses, as a landmark fit gives them, and noisy initial points
+    noise = euler_to_matrix(np.radians(rng.normal(0, 1.0, (n, 3))))
+    rot0, trans0 = noise @ rot, trans + rng.normal(0, 0.004, (n, 3))
+    rot0[0], trans0[0] = rot[0], trans[0]  # the reference frame
+    init = points + rng.normal(0, 0.004, points.shape)
+    ba = run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=200,
+                               joint_steps=2000, joint_lr=3e-4, progress=False)
+    assert ba.error_px["joint"].mean() < ba.error_px["points"].mean() < ba.error_px["initial"].mean()
+    assert ba.error_px["joint"].mean() < 0.6
+
+    def rot_err(r):
+        return np.degrees(np.arccos(np.clip((np.einsum("nij,nij->n", r, rot) - 1) / 2, -1, 1)))
+
+    assert np.median(rot_err(ba.rotation)) < 0.3 < np.median(rot_err(rot0))
+    assert jitter(ba.rotation, ba.translation)["rotation_deg"] < jitter(rot0, trans0)["rotation_deg"]
+    assert rotation_angles_deg(ba.rotation).shape == (n, 3)
+    ba = run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=20,
+                               joint_steps=20, robust="huber", smoothness=0.1, batch_frames=8, progress=False)
+    assert np.isfinite(ba.rotation).all()
+    bad = init.copy()
+    bad[3] = np.nan  # e.g. a keypoint back-projected from a degenerate fit
+    with pytest.raises(UserError, match="diverged"):
+        run_bundle_adjustment(tracks, visible, bad, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=5,
+                              joint_steps=0, progress=False)
+    with pytest.raises(UserError, match="diverged"):  # steps far too large: the error grows instead of falling
+        run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=50,
+                              joint_steps=0, points_lr=10.0, progress=False)
+
+
+def test_focal_step_sweep_is_a_multirun_with_a_report(run_cli, tmp_path):
+    from synctalk.data.synthetic import SyntheticSpec, generate
+    from tests.test_ingest import make_video
+
+    subject = generate(SyntheticSpec(num_frames=40, size=160, seed=3), tmp_path / "s", progress=False)
+    video = make_video(subject, tmp_path / "clip.mp4", fps=25, frames=40)
+    quick = ["tracker.steps=300", "tracker.refine_points=3", "preprocess.bundle_adjustment.points_steps=100",
+             "preprocess.bundle_adjustment.joint_steps=300", "preprocess.points.min_points=10"]
+    assert run_cli("preprocess", "-m", f"data.video={video}", f"data.root={tmp_path / 'ds'}",
+                   "tracker.focal.step=100,50", *quick) == 0
+    sweep = sorted((run_cli.root / "outputs" / "preprocess" / "multiruns").iterdir())[-1]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert {"focal", "landmark_rms_px", "ba_reprojection_px.joint", "jitter_bundle_adjustment.rotation_deg"} <= set(metrics)
+        assert (sweep / job / "stabilizer" / "focal_curve.png").is_file()
+    steps = [json.loads((sweep / j / "stabilizer" / "focal_search.json").read_text())["candidates"] for j in "01"]
+    assert len(steps[1]) > len(steps[0])  # step 50 tries about twice the candidates of step 100
+    assert run_cli("report", str(sweep)) == 0
+    table = (sweep / "report.md").read_text()
+    assert "tracker.focal.step" in table and "2 of 2 runs finished" in table
