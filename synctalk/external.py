@@ -60,6 +60,34 @@ def require_file(path: str | None, what: str, config_key: str) -> Path:
     return p
 
 
+def load_weights(model, path: str | None, what: str, config_key: str, kind: str, rename=None):
+    """Load a user-supplied state-dict file into ``model`` (all keys must match) and return the model.
+
+    Args:
+        what: a human name of the file, for the missing-file error; kind: what the file must be
+            ("an AVE checkpoint"), for the mismatch error.
+        rename: maps the file's key names to the model's (e.g. adds or removes a prefix).
+    """
+    import torch
+
+    file = require_file(path, what, config_key)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise UserError(f"cannot read {file} as a torch checkpoint: {e}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{file} does not hold a state dict")
+    if rename is not None:
+        state = {rename(k): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{file} is not {kind}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+                        f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return model
+
+
 def report() -> dict[str, bool]:
     """Availability of every optional package, for run metadata and ``synctalk --help``."""
     return {name: is_available(name) for name in INSTALL_HINTS}

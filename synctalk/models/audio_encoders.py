@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from synctalk.audio import SAMPLE_RATE, lipsync_mel
 from synctalk.errors import UserError
-from synctalk.external import require
+from synctalk.external import load_weights, require
 
 AVE_MEL_ROWS = 16  # mel rows per window (0.2 s)
 AVE_ROWS_PER_SECOND = SAMPLE_RATE / 200
@@ -62,30 +62,11 @@ class AVEncoder(nn.Module):
         return self.audio_encoder(mel).flatten(1)
 
 
-def _load_state_dict(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise UserError(f"cannot read {path} as a torch checkpoint: {e}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a state dict")
-    return state
-
-
 def load_ave(path: str | Path | None) -> AVEncoder:
     """The AVE encoder with weights from ``path`` (keys with or without the ``audio_encoder.`` prefix)."""
-    from synctalk.external import require_file
-
-    path = require_file(path, "AVE audio encoder checkpoint (audio_visual_encoder.pth)", "audio_encoder.checkpoint")
-    state = {(k if k.startswith("audio_encoder.") else f"audio_encoder.{k}"): v
-             for k, v in _load_state_dict(path).items()}
-    model = AVEncoder()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path} is not an AVE checkpoint: {len(missing)} missing keys (e.g. {missing[:2]}), "
-                        f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    model = load_weights(AVEncoder(), path, "AVE audio encoder checkpoint (audio_visual_encoder.pth)",
+                         "audio_encoder.checkpoint", "an AVE checkpoint",
+                         rename=lambda k: k if k.startswith("audio_encoder.") else f"audio_encoder.{k}")
     return model.eval()
 
 

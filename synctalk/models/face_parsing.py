@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from synctalk.errors import UserError
+from synctalk.external import load_weights
 
 NUM_CLASSES = 19
 #: class names of the 19-class checkpoint, in label order
@@ -147,20 +147,9 @@ class BiSeNetParser:
     """
 
     def __init__(self, checkpoint: str | Path | None, size: int = 512, device: str | None = None):
-        from synctalk.external import require_file
-
-        path = require_file(checkpoint, "BiSeNet face-parsing checkpoint (79999_iter.pth)",
-                            "preprocess.parsing.bisenet_checkpoint")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot read {path} as a torch checkpoint: {e}") from None
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        self.net = BiSeNet(NUM_CLASSES)
-        missing, unexpected = self.net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise UserError(f"{path} is not a 19-class face-parsing BiSeNet checkpoint: {len(missing)} missing keys "
-                            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        self.net = load_weights(BiSeNet(NUM_CLASSES), checkpoint, "BiSeNet face-parsing checkpoint (79999_iter.pth)",
+                                "preprocess.parsing.bisenet_checkpoint",
+                                "a 19-class face-parsing BiSeNet checkpoint", rename=lambda k: k.removeprefix("module."))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net.eval().to(self.device)
         self.size = size
