@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from synctalk.config import config_dir
+from synctalk.config import config_dir, to_dataclass
+from synctalk.config.schema import TrackerConfig
 from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.landmarks import detect_mesh, to_68
 from synctalk.data.layout import DatasetLayout
@@ -34,9 +35,8 @@ PRESETS = ("synctalk", "ernerf", "fine50")
 
 
 def preset(name: str) -> StabilizerOptions:
-    t = OmegaConf.load(config_dir() / "tracker" / f"{name}.yaml")
-    return StabilizerOptions(focal_start=t.focal.start, focal_stop=t.focal.stop, focal_step=t.focal.step,
-                             every_k=t.every_k, steps=t.steps, lr=t.lr, refine_points=t.refine_points)
+    tracker = OmegaConf.load(config_dir() / "tracker" / f"{name}.yaml")
+    return StabilizerOptions(tracker=to_dataclass(tracker, TrackerConfig))
 
 
 def pose_errors(c2w: np.ndarray, truth_c2w: np.ndarray, distance: float) -> dict:

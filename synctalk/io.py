@@ -1,4 +1,5 @@
-"""Atomic file output: a reader never sees a half-written file or folder as complete."""
+"""Atomic file output (JSON, figures, any file or folder): a reader never sees a half-written file or folder
+as complete."""
 from __future__ import annotations
 
 import contextlib
@@ -47,6 +48,25 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=default) + "\n")
+
+
+def subplots(*args, **kwargs):
+    """``matplotlib.pyplot.subplots`` on the non-interactive backend: (figure, axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 80) -> None:
+    """Write a matplotlib figure atomically (the format follows the suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
 
 
 def read_json(path: str | os.PathLike) -> Any:

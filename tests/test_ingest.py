@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from synctalk.audio import load_audio
-from synctalk.config.schema import AudioConfig
+from synctalk.config.schema import AudioConfig, TrackerConfig
 from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.landmarks import MESH_TO_68, fill_gaps
 from synctalk.data.synthetic import SyntheticSpec, generate
@@ -25,7 +25,7 @@ def face_subject(tmp_path_factory):
 
 
 #: stages before and after the poses are what most tests check: a short face-model fit is enough there
-QUICK_POSES = {"pose_source": "landmarks", "stabilizer": StabilizerOptions(steps=200, refine_points=0)}
+QUICK_POSES = {"stabilizer": StabilizerOptions(tracker=TrackerConfig(steps=200, refine_points=0, pose_source="landmarks"))}
 
 
 def DS(**kw) -> AudioConfig:

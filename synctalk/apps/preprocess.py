@@ -11,7 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synctalk.config.schema import AudioConfig, PreprocessConfig
+from synctalk.config import to_dataclass
+from synctalk.config.schema import (AudioConfig, BundleAdjustmentOptions, FaceModelOptions, FlowConfig, PointsOptions,
+                                    PreprocessConfig, TrackerConfig)
 from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
@@ -32,18 +34,16 @@ def run(cfg: DictConfig) -> dict:
         return {"root": str(root)}
     if not cfg.data.video:
         raise UserError("set data.video=/path/to/video.mp4 (and data.root=/path/to/dataset), or use data=synthetic")
-    p, t = cfg.preprocess, cfg.tracker
+    p = cfg.preprocess
     stabilizer = StabilizerOptions(
-        focal_start=t.focal.start, focal_stop=t.focal.stop, focal_step=t.focal.step, every_k=t.every_k, steps=t.steps,
-        lr=t.lr, refine_points=t.refine_points, face_model=p.face_model.backend, bfm_dir=p.face_model.bfm_dir,
-        num_exp=p.face_model.num_exp, id_reg=p.face_model.id_reg, exp_reg=p.face_model.exp_reg,
-        points=OmegaConf.to_container(p.points), bundle_adjustment=OmegaConf.to_container(p.bundle_adjustment),
-        flow_backend=cfg.flow.backend, flow_checkpoint=cfg.flow.checkpoint)
-    opts = IngestOptions(fps=cfg.data.fps, audio=AudioConfig(**OmegaConf.to_container(cfg.audio_encoder)),
+        tracker=to_dataclass(cfg.tracker, TrackerConfig), face_model=to_dataclass(p.face_model, FaceModelOptions),
+        points=to_dataclass(p.points, PointsOptions),
+        bundle_adjustment=to_dataclass(p.bundle_adjustment, BundleAdjustmentOptions),
+        flow=to_dataclass(cfg.flow, FlowConfig))
+    opts = IngestOptions(fps=cfg.data.fps, audio=to_dataclass(cfg.audio_encoder, AudioConfig),
                          force=list(p.force), max_gap=p.landmarks.max_gap,
                          max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
-                         pose_source=t.pose_source, stabilizer=stabilizer,
-                         overlay_every=p.overlay_every, face_landmarker=p.face_landmarker,
+                         stabilizer=stabilizer, overlay_every=p.overlay_every, face_landmarker=p.face_landmarker,
                          parsing_backend=p.parsing.backend, bisenet_checkpoint=p.parsing.bisenet_checkpoint)
     report = run_ingest(Path(cfg.data.video), root, opts)
     _keep_stabilizer_results(root, report["poses"])

@@ -34,3 +34,8 @@ def validate(cfg: DictConfig, schema: type) -> None:
         key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]
         raise UserError(f"config error at '{key}': {msg}" if key else f"config error: {msg}") from None
+
+
+def to_dataclass(node, schema: type):
+    """A config node as an instance of its schema dataclass (nested dataclasses included)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))

@@ -30,11 +30,10 @@ from synctalk.data.parsing import (HEAD, BackgroundAccumulator, PersonSegmenter,
 from synctalk.config.schema import AudioConfig
 from synctalk.errors import UserError
 from synctalk.external import require_file
-from synctalk.io import atomic_path, write_json
+from synctalk.io import atomic_path, save_figure, subplots, write_json
 from synctalk.stabilizer.pipeline import StabilizerOptions, stabilize
 
 log = logging.getLogger(__name__)
-POSE_SOURCES = ("landmarks", "bundle_adjustment")
 
 
 def probe_video(path: Path) -> dict:
@@ -128,13 +127,8 @@ class StageRunner:
 
 def plot_blendshape_curves(bs: np.ndarray, fps: float, path: Path) -> None:
     """Save the blink, brow and jaw curves over time as a picture a person can check."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = np.arange(len(bs)) / fps
-    fig, ax = plt.subplots(2, 1, figsize=(10, 4), sharex=True)
+    fig, ax = subplots(2, 1, figsize=(10, 4), sharex=True)
     for name in ("eyeBlinkLeft", "eyeBlinkRight"):
         ax[0].plot(t, bs[:, BLENDSHAPE_NAMES.index(name)], label=name)
     for name in ("browInnerUp", "jawOpen"):
@@ -144,10 +138,7 @@ def plot_blendshape_curves(bs: np.ndarray, fps: float, path: Path) -> None:
         a.legend(loc="upper right", fontsize=8)
     ax[1].set_xlabel("seconds")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def import_features(path: Path, num_frames: int, window: int, dim: int) -> np.ndarray:
@@ -183,7 +174,6 @@ class IngestOptions:
     max_gap: int = 5
     max_missing_fraction: float = 0.1
     background_every: int = 20
-    pose_source: str = "bundle_adjustment"  # landmarks (face-model fit) | bundle_adjustment (+ point tracking, BA)
     stabilizer: StabilizerOptions = field(default_factory=StabilizerOptions)
     overlay_every: int = 25
     face_landmarker: str | None = None
@@ -253,7 +243,7 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
         if opts.parsing_backend == "bisenet":
             from synctalk.models.face_parsing import BiSeNetParser
             bisenet = BiSeNetParser(opts.bisenet_checkpoint)
-        background = None
+        background, head_fractions = None, []
         with (PersonSegmenter() as segmenter, atomic_path(root / "parsing") as parse_dir,
               atomic_path(root / "face_mask") as mask_dir):
             parse_dir.mkdir()
@@ -272,6 +262,8 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                 cv2.imwrite(str(mask_dir / f"{i}.png"), (labels == HEAD).astype(np.uint8) * 255)
                 if i % opts.background_every == 0:
                     background.add(bgr, labels)
+                if i % 25 == 0:
+                    head_fractions.append(float((labels == HEAD).mean()))
             try:
                 bc, filled = background.result()
             except ValueError:
@@ -279,9 +271,8 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                                 "background can be estimated") from None
             with atomic_path(layout.background) as tmp:
                 cv2.imwrite(str(tmp), bc, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        head_fraction = float(np.mean([(read_parsing(layout.parsing(i)) == HEAD).mean() for i in range(0, n, 25)]))
         return {"frames": n, "backend": opts.parsing_backend, "background_filled_fraction": round(filled, 4),
-                "head_area_fraction": round(head_fraction, 4)}
+                "head_area_fraction": round(float(np.mean(head_fractions)), 4)}
 
     def gt_images() -> dict:
         n, bc = frame_count(), cv2.imread(str(layout.background)).astype(np.float32)
@@ -338,19 +329,16 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
                 "frames_blinking": int((bs[:, BLENDSHAPE_NAMES.index("eyeBlinkLeft")] > 0.5).sum())}
 
     def poses() -> dict:
-        if opts.pose_source not in POSE_SOURCES:
-            raise UserError(f"tracker.pose_source={opts.pose_source} is not one of {', '.join(POSE_SOURCES)}")
         mesh = np.load(root / "landmarks_mesh.npy")
         n = len(mesh)
         height, width = cv2.imread(str(layout.frame(0))).shape[:2]
         result = stabilize([layout.frame(i) for i in range(n)], [layout.head_mask(i) for i in range(n)], mesh,
-                           to_68(mesh)[..., :2], width, height, fps, opts.stabilizer, root / "stabilizer",
-                           use_bundle_adjustment=opts.pose_source == "bundle_adjustment", progress=progress)
+                           to_68(mesh)[..., :2], width, height, fps, opts.stabilizer, root / "stabilizer", progress)
         focal, c2w = result["focal"], result["c2w"]
         train_ids, val_ids = split_train_val(n)
         for split, ids in (("train", train_ids), ("val", val_ids)):
             Transforms(focal, width / 2, height / 2, ids, ids, c2w[ids].astype(np.float32)).write(layout.transforms(split))
-        return {"pose_source": opts.pose_source, **result["report"], "train": len(train_ids), "val": len(val_ids)}
+        return {**result["report"], "train": len(train_ids), "val": len(val_ids)}
 
     report["overlays"] = runner.run("overlays", {"parsing": _stamp(layout.background), "every": opts.overlay_every},
                                     overlays, [root / "overlays"])
@@ -358,7 +346,7 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
     report["blendshapes"] = runner.run("blendshapes", {**mesh_stamp, "face_landmarker": opts.face_landmarker},
                                        blendshapes, [layout.blendshapes, root / "blendshapes.png"])
     report["poses"] = runner.run("poses", {**mesh_stamp, "head_masks": _stamp(layout.background),
-                                           "pose_source": opts.pose_source, "stabilizer": asdict(opts.stabilizer)},
+                                           "stabilizer": asdict(opts.stabilizer)},
                                  poses,
                                  [layout.transforms("train"), layout.transforms("val")])
     report["audio"] = runner.run("audio", source, audio, [layout.audio])

@@ -9,15 +9,17 @@ head frame, metres).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from synctalk.config.schema import (BundleAdjustmentOptions, FaceModelOptions, FlowConfig, PointsOptions,
+                                    TrackerConfig)
 from synctalk.errors import UserError
 from synctalk.geometry import head_pose_to_c2w
-from synctalk.io import atomic_path, write_json
+from synctalk.io import atomic_path, save_figure, subplots, write_json
 from synctalk.stabilizer.bundle_adjustment import run_bundle_adjustment
 from synctalk.stabilizer.face_model import FaceModel, bfm_face_model, subject_face_model
 from synctalk.stabilizer.head_tracker import fit_landmarks, search_focal
@@ -25,36 +27,32 @@ from synctalk.stabilizer.point_tracker import track_head_points
 
 log = logging.getLogger(__name__)
 CV_TO_GL = np.diag([1.0, -1.0, -1.0])
+POSE_SOURCES = ("landmarks", "bundle_adjustment")
 
 
 @dataclass
 class StabilizerOptions:
-    """Settings of the stabilizer (``tracker`` group and ``preprocess.face_model|points|bundle_adjustment``)."""
+    """Settings of the stabilizer: the ``tracker`` and ``flow`` groups and ``preprocess.face_model|points|
+    bundle_adjustment`` (their schemas, with the same defaults)."""
 
-    focal_start: float = 500.0
-    focal_stop: float = 1450.0
-    focal_step: float = 50.0
-    every_k: int = 10
-    steps: int = 2000
-    lr: float = 0.3
-    refine_points: int = 9
-    face_model: str = "subject"
-    bfm_dir: str | None = None
-    num_exp: int = 10
-    id_reg: float = 0.5
-    exp_reg: float = 0.5
-    points: dict = field(default_factory=dict)  # keyword arguments of track_head_points
-    bundle_adjustment: dict = field(default_factory=dict)  # keyword arguments of run_bundle_adjustment
-    flow_backend: str = "opencv"  # opencv | cotracker
-    flow_checkpoint: str | None = None
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    face_model: FaceModelOptions = field(default_factory=FaceModelOptions)
+    points: PointsOptions = field(default_factory=PointsOptions)
+    bundle_adjustment: BundleAdjustmentOptions = field(default_factory=BundleAdjustmentOptions)
+    flow: FlowConfig = field(default_factory=FlowConfig)
 
 
-def build_face_model(opts: StabilizerOptions, mesh: np.ndarray) -> FaceModel:
-    if opts.face_model == "subject":
+def build_face_model(opts: FaceModelOptions, mesh: np.ndarray) -> FaceModel:
+    if opts.backend == "subject":
         return subject_face_model(mesh, opts.num_exp)
-    if opts.face_model == "bfm":
+    if opts.backend == "bfm":
         return bfm_face_model(opts.bfm_dir)
-    raise UserError(f"preprocess.face_model.backend={opts.face_model} is not one of subject, bfm")
+    raise UserError(f"preprocess.face_model.backend={opts.backend} is not one of subject, bfm")
+
+
+def c2w_from_cv_poses(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """Head -> OpenCV camera poses (N, 3, 3), (N, 3) as the dataset's camera-to-world matrices (N, 4, 4)."""
+    return head_pose_to_c2w(CV_TO_GL @ rotation, translation @ CV_TO_GL.T)
 
 
 def rotation_angles_deg(rotation: np.ndarray) -> np.ndarray:
@@ -96,12 +94,7 @@ def backproject(keypoints: np.ndarray, landmarks_cam: np.ndarray, landmarks_px: 
 
 
 def _plot_focal(search, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = subplots(figsize=(6, 3.2))
     ax.plot(search.candidates, search.rms_px, "o-", label="grid")
     if len(search.refined):
         ax.plot(search.refined, search.refined_rms_px, ".", label="refinement")
@@ -110,18 +103,11 @@ def _plot_focal(search, path: Path) -> None:
     ax.set_ylabel("landmark RMS error (px)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def _plot_poses(curves: dict, fps: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(2, 3, figsize=(12, 5), sharex=True)
+    fig, ax = subplots(2, 3, figsize=(12, 5), sharex=True)
     for name, (rot, trans) in curves.items():
         t = np.arange(len(rot)) / fps
         ang = rotation_angles_deg(rot)
@@ -135,55 +121,53 @@ def _plot_poses(curves: dict, fps: float, path: Path) -> None:
     for a in ax[1]:
         a.set_xlabel("seconds")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
-              height: int, fps: float, opts: StabilizerOptions, out_dir: Path, use_bundle_adjustment: bool = True,
-              progress: bool = True) -> dict:
-    """Focal search, landmark fit and (optionally) point tracking + bundle adjustment.
+              height: int, fps: float, opts: StabilizerOptions, out_dir: Path, progress: bool = True) -> dict:
+    """Focal search and landmark fit, then point tracking + bundle adjustment when
+    ``tracker.pose_source=bundle_adjustment``.
 
     Args:
         frames, head_masks: per-frame paths (N); mesh: (N, 478, 3) FaceMesh points; lms68: (N, 68, 2).
     Returns:
         ``focal``, ``c2w_landmarks`` (N, 4, 4), ``c2w`` (N, 4, 4, the chosen source) and ``report``.
     """
-    if opts.flow_backend != "opencv":
+    t = opts.tracker
+    if t.pose_source not in POSE_SOURCES:
+        raise UserError(f"tracker.pose_source={t.pose_source} is not one of {', '.join(POSE_SOURCES)}")
+    if opts.flow.backend != "opencv":
         from synctalk.external import require, require_file
 
         require("cotracker", "flow=cotracker")
-        require_file(opts.flow_checkpoint, "CoTracker checkpoint", "flow.checkpoint")
+        require_file(opts.flow.checkpoint, "CoTracker checkpoint", "flow.checkpoint")
         raise UserError("flow=cotracker: the CoTracker tracking path is not implemented in this version; use flow=opencv")
     out_dir.mkdir(parents=True, exist_ok=True)
     cx, cy = width / 2.0, height / 2.0
-    model = build_face_model(opts, mesh)
+    fm = opts.face_model
+    model = build_face_model(fm, mesh)
     to_px = width / 512.0  # the focal range is given for a 512 px wide video, as in the original tools
-    search = search_focal(model, lms68, cx, cy, opts.focal_start * to_px, opts.focal_stop * to_px,
-                          opts.focal_step * to_px, opts.every_k,
-                          opts.steps, opts.lr, opts.refine_points, opts.id_reg, opts.exp_reg, progress)
+    search = search_focal(model, lms68, cx, cy, t.focal.start * to_px, t.focal.stop * to_px, t.focal.step * to_px,
+                          t.every_k, t.steps, t.lr, t.refine_points, fm.id_reg, fm.exp_reg, progress)
     write_json(out_dir / "focal_search.json", search.to_dict())
     _plot_focal(search, out_dir / "focal_curve.png")
     focal = search.focal
-    fit = fit_landmarks(model, lms68, [focal], cx, cy, opts.steps, opts.lr, opts.id_reg, opts.exp_reg, progress,
-                        "landmark fit")
+    fit = fit_landmarks(model, lms68, [focal], cx, cy, t.steps, t.lr, fm.id_reg, fm.exp_reg, progress, "landmark fit")
     rot_lm, trans_lm = fit.rotation[0], fit.translation[0]
     with atomic_path(out_dir / "landmark_fit.npz") as tmp:
         np.savez(tmp, focal=focal, rotation=rot_lm, translation=trans_lm, id_coeff=fit.id_coeff[0],
                  exp_coeff=fit.exp_coeff[0], error_px=fit.error_px[0], face_model=model.name)
-    c2w_lm = head_pose_to_c2w(CV_TO_GL @ rot_lm, trans_lm @ CV_TO_GL.T)
-    report = {"focal": round(focal, 2), "focal_grid_best": search.grid_best, "face_model": model.name,
+    c2w_lm = c2w_from_cv_poses(rot_lm, trans_lm)
+    report = {"pose_source": t.pose_source, "focal": round(focal, 2), "focal_grid_best": search.grid_best, "face_model": model.name,
               "landmark_rms_px": round(float(np.sqrt((fit.error_px[0] ** 2).mean())), 4),
               "jitter_landmarks": jitter(rot_lm, trans_lm)}
     curves = {"landmark fit": (rot_lm, trans_lm)}
     c2w = c2w_lm
-    if use_bundle_adjustment:
+    if t.pose_source == "bundle_adjustment":
         reference = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot_lm), axis=1)))  # the most frontal frame
-        points = {"min_distance": 5.0, "erode_px": 3, **opts.points}  # distances at 512 px wide, scaled
-        points["min_distance"] = max(1.0, points["min_distance"] * to_px)
-        points["erode_px"] = max(1, round(points["erode_px"] * to_px))
-        tracks = track_head_points(frames, head_masks, lms68, reference, progress=progress, **points)
+        tracks = track_head_points(frames, head_masks, lms68, reference, px_scale=to_px, progress=progress,
+                                   **asdict(opts.points))
         tracks.save(out_dir / "tracks.npz")
         with torch.no_grad():
             shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [reference]]))[0, 0].numpy()
@@ -191,13 +175,13 @@ def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms6
         points3d = backproject(tracks.points[reference], lms_cam, lms68[reference], rot_lm[reference],
                                trans_lm[reference], focal, cx, cy)
         ba = run_bundle_adjustment(tracks.points, tracks.visible, points3d, rot_lm, trans_lm, focal, cx, cy,
-                                   reference, progress=progress, **opts.bundle_adjustment)
+                                   reference, progress=progress, **asdict(opts.bundle_adjustment))
         visible = tracks.visible.sum(1)
-        torch.save({"focal": focal, "rotation": torch.as_tensor(ba.rotation), "translation": torch.as_tensor(ba.translation),
-                    "points3d": torch.as_tensor(ba.points3d), "reference": reference,
-                    "error_px": {k: torch.as_tensor(v) for k, v in ba.error_px.items()}, "history": ba.history},
-                   out_dir / "bundle_adjustment.pt.tmp")
-        (out_dir / "bundle_adjustment.pt.tmp").replace(out_dir / "bundle_adjustment.pt")
+        with atomic_path(out_dir / "bundle_adjustment.pt") as tmp:
+            torch.save({"focal": focal, "rotation": torch.as_tensor(ba.rotation),
+                        "translation": torch.as_tensor(ba.translation), "points3d": torch.as_tensor(ba.points3d),
+                        "reference": reference, "error_px": {k: torch.as_tensor(v) for k, v in ba.error_px.items()},
+                        "history": ba.history}, tmp)
         report.update({
             "reference_frame": reference, "tracked_points": int(tracks.points.shape[1]),
             "visible_fraction": round(float(tracks.visible.mean()), 4),
@@ -206,6 +190,6 @@ def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms6
             "jitter_bundle_adjustment": jitter(ba.rotation, ba.translation),
         })
         curves["bundle adjustment"] = (ba.rotation, ba.translation)
-        c2w = head_pose_to_c2w(CV_TO_GL @ ba.rotation, ba.translation @ CV_TO_GL.T)
+        c2w = c2w_from_cv_poses(ba.rotation, ba.translation)
     _plot_poses(curves, fps, out_dir / "poses.png")
     return {"focal": focal, "c2w_landmarks": c2w_lm, "c2w": c2w, "report": report}

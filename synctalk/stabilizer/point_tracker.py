@@ -128,7 +128,7 @@ class Tracks:
 
 def track_head_points(frames: list[Path], head_masks: list[Path], lms68: np.ndarray, reference: int,
                       rule: str = "stable", window: int = 5, min_distance: float = 5.0, max_points: int = 400,
-                      fb_threshold: float = 2.0, min_points: int = 20, erode_px: int = 3,
+                      fb_threshold: float = 2.0, min_points: int = 20, erode_px: int = 3, px_scale: float = 1.0,
                       progress: bool = True) -> Tracks:
     """Track keypoints of the rigid head region through all frames (see the module docstring).
 
@@ -136,7 +136,11 @@ def track_head_points(frames: list[Path], head_masks: list[Path], lms68: np.ndar
         frames, head_masks: per-frame image and head-mask paths (N).
         lms68: (N, 68, 2) landmarks, used to cut out the eyes and the mouth.
         reference: the frame the keypoints are chosen in (a frontal one).
+        px_scale: ``min_distance`` and ``erode_px`` are multiplied by it (they are given for a 512 px wide
+            video; pass width / 512).
     """
+    min_distance = max(1.0, min_distance * px_scale)
+    erode_px = max(1, round(erode_px * px_scale))
     n = len(frames)
     read_gray = lambda p: cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)  # noqa: E731
     ref = read_gray(frames[reference])
