@@ -81,7 +81,10 @@ def load_weights(model, path: str | None, what: str, config_key: str, kind: str,
         raise UserError(f"{file} does not hold a state dict")
     if rename is not None:
         state = {rename(k): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # matching names with other shapes
+        raise UserError(f"{file} is not {kind}: {str(e).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise UserError(f"{file} is not {kind}: {len(missing)} missing keys (e.g. {missing[:2]}), "
                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")

@@ -106,3 +106,32 @@ def ray_box_intersection(origins: torch.Tensor, dirs: torch.Tensor, bound: float
     near = torch.minimum(t0, t1).amax(dim=-1).clamp(min=min_near)
     far = torch.maximum(t0, t1).amin(dim=-1)
     return near, far
+
+
+def smooth_poses(c2w: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-smoothed camera path.
+
+    Translations are averaged with Gaussian weights over time (``sigma`` in frames, edges
+    reflected); rotations are averaged the same way and projected back onto rotations
+    (the nearest rotation to the weighted mean matrix, by SVD).
+
+    Args: c2w (N, 4, 4). Returns (N, 4, 4).
+    """
+    if sigma <= 0 or len(c2w) < 2:
+        return c2w.copy()
+    radius = int(np.ceil(3 * sigma))
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    n = len(c2w)
+    index = np.arange(n)[:, None] + offsets  # (N, K), reflected at the ends
+    index = np.abs(index)
+    index = np.where(index >= n, 2 * (n - 1) - index, index).clip(0, n - 1)
+    mean = np.einsum("k,nkij->nij", weights, c2w[index][:, :, :3, :])  # (N, 3, 4)
+    u, _, vt = np.linalg.svd(mean[:, :, :3])
+    det = np.sign(np.linalg.det(u @ vt))
+    u[:, :, -1] *= det[:, None]
+    out = c2w.copy()
+    out[:, :3, :3] = u @ vt
+    out[:, :3, 3] = mean[:, :, 3]
+    return out

@@ -21,7 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from synctalk import external
-from synctalk.config.schema import TrainConfig
+from synctalk.config import to_dataclass
+from synctalk.config.schema import LossConfig, OccupancyConfig, StageConfig, TrainConfig
 from synctalk.data.datamodule import SubjectDataModule
 from synctalk.errors import UserError
 from synctalk.io import atomic_path, write_json
@@ -42,22 +43,32 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         downscale=d.downscale, rays_per_step=d.rays_per_step, val_frames=d.val_frames,
         lips_ray_fraction=cfg.stage.lips_ray_fraction, smooth_window=cfg.blendshapes.smooth_window,
         smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
+        audio_frames=cfg.model.net.get("smooth_frames", 1), patch_size=cfg.stage.patch_size,
+        regions=cfg.stage.name != "torso" and cfg.model.loss.attention_weight > 0,
         synthetic=OmegaConf.to_container(d.synthetic) if d.name == "synthetic" and d.get("synthetic") else None)
 
 
 def build_system(cfg: DictConfig, num_train_frames: int, media_dir: str | None = None) -> HeadNeRFSystem:
     """The LightningModule of a run, with freshly initialised weights.
 
-    ``num_train_frames`` sizes the per-frame codes of the torso field (stage ``torso``).
+    ``num_train_frames`` sizes the per-frame latent codes of the head and the torso field.
     """
     check_backends(cfg)
-    net = instantiate(cfg.model.net)
+    net = instantiate(cfg.model.net, num_frames=num_train_frames)
     torso = instantiate(cfg.model.torso, num_frames=num_train_frames) if cfg.stage.name == "torso" else None
+    loss = to_dataclass(cfg.model.loss, LossConfig)
+    lpips = None
+    if cfg.stage.patch_size and loss.patch == "lpips":
+        from synctalk.metrics.lpips import load_lpips
+
+        lpips = load_lpips(loss.lpips_backbone, "model.loss.lpips_backbone")
     return HeadNeRFSystem(net=net, optimizer=instantiate(cfg.model.optimizer), lr_grid=cfg.model.lr_grid,
                           lr_net=cfg.model.lr_net, lr_decay=cfg.model.lr_decay, max_steps=cfg.trainer.max_steps,
                           chunk=cfg.data.chunk, media_dir=media_dir, config=resolved_container(cfg), torso=torso,
                           torso_deform_weight=cfg.model.torso_deform_weight,
-                          torso_entropy_weight=cfg.model.torso_entropy_weight, num_train_frames=num_train_frames)
+                          torso_entropy_weight=cfg.model.torso_entropy_weight, num_train_frames=num_train_frames,
+                          loss=loss, stage=to_dataclass(cfg.stage, StageConfig), ema_decay=cfg.model.ema_decay,
+                          occupancy=to_dataclass(cfg.model.occupancy, OccupancyConfig), lpips=lpips)
 
 
 def check_backends(cfg: DictConfig) -> None:
@@ -90,12 +101,20 @@ def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictCo
     if cfg.stage.name == "torso" and not hparams.get("num_train_frames"):
         raise UserError(f"{ckpt} is a torso-stage checkpoint without its frame count; retrain the torso stage")
     system = build_system(cfg, hparams.get("num_train_frames") or 0)
-    system.load_state_dict(state["state_dict"])
+    try:
+        system.load_state_dict(state["state_dict"])
+    except RuntimeError as e:  # weights of a model that this version builds differently
+        raise UserError(f"{ckpt} was written by an incompatible synctalk version (its weights do not fit the "
+                        f"model this version builds; retrain the run): {str(e).splitlines()[0]}") from None
     return cfg, system.eval()
 
 
 def load_stage_weights(system: HeadNeRFSystem, ckpt: str, cfg: DictConfig) -> None:
-    """Start a stage from the weights of a previous stage's checkpoint (same model config required)."""
+    """Start a stage from a previous stage's checkpoint (same model config required).
+
+    The previous run's rendering weights (its EMA copy, when it kept one) become this
+    run's starting weights; its occupancy grid is carried over.
+    """
     prev_cfg, prev = load_run(ckpt)
     current = OmegaConf.create(resolved_container(cfg))
     mismatch = [k for k in ("model.net", "encoding", "audio_encoder", "blendshapes")
@@ -103,7 +122,13 @@ def load_stage_weights(system: HeadNeRFSystem, ckpt: str, cfg: DictConfig) -> No
     if mismatch:
         raise UserError(f"stage.init_from={ckpt} was trained with a different {', '.join(mismatch)} config; "
                         f"use the same model.net, encoding, audio_encoder and blendshapes settings as that run")
-    system.net.load_state_dict(prev.net.state_dict())
+    weights = prev.inference_net.state_dict()
+    system.net.load_state_dict(weights)
+    if system.ema is not None:
+        system.ema.module.load_state_dict(weights)
+    if system.occupancy is not None and prev.occupancy is not None \
+            and prev.occupancy.density.shape == system.occupancy.density.shape:
+        system.occupancy.load_state_dict(prev.occupancy.state_dict())
 
 
 def build_loggers(cfg: DictConfig) -> list:

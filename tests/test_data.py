@@ -24,7 +24,7 @@ def frames(root, split="train", **kw):
 def test_train_rays_have_consistent_shapes(tiny_dataset):
     item = TrainRays(frames(tiny_dataset), 128)[3]
     assert item["origins"].shape == item["dirs"].shape == item["rgb"].shape == item["background"].shape == (128, 3)
-    assert item["audio"].shape == (16, 80) and item["eye"].shape == (7,)
+    assert item["audio"].shape == (1, 16, 80) and item["eye"].shape == (7,)
     torch.testing.assert_close(item["dirs"].norm(dim=-1), torch.ones(128))
 
 

@@ -35,9 +35,11 @@ def test_empty_field_shows_the_background_and_rays_that_miss_too():
     bg = torch.rand(3, 3)
     o = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, 3.0], [0.0, 9.0, 3.0]])
     d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
-    out = render_rays(lambda p, v: (torch.zeros(len(p)), torch.ones(len(p), 3)), o, d, bg, 1.0, 16, False)
+    out = render_rays(lambda p, v: {"density": torch.zeros(len(p)), "rgb": torch.ones(len(p), 3)}, o, d, bg, 1.0, 16,
+                      False)
     torch.testing.assert_close(out["rgb"], bg)
-    dense = render_rays(lambda p, v: (torch.full((len(p),), 1e4), torch.ones(len(p), 3)), o, d, bg, 1.0, 16, False)
+    dense = render_rays(lambda p, v: {"density": torch.full((len(p),), 1e4), "rgb": torch.ones(len(p), 3)}, o, d, bg,
+                        1.0, 16, False)
     torch.testing.assert_close(dense["rgb"][:2], torch.ones(2, 3))
     torch.testing.assert_close(dense["rgb"][2], bg[2])  # the third ray misses the box
 

@@ -12,33 +12,36 @@ from tqdm import tqdm
 from synctalk.audio import compute_features, frames_for_audio, load_audio
 from synctalk.config.schema import RenderConfig
 from synctalk.errors import UserError
+from synctalk.geometry import smooth_poses
 from synctalk.metrics.image import blur_mask, portrait_blend
 from synctalk.runs import build_datamodule, load_run
 from synctalk.video import VideoWriter
 
 log = logging.getLogger(__name__)
 SCHEMA = RenderConfig
-POSE_MODES = ("replay", "still")
+POSE_MODES = ("replay", "smoothed", "still")
 
 
 def pose_schedule(mode: str, num_frames: int, num_poses: int) -> np.ndarray:
     """Which training frame lends its pose (and background) to each output frame.
 
-    ``replay`` walks the training frames back and forth; ``still`` holds the first one.
+    ``replay`` (and ``smoothed``) walk the training frames back and forth; ``still`` holds
+    the first one.
     """
+    if mode not in POSE_MODES:
+        raise UserError(f"poses={mode!r} is not one of {POSE_MODES}")
     if mode == "still" or num_poses == 1:
         return np.zeros(num_frames, dtype=int)
-    if mode == "replay":
-        period = 2 * (num_poses - 1)
-        t = np.arange(num_frames) % period
-        return np.where(t < num_poses, t, period - t)
-    raise UserError(f"poses={mode!r} is not one of {POSE_MODES}")
+    period = 2 * (num_poses - 1)
+    t = np.arange(num_frames) % period
+    return np.where(t < num_poses, t, period - t)
 
 
 def run(cfg: DictConfig) -> dict:
     output = Path(cfg.output)
     if output.suffix.lower() != ".mp4":
         raise UserError(f"output={output} must end in .mp4")
+    pose_schedule(cfg.poses, 1, 1)  # reject an unknown pose mode before loading anything
     run_cfg, system = load_run(cfg.ckpt)
     samples = load_audio(cfg.audio)
     fps = float(run_cfg.data.fps)
@@ -46,11 +49,14 @@ def run(cfg: DictConfig) -> dict:
     features = torch.from_numpy(compute_features(run_cfg.audio_encoder, samples, n, fps))
     frames = build_datamodule(run_cfg).frames("train")
     schedule = pose_schedule(cfg.poses, n, len(frames))
+    poses = None
+    if cfg.poses == "smoothed":  # the replayed path, Gaussian-smoothed over time
+        poses = torch.from_numpy(smooth_poses(frames.c2w[schedule].numpy(), cfg.pose_smoothing))
     portrait = cfg.gt_mode.name == "with_hair"
     with VideoWriter(output, fps, samples[: int(round(n / fps * 16000))]) as writer:
         for i in tqdm(range(n), desc="render", unit="frame"):
             k = int(schedule[i])
-            image = system.render_view(frames, frames.c2w[k], features[i], frames.eye[k], system.background(frames, k))
+            image = system.render_audio(frames, features, i, k, poses[i] if poses is not None else None)
             if portrait:
                 image = portrait_blend(image, frames.original(k), blur_mask(frames.face_mask(k), cfg.gt_mode.mask_blur))
             writer.write(image.numpy())

@@ -79,6 +79,9 @@ class StageConfig:
     name: str = "head"  # head | lips | torso
     init_from: Optional[str] = None  # checkpoint of the previous stage (weights only)
     lips_ray_fraction: float = 0.0  # share of rays sampled inside the mouth box
+    patch_size: int = 0  # > 0: one square patch of rays per step for the patch losses (px at data resolution)
+    patch_weight: float = 0.0  # patch loss on patches inside the face box (every other step)
+    lips_patch_weight: float = 0.0  # patch loss on patches centred on the mouth (the other steps)
 
 
 @dataclass
@@ -100,12 +103,37 @@ class EncodingConfig:
 
 
 @dataclass
+class LossConfig:
+    photometric: str = "mse"  # mse | l1, per ray
+    uncertainty_start: float = 0.5  # fraction of the steps after which the photometric loss is uncertainty-weighted (>= 1: never)
+    uncertainty_beta_min: float = 0.1  # smallest scale of the uncertainty weighting
+    entropy_weight: float = 1.0e-4  # binary entropy of the ray opacities
+    attention_weight: float = 1.0e-4  # masked attention loss, ramped up linearly over training
+    patch: str = "ssim"  # patch loss of the lips stage: ssim (weight-free) | lpips (needs AlexNet weights)
+    lpips_backbone: Optional[str] = None  # alexnet-owt-7be5be79.pth (default: the torch hub cache)
+
+
+@dataclass
+class OccupancyConfig:
+    enabled: bool = True  # skip ray samples in empty cells
+    resolution: int = 64  # cells per side
+    alpha_threshold: float = 0.01  # a cell is empty when one sample there stays below this opacity
+    start_step: int = 200  # first grid update (every cell counts as occupied before)
+    interval: int = 16  # steps between updates
+    cells_per_update: int = 65536  # random cells re-measured per update (0: all)
+    frames_per_update: int = 2  # random training frames whose conditions are measured (max density)
+
+
+@dataclass
 class ModelConfig:
     net: Any = None  # _target_ node of the network (synctalk.models.head_nerf.HeadNeRF)
     optimizer: Any = None  # _partial_ optimizer, finished with the parameter groups
     lr_grid: float = 1e-2  # learning rate of the hash-grid tables
     lr_net: float = 1e-3  # learning rate of the MLPs
     lr_decay: float = 0.1  # learning rates are multiplied by lr_decay ** (step / max_steps)
+    ema_decay: float = 0.95  # exponential moving average of the head weights, used to render (0: off)
+    loss: LossConfig = field(default_factory=LossConfig)
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
     torso: Any = None  # _target_ node of the torso field (built for stage=torso)
     torso_deform_weight: float = 1e-5  # weight of the torso's mean squared deformation
     torso_entropy_weight: float = 1e-4  # weight of the torso alpha entropy
@@ -155,7 +183,8 @@ class RenderConfig:
     ckpt: str = "???"
     audio: str = "???"  # any audio or video file with sound
     output: str = "???"  # .mp4
-    poses: str = "replay"  # replay (back and forth) | still
+    poses: str = "replay"  # replay (back and forth) | smoothed (replay, Gaussian-smoothed) | still
+    pose_smoothing: float = 2.0  # Gaussian sigma in frames for poses=smoothed
     paths: PathsConfig = field(default_factory=PathsConfig)
     gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
 

@@ -19,8 +19,10 @@ from synctalk.data.layout import DatasetLayout, Transforms
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
 from synctalk.geometry import pixel_rays
+from synctalk.models.head_nerf import temporal_context
 
 MOUTH = slice(48, 68)  # 68-point layout
+NOSE_TIP = 30
 
 
 def _read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
@@ -86,6 +88,7 @@ class SubjectFrames:
         self.static_background = torch.from_numpy(_read_rgb(self.layout.background, self.size)).float() / 255
         self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
+        self._landmarks: dict[int, np.ndarray] = {}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -131,16 +134,39 @@ class SubjectFrames:
         """Face-only mask (H, W) in [0, 1]."""
         return self._image("face", k)[..., 0]
 
-    def mouth_box(self, k: int, margin: float = 0.25) -> tuple[int, int, int, int]:
-        """Pixel box (u0, v0, u1, v1) around the mouth landmarks of frame k."""
-        path = self.layout.landmarks(int(self.img_ids[k]))
-        if not path.is_file():
-            raise UserError(f"{path} not found: the lips stage needs landmarks")
-        lms = np.loadtxt(path)[MOUTH] / self.downscale  # landmarks are stored at full resolution
-        (u0, v0), (u1, v1) = lms.min(0), lms.max(0)
+    def landmarks(self, k: int) -> np.ndarray:
+        """The 68 landmarks of frame k in pixels at this split's resolution, (68, 2) (cached)."""
+        if k not in self._landmarks:
+            path = self.layout.landmarks(int(self.img_ids[k]))
+            if not path.is_file():
+                raise UserError(f"{path} not found: the lips stage, the attention losses and the patch losses "
+                                f"need the landmarks that 'synctalk preprocess' writes")
+            self._landmarks[k] = np.loadtxt(path)[:, :2] / self.downscale  # stored at full resolution
+        return self._landmarks[k]
+
+    def _box(self, points: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+        (u0, v0), (u1, v1) = points.min(0), points.max(0)
         mu, mv = (u1 - u0) * margin + 2, (v1 - v0) * margin + 2
         return (int(max(u0 - mu, 0)), int(max(v0 - mv, 0)), int(min(u1 + mu, self.width - 1)),
                 int(min(v1 + mv, self.height - 1)))
+
+    def mouth_box(self, k: int, margin: float = 0.25) -> tuple[int, int, int, int]:
+        """Pixel box (u0, v0, u1, v1) around the mouth landmarks of frame k."""
+        return self._box(self.landmarks(k)[MOUTH], margin)
+
+    def face_box(self, k: int, margin: float = 0.1) -> tuple[int, int, int, int]:
+        """Pixel box (u0, v0, u1, v1) around all landmarks of frame k."""
+        return self._box(self.landmarks(k), margin)
+
+    def lower_face(self, k: int, pixels: torch.Tensor) -> torch.Tensor:
+        """Bool (R,): pixels (R, 2) inside the face box and below the nose tip (landmark 30)."""
+        u0, v0, u1, v1 = self.face_box(k)
+        u, v = pixels[:, 0], pixels[:, 1]
+        return (u >= u0) & (u <= u1) & (v <= v1) & (v > float(self.landmarks(k)[NOSE_TIP, 1]))
+
+    def audio_context(self, k: int, length: int) -> torch.Tensor:
+        """Audio features of the ``length`` frames around frame k, (length, window, dim)."""
+        return temporal_context(self.audio, k, length)
 
     def rays(self, k: int, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rays (origins, dirs) of frame k through pixels (R, 2) (u, v)."""
@@ -157,13 +183,42 @@ class SubjectFrames:
 
 
 class TrainRays(Dataset):
-    """Item k: random rays of training frame k with their targets and conditions."""
+    """Item k: rays of training frame k with their targets and conditions.
 
-    def __init__(self, frames: SubjectFrames, rays_per_step: int, lips_ray_fraction: float = 0.0):
+    Args:
+        rays_per_step: random rays over the whole image (a share ``lips_ray_fraction`` of
+            them inside the mouth box).
+        audio_frames: neighbouring frames of audio features per item (the temporal smoother).
+        patch_size: when > 0, a square patch of ``patch_size``^2 rays is appended after the
+            random rays; successive items alternate between a patch inside the face box and
+            one centred on the mouth (``patch_region`` says which).
+        regions: add ``lower_face`` (R,) for the masked attention loss.
+    """
+
+    def __init__(self, frames: SubjectFrames, rays_per_step: int, lips_ray_fraction: float = 0.0,
+                 audio_frames: int = 1, patch_size: int = 0, regions: bool = False):
         self.frames, self.rays_per_step, self.lips_ray_fraction = frames, rays_per_step, lips_ray_fraction
+        self.audio_frames, self.patch_size, self.regions = audio_frames, patch_size, regions
+        if patch_size > min(frames.width, frames.height):
+            raise UserError(f"stage.patch_size={patch_size} is larger than the {frames.width}x{frames.height} images")
+        self._draws = 0
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def _patch(self, k: int, region: str) -> torch.Tensor:
+        """Pixels (P*P, 2) of a patch, row-major, inside the face box or centred on the mouth."""
+        f, p = self.frames, self.patch_size
+        if region == "mouth":
+            u0, v0, u1, v1 = f.mouth_box(k)
+            cu, cv = (u0 + u1) // 2 - p // 2, (v0 + v1) // 2 - p // 2
+        else:
+            u0, v0, u1, v1 = f.face_box(k)
+            cu = int(torch.randint(u0, max(u1 - p, u0) + 1, ()))
+            cv = int(torch.randint(v0, max(v1 - p, v0) + 1, ()))
+        cu, cv = min(max(cu, 0), f.width - p), min(max(cv, 0), f.height - p)
+        v, u = torch.meshgrid(torch.arange(cv, cv + p), torch.arange(cu, cu + p), indexing="ij")
+        return torch.stack([u.reshape(-1), v.reshape(-1)], -1)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         f = self.frames
@@ -175,10 +230,21 @@ class TrainRays(Dataset):
             u = torch.cat([u, torch.randint(u0, u1 + 1, (n_lips,))])
             v = torch.cat([v, torch.randint(v0, v1 + 1, (n_lips,))])
         pixels = torch.stack([u, v], -1)
+        item: dict[str, torch.Tensor] = {}
+        if self.patch_size:
+            region = "mouth" if self._draws % 2 else "face"
+            self._draws += 1
+            pixels = torch.cat([pixels, self._patch(k, region)])
+            item["patch_region"] = torch.tensor(int(region == "mouth"))
+        u, v = pixels[:, 0], pixels[:, 1]
         origins, dirs = f.rays(k, pixels)
-        return {"pixels": pixels, "xy": f.normalised(pixels), "origins": origins, "dirs": dirs, "rgb": f.gt(k)[v, u],
-                "background": f.background(k)[v, u], "static_background": f.static_background[v, u],
-                "c2w": f.c2w[k], "audio": f.audio[k], "eye": f.eye[k], "index": torch.tensor(k)}
+        item.update({"pixels": pixels, "xy": f.normalised(pixels), "origins": origins, "dirs": dirs,
+                     "rgb": f.gt(k)[v, u], "background": f.background(k)[v, u],
+                     "static_background": f.static_background[v, u], "c2w": f.c2w[k],
+                     "audio": f.audio_context(k, self.audio_frames), "eye": f.eye[k], "index": torch.tensor(k)})
+        if self.regions:
+            item["lower_face"] = f.lower_face(k, pixels)
+        return item
 
 
 class FrameIndices(Dataset):
@@ -210,13 +276,16 @@ class SubjectDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str, audio_name: str, eye_names: list[str], scale: float = 4.0, downscale: int = 1,
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
-                 smooth_window: int = 5, smooth_order: int = 3, synthetic: dict | None = None, cache_mb: int = 2048):
+                 smooth_window: int = 5, smooth_order: int = 3, synthetic: dict | None = None, cache_mb: int = 2048,
+                 audio_frames: int = 1, patch_size: int = 0, regions: bool = False):
         super().__init__()
+        self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
+                             regions=regions)
         self.root = Path(root)
         self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
                                smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
-        self.rays_per_step, self.val_frames, self.lips_ray_fraction = rays_per_step, val_frames, lips_ray_fraction
+        self.rays_per_step, self.val_frames = rays_per_step, val_frames
         self.train_frames: SubjectFrames | None = None
         self.val: SubjectFrames | None = None
 
@@ -235,7 +304,7 @@ class SubjectDataModule(pl.LightningDataModule):
         return {"train": self.train_frames, "val": self.val}[split]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TrainRays(self.train_frames, self.rays_per_step, self.lips_ray_fraction), batch_size=None,
+        return DataLoader(TrainRays(self.train_frames, self.rays_per_step, **self.ray_args), batch_size=None,
                           shuffle=True, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,16 +1,26 @@
-"""An audio-conditioned head NeRF on a tri-plane hash encoding.
+"""The SyncTalk head: an audio- and expression-conditioned tri-plane hash NeRF.
 
-Per frame the field is conditioned on an audio embedding (from a window of audio
-features around the frame) and on the eye / upper-face blendshape values. Densities
-come from the tri-plane features plus the conditions; colours from a geometry feature
-and the view direction.
+Per frame the field is conditioned on
+* an audio embedding: each frame's window of audio features goes through
+  :class:`AudioNet`, and :class:`AudioAttNet` mixes the embeddings of neighbouring frames
+  (the temporal smoother);
+* the upper-face expression values (blendshapes or AU45);
+* a small per-frame latent code (the mean code for frames not trained on).
+
+Every point weighs the audio channels and the expression values with its own attention
+(audio-spatial and expression attention, computed from the point's position encoding),
+so the field can learn that audio drives the mouth and blinks drive the eyes. The
+rendered attention maps are what the region-masked attention losses act on. An
+uncertainty head gives each ray a confidence used to re-weight the photometric loss.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from synctalk.models.encoding import TriPlaneHashEncoding, spherical_harmonics
+from synctalk.models.occupancy import OccupancyGrid
 from synctalk.models.rendering import render_rays
 
 
@@ -23,6 +33,15 @@ def mlp(in_dim: int, hidden: int, out_dim: int, num_layers: int) -> nn.Sequentia
         if i < num_layers - 1:
             layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def temporal_context(sequence: torch.Tensor, index: int, length: int) -> torch.Tensor:
+    """Items ``index - length // 2 ... index + (length - 1) // 2`` of ``sequence`` (edges repeated).
+
+    Args: sequence (N, ...). Returns (length, ...).
+    """
+    offsets = torch.arange(length) - length // 2
+    return sequence[(index + offsets).clamp(0, len(sequence) - 1)]
 
 
 class AudioNet(nn.Module):
@@ -53,6 +72,31 @@ class AudioNet(nn.Module):
         return self.head(x.squeeze(-1))
 
 
+class AudioAttNet(nn.Module):
+    """Temporal smoother: attention weights over the audio embeddings of neighbouring frames.
+
+    Convolutions over the embedding channels score each of the ``length`` frames; a linear
+    layer across frames and a softmax turn the scores into weights that sum to one.
+    """
+
+    def __init__(self, dim: int, length: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = dim
+        while channels > 1:
+            out = max(channels // 2, 1)
+            layers += [nn.Conv1d(channels, out, 3, padding=1), nn.LeakyReLU(0.02, inplace=True)]
+            channels = out
+        self.score = nn.Sequential(*layers)
+        self.mix = nn.Linear(length, length)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Args: embeddings (length, dim) in time order. Returns the smoothed embedding (dim,)."""
+        scores = self.score(embeddings.T[None])[0, 0]  # (length,)
+        weights = torch.softmax(self.mix(scores), 0)
+        return weights @ embeddings
+
+
 class TruncExp(torch.autograd.Function):
     """exp() whose gradient is clamped, the usual density activation of hash-grid NeRFs."""
 
@@ -68,13 +112,17 @@ class TruncExp(torch.autograd.Function):
 
 
 class HeadNeRF(nn.Module):
-    """Audio- and eye-conditioned radiance field of the head.
+    """Audio- and expression-conditioned radiance field of the head.
 
     Args:
         encoding: the tri-plane hash encoding of positions.
         audio_in_dim, audio_window: shape of one frame's audio features (window, in_dim).
-        audio_dim: size of the audio embedding fed to the density network.
         eye_dim: number of upper-face values (the blendshape set).
+        num_frames: training frames (one latent code each; 0 for none).
+        audio_dim: size of the audio embedding fed to the density network.
+        smooth_frames: frames mixed by the temporal smoother (1: no smoothing; 8 in SyncTalk).
+        latent_dim: size of the per-frame latent code fed to the colour network (0: none).
+        attention_hidden: width of the two attention networks.
         hidden, num_layers: density network width and depth.
         geo_feat_dim: geometry feature passed to the colour network.
         color_hidden, color_layers: colour network width and depth.
@@ -82,19 +130,31 @@ class HeadNeRF(nn.Module):
         num_samples: samples per ray; bound: half-size of the scene box (NeRF units).
         density_bias: added to the raw density before exp(); a negative value starts the
             field nearly transparent (with 0 the box starts opaque and training can collapse
-            to an empty field on the demo subject).
+            to an empty field).
     """
 
     def __init__(self, encoding: TriPlaneHashEncoding, audio_in_dim: int, audio_window: int, eye_dim: int,
-                 audio_dim: int = 32, hidden: int = 64, num_layers: int = 3, geo_feat_dim: int = 64,
+                 num_frames: int = 0, audio_dim: int = 32, smooth_frames: int = 8, latent_dim: int = 4,
+                 attention_hidden: int = 32, hidden: int = 64, num_layers: int = 3, geo_feat_dim: int = 64,
                  color_hidden: int = 64, color_layers: int = 2, sh_degree: int = 4, num_samples: int = 32,
                  bound: float = 1.0, density_bias: float = -2.0):
         super().__init__()
+        if smooth_frames < 1:
+            raise ValueError(f"smooth_frames must be at least 1, got {smooth_frames}")
         self.density_bias = density_bias
         self.encoding = encoding
         self.audio_net = AudioNet(audio_in_dim, audio_window, audio_dim)
-        self.density_net = mlp(encoding.output_dim + audio_dim + eye_dim, hidden, 1 + geo_feat_dim, num_layers)
-        self.color_net = mlp(geo_feat_dim + sh_degree ** 2, color_hidden, 3, color_layers)
+        self.smooth_frames = smooth_frames
+        self.audio_att_net = AudioAttNet(audio_dim, smooth_frames) if smooth_frames > 1 else None
+        enc_dim = encoding.output_dim
+        self.audio_spatial_att = mlp(enc_dim, attention_hidden, audio_dim, 2)
+        self.eye_att = mlp(enc_dim, attention_hidden, eye_dim, 2) if eye_dim else None
+        self.density_net = mlp(enc_dim + audio_dim + eye_dim, hidden, 1 + geo_feat_dim, num_layers)
+        self.latent_dim = latent_dim
+        self.latent_codes = nn.Parameter(torch.randn(max(num_frames, 1), latent_dim) * 0.1) if latent_dim else None
+        self.color_net = mlp(geo_feat_dim + sh_degree ** 2 + latent_dim, color_hidden, 3, color_layers)
+        self.uncertainty_net = mlp(enc_dim, attention_hidden, 1, 2)
+        self.audio_dim, self.eye_dim = audio_dim, eye_dim
         self.sh_degree = sh_degree
         self.num_samples = num_samples
         self.bound = bound
@@ -106,31 +166,81 @@ class HeadNeRF(nn.Module):
         grid = {id(p) for p in self.grid_parameters()}
         return [p for p in self.parameters() if id(p) not in grid]
 
-    def field(self, points: torch.Tensor, dirs: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Density (P,) and colour (P, 3) at points (P, 3) seen along dirs (P, 3).
+    # ------------------------------------------------------------------ conditions
+    def audio_embedding(self, audio: torch.Tensor) -> torch.Tensor:
+        """Args: audio (smooth_frames, window, in_dim), the features of neighbouring frames
+        (see :func:`temporal_context`), or (window, in_dim) for one frame. Returns (audio_dim,)."""
+        if audio.dim() == 2:
+            audio = audio[None]
+        if len(audio) != self.smooth_frames:
+            if len(audio) == 1:
+                audio = audio.expand(self.smooth_frames, -1, -1)
+            else:
+                raise ValueError(f"expected audio of {self.smooth_frames} frames, got {len(audio)}")
+        embeddings = self.audio_net(audio)  # (T, audio_dim)
+        if self.audio_att_net is None:
+            return embeddings[0]
+        return self.audio_att_net(embeddings)
 
-        ``condition`` (C,) is the frame's audio embedding and eye values, shared by all points.
+    def latent(self, frame: int | None) -> torch.Tensor:
+        """The latent code of a training frame, or the mean code for other frames, (latent_dim,)."""
+        if self.latent_codes is None:
+            return torch.zeros(0, device=self.density_net[0].weight.device)
+        if frame is None or frame >= len(self.latent_codes):
+            return self.latent_codes.mean(0)
+        return self.latent_codes[frame]
+
+    def condition(self, audio: torch.Tensor, eye: torch.Tensor, frame: int | None = None) -> dict[str, torch.Tensor]:
+        """The frame condition: audio embedding (audio_dim,), eye values (eye_dim,), latent (latent_dim,)."""
+        return {"audio": self.audio_embedding(audio), "eye": eye, "latent": self.latent(frame)}
+
+    # ------------------------------------------------------------------ field
+    def _trunk(self, points: torch.Tensor, cond: dict[str, torch.Tensor]):
+        """Position encoding (P, E), density-network output (P, 1 + geo), attentions (P, audio_dim), (P, eye_dim)."""
+        enc = self.encoding(points)
+        audio_att = torch.sigmoid(self.audio_spatial_att(enc))
+        parts = [enc, cond["audio"] * audio_att]
+        eye_att = None
+        if self.eye_att is not None:
+            eye_att = torch.sigmoid(self.eye_att(enc))
+            parts.append(cond["eye"] * eye_att)
+        return enc, self.density_net(torch.cat(parts, -1)), audio_att, eye_att
+
+    def field(self, points: torch.Tensor, dirs: torch.Tensor, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Everything the field says about points (P, 3) seen along dirs (P, 3) under ``cond``.
+
+        Returns ``density`` (P,), ``rgb`` (P, 3), ``uncertainty`` (P,) >= 0, and the
+        per-point attention magnitudes ``audio_att`` (P,) and ``eye_att`` (P,) in [0, 1].
         """
-        feats = self.encoding(points)
-        h = self.density_net(torch.cat([feats, condition.expand(points.shape[0], -1)], -1))
-        density = TruncExp.apply(h[:, 0] + self.density_bias)
-        rgb = torch.sigmoid(self.color_net(torch.cat([h[:, 1:], spherical_harmonics(dirs, self.sh_degree)], -1)))
-        return density, rgb
+        enc, h, audio_att, eye_att = self._trunk(points, cond)
+        colour_in = [h[:, 1:], spherical_harmonics(dirs, self.sh_degree)]
+        if self.latent_dim:
+            colour_in.append(cond["latent"].expand(points.shape[0], -1))
+        return {"density": TruncExp.apply(h[:, 0] + self.density_bias),
+                "rgb": torch.sigmoid(self.color_net(torch.cat(colour_in, -1))),
+                "uncertainty": F.softplus(self.uncertainty_net(enc)[:, 0]),
+                "audio_att": audio_att.mean(-1),
+                "eye_att": eye_att.mean(-1) if eye_att is not None else torch.zeros_like(h[:, 0])}
 
-    def condition(self, audio: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
-        """Args: audio (window, in_dim), eye (eye_dim,). Returns the frame condition (audio_dim + eye_dim,)."""
-        return torch.cat([self.audio_net(audio[None])[0], eye], -1)
+    def density(self, points: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Density (P,) only (for the occupancy grid)."""
+        return TruncExp.apply(self._trunk(points, cond)[1][:, 0] + self.density_bias)
 
     def render(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, audio: torch.Tensor,
-               eye: torch.Tensor, perturb: bool = False) -> dict[str, torch.Tensor]:
+               eye: torch.Tensor, frame: int | None = None, perturb: bool = False,
+               occupancy: OccupancyGrid | None = None) -> dict[str, torch.Tensor]:
         """Render rays of one frame.
 
         Args:
             origins, dirs: (R, 3) rays in NeRF units; background: (R, 3) in [0, 1];
-            audio: (window, in_dim) the frame's audio features; eye: (eye_dim,).
+            audio: (smooth_frames, window, in_dim) the audio features around the frame
+                (or (window, in_dim)); eye: (eye_dim,); frame: training frame index (for its
+                latent code; None for the mean code).
+            occupancy: skip samples in cells this grid marks empty.
         Returns:
-            dict with ``rgb`` (R, 3), ``depth`` (R,), ``opacity`` (R,), ``weights`` (R, S).
+            ``rgb`` (R, 3), ``depth`` (R,), ``opacity`` (R,), ``weights`` (R, S), and per ray
+            ``uncertainty``, ``audio_att``, ``eye_att`` (R,) (weighted by the samples' weights).
         """
-        cond = self.condition(audio, eye)
+        cond = self.condition(audio, eye, frame)
         return render_rays(lambda p, d: self.field(p, d, cond), origins, dirs, background, self.bound,
-                           self.num_samples, perturb)
+                           self.num_samples, perturb, occupancy)

@@ -3,6 +3,8 @@
 Samples are placed stratified between each ray's entry into and exit from the scene
 box; colours are alpha-composited front to back and whatever light passes through is
 taken from the per-pixel background (the static background with the torso on it).
+Samples outside the box, and with an occupancy grid those in empty cells, are never
+sent to the field.
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from typing import Callable
 import torch
 
 from synctalk.geometry import ray_box_intersection
+from synctalk.models.occupancy import OccupancyGrid
+
+Field = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
 def sample_along_rays(origins: torch.Tensor, dirs: torch.Tensor, bound: float, num_samples: int,
@@ -52,11 +57,29 @@ def composite(density: torch.Tensor, rgb: torch.Tensor, deltas: torch.Tensor, de
     return {"rgb": color, "depth": depth, "opacity": opacity, "weights": weights}
 
 
-def render_rays(field: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, bound: float,
-                num_samples: int, perturb: bool) -> dict[str, torch.Tensor]:
-    """Render rays through a field ``field(points (P, 3), dirs (P, 3)) -> (density (P,), rgb (P, 3))``."""
+def render_rays(field: Field, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, bound: float,
+                num_samples: int, perturb: bool, occupancy: OccupancyGrid | None = None) -> dict[str, torch.Tensor]:
+    """Render rays through ``field(points (P, 3), dirs (P, 3))``.
+
+    The field returns a dict with ``density`` (P,) and ``rgb`` (P, 3); any other (P,) entry
+    (uncertainty, attention) is composited with the (detached) sample weights into a per-ray
+    value, so losses on these read-outs train their own heads without moving the geometry
+    (an uncertainty term could otherwise be lowered by emptying the field).
+    ``samples`` in the result counts the samples the field was evaluated on.
+    """
     points, depths, deltas = sample_along_rays(origins, dirs, bound, num_samples, perturb)
     r, s = depths.shape
-    density, rgb = field(points.reshape(-1, 3), dirs[:, None, :].expand(r, s, 3).reshape(-1, 3))
-    return composite(density.view(r, s), rgb.view(r, s, 3), deltas, depths, background)
+    flat_points = points.reshape(-1, 3)
+    keep = deltas.reshape(-1) > 0
+    if occupancy is not None:
+        keep &= occupancy.is_occupied(flat_points)
+    index = keep.nonzero().squeeze(1)
+    flat_dirs = dirs[:, None, :].expand(r, s, 3).reshape(-1, 3)
+    values = field(flat_points[index], flat_dirs[index])
+    dense = {k: v.new_zeros((r * s,) + v.shape[1:]).index_copy(0, index, v) for k, v in values.items()}
+    out = composite(dense.pop("density").view(r, s), dense.pop("rgb").view(r, s, 3), deltas, depths, background)
+    weights = out["weights"].detach()  # read-outs follow the geometry but never reshape it
+    for key, value in dense.items():
+        out[key] = (weights * value.view(r, s)).sum(-1)
+    out["samples"] = torch.tensor(len(index))
+    return out

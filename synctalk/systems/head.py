@@ -8,16 +8,25 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from synctalk.config.schema import LossConfig, OccupancyConfig, StageConfig
 from synctalk.data.datamodule import SubjectFrames
 from synctalk.geometry import pixel_rays
-from synctalk.models.head_nerf import HeadNeRF
+from synctalk.models import losses
+from synctalk.models.head_nerf import HeadNeRF, temporal_context
+from synctalk.models.occupancy import OccupancyGrid
 from synctalk.models.torso import TorsoField
 
 
 class HeadNeRFSystem(pl.LightningModule):
-    """Trains a :class:`HeadNeRF` with a photometric loss on rays of one frame per step.
+    """Trains a :class:`HeadNeRF` on rays of one frame per step.
+
+    Head and lips stages: photometric loss (uncertainty-weighted after a warm-up), opacity
+    entropy, the masked attention loss, and in the lips stage a patch loss on alternating
+    face / mouth patches. An EMA copy of the weights renders validation and final frames;
+    an occupancy grid lets rendering skip empty space.
 
     With a ``torso`` field (stage ``torso``) the head is frozen and only the torso learns:
     each pixel is the head render composited over the torso, itself over the static
@@ -25,57 +34,133 @@ class HeadNeRFSystem(pl.LightningModule):
 
     Args:
         net: the radiance field (built from ``model.net``).
-        torso: the torso field, for the torso stage (None otherwise).
-        torso_deform_weight, torso_entropy_weight: weights of the torso's deformation
-            (mean squared offset) and alpha-entropy regularisers.
         optimizer: a partial optimizer, finished with two parameter groups (grid, MLPs).
         lr_grid, lr_net: learning rates of the two groups.
         lr_decay: learning rates are multiplied by ``lr_decay ** (step / max_steps)``.
-        max_steps: length of the schedule.
+        max_steps: length of the schedules.
         chunk: rays rendered at once at inference.
         media_dir: where validation images are written (None: not written).
         config: the resolved run config, stored in checkpoints to rebuild the run.
+        torso: the torso field, for the torso stage (None otherwise).
+        torso_deform_weight, torso_entropy_weight: weights of the torso's deformation
+            (mean squared offset) and alpha-entropy regularisers.
+        num_train_frames: training frames (latent codes, torso codes).
+        loss: loss kinds and weights; stage: the stage (patch sizes and weights).
+        ema_decay: decay of the EMA weights (0: render with the trained weights).
+        occupancy: the occupancy grid settings.
+        lpips: the LPIPS module when ``loss.patch`` is ``lpips``.
     """
 
     def __init__(self, net: HeadNeRF, optimizer: partial, lr_grid: float = 1e-2, lr_net: float = 1e-3,
                  lr_decay: float = 0.1, max_steps: int = 1000, chunk: int = 8192, media_dir: str | None = None,
                  config: dict | None = None, torso: TorsoField | None = None, torso_deform_weight: float = 1e-5,
-                 torso_entropy_weight: float = 1e-4, num_train_frames: int | None = None):
+                 torso_entropy_weight: float = 1e-4, num_train_frames: int | None = None,
+                 loss: LossConfig | None = None, stage: StageConfig | None = None, ema_decay: float = 0.0,
+                 occupancy: OccupancyConfig | None = None, lpips: torch.nn.Module | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "media_dir", "torso"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "media_dir", "torso", "loss", "stage", "occupancy",
+                                          "lpips"])
         self.net = net
         self.torso = torso
+        self.loss_cfg = loss or LossConfig()
+        self.stage = stage or StageConfig()
+        self.occupancy_cfg = occupancy or OccupancyConfig(enabled=False)
         if torso is not None:
             self.net.requires_grad_(False)
+        self.ema = None
+        if ema_decay > 0 and torso is None:
+            self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            self.ema.requires_grad_(False)
+        self.occupancy = None
+        if self.occupancy_cfg.enabled:
+            c = self.occupancy_cfg
+            self.occupancy = OccupancyGrid(c.resolution, net.bound, c.alpha_threshold, 2 * net.bound / net.num_samples,
+                                           cells_per_update=c.cells_per_update)
+        self.lpips = lpips
         self.optimizer_factory = optimizer
         self.media_dir = Path(media_dir) if media_dir else None
         self.train_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
 
+    @property
+    def inference_net(self) -> HeadNeRF:
+        """The weights that render: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    @property
+    def progress(self) -> float:
+        return min(self.global_step / max(self.hparams.max_steps, 1), 1.0)
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.torso is None:
-            out = self.net.render(batch["origins"], batch["dirs"], batch["background"], batch["audio"], batch["eye"],
-                                  perturb=True)
-            rgb = out["rgb"]
-            loss = torch.nn.functional.mse_loss(rgb, batch["rgb"])
+        frame = int(batch["index"])
+        if self.torso is not None:
+            return self._torso_step(batch, frame)
+        out = self.net.render(batch["origins"], batch["dirs"], batch["background"], batch["audio"], batch["eye"],
+                              frame=frame, perturb=True, occupancy=self.occupancy)
+        rgb, target = out["rgb"], batch["rgb"]
+        cfg = self.loss_cfg
+        error = losses.photometric_error(rgb, target, cfg.photometric)
+        if self.progress >= cfg.uncertainty_start:
+            photometric = losses.uncertainty_weighted(error, out["uncertainty"], cfg.uncertainty_beta_min)
         else:
-            torso = self.torso(batch["xy"], batch["c2w"], self.torso.code(int(batch["index"])))
-            alpha = torso["alpha"][:, None]
-            background = torso["rgb"] * alpha + batch["static_background"] * (1 - alpha)
-            with torch.no_grad():  # the head is frozen: render it once over black
-                head = self.net.render(batch["origins"], batch["dirs"], torch.zeros_like(background), batch["audio"],
-                                       batch["eye"], perturb=True)
-            rgb = head["rgb"] + (1 - head["opacity"])[:, None] * background
-            a = torso["alpha"].clamp(1e-5, 1 - 1e-5)
-            entropy = -(a * a.log() + (1 - a) * (1 - a).log()).mean()
-            loss = (torch.nn.functional.mse_loss(rgb, batch["rgb"])
-                    + self.hparams.torso_deform_weight * torso["offset"].pow(2).sum(-1).mean()
-                    + self.hparams.torso_entropy_weight * entropy)
+            photometric = error.mean()
+        terms = {"photometric": photometric,
+                 "entropy": cfg.entropy_weight * losses.opacity_entropy(out["opacity"])}
+        if "lower_face" in batch and cfg.attention_weight > 0:
+            terms["attention"] = cfg.attention_weight * self.progress * losses.masked_attention(
+                out["audio_att"], out["eye_att"], batch["lower_face"])
+        if self.stage.patch_size:
+            p = self.stage.patch_size
+            mouth = bool(batch["patch_region"])
+            weight = self.stage.lips_patch_weight if mouth else self.stage.patch_weight
+            if weight > 0:
+                patch = losses.patch_loss(rgb[-p * p:].view(p, p, 3), target[-p * p:].view(p, p, 3), cfg.patch,
+                                          self.lpips)
+                terms["lips_patch" if mouth else "patch"] = weight * patch
+        loss = sum(terms.values())
+        self.train_psnr(rgb.detach().clamp(0, 1), target)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/psnr", self.train_psnr, prog_bar=True)
+        self.log_dict({f"train/loss_{k}": v.detach() for k, v in terms.items()})
+        self.log("train/samples_per_ray", out["samples"].float() / len(rgb))
+        return loss
+
+    def _torso_step(self, batch: dict[str, torch.Tensor], frame: int) -> torch.Tensor:
+        torso = self.torso(batch["xy"], batch["c2w"], self.torso.code(frame))
+        alpha = torso["alpha"][:, None]
+        background = torso["rgb"] * alpha + batch["static_background"] * (1 - alpha)
+        with torch.no_grad():  # the head is frozen: render it once over black
+            head = self.net.render(batch["origins"], batch["dirs"], torch.zeros_like(background), batch["audio"],
+                                   batch["eye"], frame=frame, occupancy=self.occupancy)
+        rgb = head["rgb"] + (1 - head["opacity"])[:, None] * background
+        error = losses.photometric_error(rgb, batch["rgb"], self.loss_cfg.photometric).mean()
+        loss = (error + self.hparams.torso_deform_weight * torso["offset"].pow(2).sum(-1).mean()
+                + self.hparams.torso_entropy_weight * losses.opacity_entropy(torso["alpha"]))
         self.train_psnr(rgb.detach().clamp(0, 1), batch["rgb"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/psnr", self.train_psnr, prog_bar=True)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.torso is not None:
+            return
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+        c = self.occupancy_cfg
+        step = self.global_step
+        if self.occupancy is not None and step >= c.start_step and (step - c.start_step) % c.interval == 0:
+            self.update_occupancy(self.trainer.datamodule.train_frames)
+
+    @torch.no_grad()
+    def update_occupancy(self, frames: SubjectFrames) -> None:
+        """Re-measure the occupancy grid with the conditions of a few random training frames."""
+        net = self.net
+        picks = torch.randint(0, len(frames), (max(self.occupancy_cfg.frames_per_update, 1),)).tolist()
+        conds = [net.condition(frames.audio_context(k, net.smooth_frames).to(self.device),
+                               frames.eye[k].to(self.device), k) for k in picks]
+        self.occupancy.update(lambda p: torch.stack([net.density(p, c) for c in conds]).amax(0))
+        self.log("train/occupied_fraction", self.occupancy.occupied_fraction)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -96,25 +181,28 @@ class HeadNeRFSystem(pl.LightningModule):
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
     def render_view(self, frames: SubjectFrames, c2w: torch.Tensor, audio: torch.Tensor, eye: torch.Tensor,
-                    background: torch.Tensor) -> torch.Tensor:
+                    background: torch.Tensor, frame: int | None = None) -> torch.Tensor:
         """Render one whole image.
 
         Args:
             frames: gives the image size and intrinsics.
-            c2w: (4, 4) camera-to-world; audio: (window, dim); eye: (eye_dim,);
-            background: (H, W, 3) what the head is composited over.
+            c2w: (4, 4) camera-to-world; audio: (smooth_frames, window, dim) the audio
+                features around the frame (see :func:`temporal_context`); eye: (eye_dim,);
+            background: (H, W, 3) what the head is composited over;
+            frame: a training frame index (its latent code), or None (the mean code).
         Returns:
             (H, W, 3) image in [0, 1].
         """
         device = self.device
+        net = self.inference_net
         pixels = frames.all_pixels()
         bg = background.reshape(-1, 3)
         out = []
         for start in range(0, len(pixels), self.hparams.chunk):
             px = pixels[start:start + self.hparams.chunk]
             o, d = pixel_rays(c2w, px, frames.focal, frames.cx, frames.cy, frames.scale)
-            res = self.net.render(o.to(device), d.to(device), bg[start:start + len(px)].to(device), audio.to(device),
-                                  eye.to(device))
+            res = net.render(o.to(device), d.to(device), bg[start:start + len(px)].to(device), audio.to(device),
+                             eye.to(device), frame=frame, occupancy=self.occupancy)
             out.append(res["rgb"].cpu())
         return torch.cat(out).view(frames.height, frames.width, 3).clamp(0, 1)
 
@@ -136,7 +224,17 @@ class HeadNeRFSystem(pl.LightningModule):
 
     def render_frame(self, frames: SubjectFrames, k: int) -> torch.Tensor:
         """Render frame k of a split with its own pose, audio and eye values, (H, W, 3)."""
-        return self.render_view(frames, frames.c2w[k], frames.audio[k], frames.eye[k], self.background(frames, k))
+        audio = frames.audio_context(k, self.inference_net.smooth_frames)
+        return self.render_view(frames, frames.c2w[k], audio, frames.eye[k], self.background(frames, k),
+                                frame=k if frames.split == "train" else None)
+
+    def render_audio(self, frames: SubjectFrames, features: torch.Tensor, i: int, pose_frame: int,
+                     c2w: torch.Tensor | None = None) -> torch.Tensor:
+        """Render output frame i of new audio ``features`` (N, window, dim) with training frame
+        ``pose_frame``'s eye values and background, and its pose unless ``c2w`` is given."""
+        audio = temporal_context(features, i, self.inference_net.smooth_frames)
+        pose = frames.c2w[pose_frame] if c2w is None else c2w
+        return self.render_view(frames, pose, audio, frames.eye[pose_frame], self.background(frames, pose_frame))
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, k: int, batch_idx: int) -> None:

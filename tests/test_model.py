@@ -1,0 +1,171 @@
+"""The SyncTalk head model: smoother, attention, latent codes, occupancy grid, losses, LPIPS, poses."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from synctalk.data.datamodule import SubjectFrames, TrainRays
+from synctalk.errors import UserError
+from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, smooth_poses
+from synctalk.models import losses
+from synctalk.models.encoding import TriPlaneHashEncoding
+from synctalk.models.head_nerf import AudioAttNet, HeadNeRF, temporal_context
+from synctalk.models.occupancy import OccupancyGrid
+from synctalk.models.rendering import render_rays
+
+
+def small_net(**kw) -> HeadNeRF:
+    enc = TriPlaneHashEncoding(num_levels=3, base_resolution=8, max_resolution=32)
+    return HeadNeRF(enc, audio_in_dim=80, audio_window=16, eye_dim=7, num_samples=16, **kw)
+
+
+def rays(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    o = torch.tensor([[0.0, 0.0, 3.6]]).repeat(n, 1)
+    d = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, -1.0]]) + 0.15 * torch.randn(n, 3), dim=-1)
+    return o, d
+
+
+def test_temporal_context_repeats_the_edges():
+    seq = torch.arange(10)
+    assert temporal_context(seq, 0, 8).tolist() == [0, 0, 0, 0, 0, 1, 2, 3]
+    assert temporal_context(seq, 5, 8).tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert temporal_context(seq, 9, 3).tolist() == [8, 9, 9]
+
+
+def test_audio_smoother_is_a_convex_combination_of_neighbours():
+    att = AudioAttNet(dim=32, length=8)
+    same = torch.randn(1, 32).repeat(8, 1)
+    torch.testing.assert_close(att(same), same[0])  # weights sum to one
+    mixed = torch.randn(8, 32)
+    out = att(mixed)
+    assert (out <= mixed.max(0).values + 1e-6).all() and (out >= mixed.min(0).values - 1e-6).all()
+
+
+def test_head_nerf_outputs_attention_uncertainty_and_uses_latent_codes():
+    torch.manual_seed(0)
+    net = small_net(num_frames=5, smooth_frames=8, latent_dim=4)
+    o, d = rays()
+    audio, eye = torch.randn(8, 16, 80), torch.rand(7)
+    out = net.render(o, d, torch.rand(64, 3), audio, eye, frame=2)
+    for key in ("uncertainty", "audio_att", "eye_att"):
+        assert out[key].shape == (64,) and (out[key] >= 0).all()
+    assert ((out["audio_att"] <= out["opacity"] + 1e-6)).all()  # a weighted mean of values in [0, 1]
+    torch.testing.assert_close(net.latent(None), net.latent_codes.mean(0))
+    other = net.render(o, d, torch.rand(64, 3), audio, eye, frame=3)
+    assert not torch.allclose(out["rgb"], other["rgb"])  # another frame's code
+    single = net.render(o, d, torch.rand(64, 3), audio[0], eye)  # one frame of audio is repeated
+    assert single["rgb"].shape == (64, 3)
+    with pytest.raises(ValueError, match="8 frames"):
+        net.render(o, d, torch.rand(64, 3), audio[:3], eye)
+
+
+def sphere_field(points: torch.Tensor, dirs: torch.Tensor) -> dict[str, torch.Tensor]:
+    inside = points.norm(dim=-1) < 0.4
+    return {"density": inside.float() * 20.0, "rgb": torch.full_like(points, 0.7)}
+
+
+def test_occupancy_grid_skips_empty_space_without_changing_the_image():
+    grid = OccupancyGrid(resolution=32, bound=1.0, step=2.0 / 64, cells_per_update=0)
+    o, d = rays(256)
+    bg = torch.rand(256, 3)
+    full = render_rays(sphere_field, o, d, bg, 1.0, 64, False)
+    grid.update(lambda p: sphere_field(p, p)["density"])
+    assert 0.005 < grid.occupied_fraction < 0.1  # the sphere is about 3% of the box
+    skipped = render_rays(sphere_field, o, d, bg, 1.0, 64, False, occupancy=grid)
+    torch.testing.assert_close(skipped["rgb"], full["rgb"], atol=2e-3, rtol=0)
+    assert int(skipped["samples"]) < 0.5 * int(full["samples"])
+
+
+def test_occupancy_counts_everything_occupied_before_its_first_update():
+    grid = OccupancyGrid(resolution=8)
+    assert grid.is_occupied(torch.rand(100, 3) * 2 - 1).all() and grid.occupied_fraction == 1.0
+
+
+def test_uncertainty_weighting_is_minimal_at_beta_equal_to_the_error():
+    error = torch.full((10,), 0.3)
+    values = {u: float(losses.uncertainty_weighted(error, torch.full((10,), u), beta_min=0.1))
+              for u in (0.0, 0.1, 0.2, 0.4, 0.8)}
+    assert min(values, key=values.get) == 0.2  # beta = 0.1 + 0.2 = the error
+
+
+def test_entropy_and_masked_attention():
+    assert float(losses.opacity_entropy(torch.tensor([0.0, 1.0]))) < 1e-3
+    assert math.isclose(float(losses.opacity_entropy(torch.tensor([0.5]))), math.log(2), rel_tol=1e-4)
+    audio_att, eye_att = torch.tensor([0.9, 0.1, 0.3, 0.5]), torch.tensor([0.2, 0.8, 0.6, 0.4])
+    lower = torch.tensor([True, False, True, False])
+    # audio attention counts on the upper rays (0.1, 0.5), expression attention on the lower ones (0.2, 0.6)
+    assert math.isclose(float(losses.masked_attention(audio_att, eye_att, lower)), 0.3 + 0.4, rel_tol=1e-6)
+    assert math.isclose(float(losses.masked_attention(audio_att, eye_att, torch.zeros(4, dtype=torch.bool))),
+                        float(audio_att.mean()), rel_tol=1e-6)
+
+
+def test_ssim_patch_loss_is_zero_for_equal_patches_and_differentiable():
+    a = torch.rand(32, 32, 3)
+    assert float(losses.patch_loss(a, a, "ssim")) < 1e-5
+    pred = torch.rand(32, 32, 3, requires_grad=True)
+    loss = losses.patch_loss(pred, a, "ssim")
+    loss.backward()
+    assert float(loss.detach()) > 0.1 and pred.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        losses.patch_loss(a, a, "lpips")  # no model given
+
+
+def test_lpips_loads_alexnet_weights_from_a_file(tmp_path, monkeypatch):
+    import torchvision
+
+    from synctalk.metrics.lpips import load_lpips
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(UserError, match="alexnet-owt-7be5be79.pth"):
+        load_lpips(None, "model.loss.lpips_backbone")
+    torch.manual_seed(0)
+    alexnet = torchvision.models.alexnet(weights=None)
+    torch.save(alexnet.state_dict(), tmp_path / "alexnet.pth")
+    model = load_lpips(str(tmp_path / "alexnet.pth"), "model.loss.lpips_backbone")
+    torch.testing.assert_close(getattr(model.net.slice3, "6").weight, alexnet.features[6].weight)  # conv 3 of 5
+    x, y = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+    assert float(model(x, x).mean()) < 1e-6 and float(model(x, y).mean()) > 0
+    patch = torch.rand(32, 32, 3)
+    assert float(losses.patch_loss(patch, torch.rand(32, 32, 3), "lpips", model)) > 0
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="AlexNet"):
+        load_lpips(str(tmp_path / "other.pth"), "model.loss.lpips_backbone")
+
+
+def test_smoothed_poses_are_rotations_closer_to_the_smooth_path():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 60)
+    euler = np.stack([0.2 * np.sin(2 * np.pi * t), 0.1 * t, 0.05 * np.cos(2 * np.pi * t)], -1)
+    trans = np.stack([0.01 * t, 0.0 * t, -0.9 + 0.01 * t], -1)
+    clean = head_pose_to_c2w(euler_to_matrix(euler), trans)
+    noisy = head_pose_to_c2w(euler_to_matrix(euler + rng.normal(0, 0.01, euler.shape)),
+                             trans + rng.normal(0, 0.002, trans.shape))
+    smooth = smooth_poses(noisy, sigma=2.0)
+    rot = smooth[:, :3, :3]
+    np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-9)
+    np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-9)
+    err = lambda a: np.abs(a[5:-5, :3, :] - clean[5:-5, :3, :]).mean()  # noqa: E731
+    assert err(smooth) < 0.6 * err(noisy)
+    np.testing.assert_array_equal(smooth_poses(noisy, 0.0), noisy)
+
+
+def test_patches_alternate_between_face_and_mouth_and_regions_follow_the_nose(tiny_dataset):
+    f = SubjectFrames(tiny_dataset, "train", "mel", ["eyeBlinkLeft", "eyeBlinkRight"])
+    data = TrainRays(f, 100, audio_frames=8, patch_size=8, regions=True)
+    first, second = data[4], data[4]
+    assert first["audio"].shape == (8, 16, 80)
+    assert int(first["patch_region"]) == 0 and int(second["patch_region"]) == 1
+    for item in (first, second):
+        patch = item["pixels"][-64:].view(8, 8, 2)
+        assert (patch[:, 1:, 0] - patch[:, :-1, 0] == 1).all() and (patch[1:, :, 1] - patch[:-1, :, 1] == 1).all()
+    u0, v0, u1, v1 = f.mouth_box(4)
+    centre = second["pixels"][-64:].float().mean(0)
+    assert abs(float(centre[0]) - (u0 + u1) / 2) <= 1.5 and abs(float(centre[1]) - (v0 + v1) / 2) <= 1.5
+    nose_v = f.landmarks(4)[30, 1]
+    lower, v = first["lower_face"], first["pixels"][:, 1]
+    assert lower.any() and (v[lower] > nose_v).all()
+    with pytest.raises(UserError, match="patch_size"):
+        TrainRays(f, 100, patch_size=128)
