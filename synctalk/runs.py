@@ -82,18 +82,24 @@ def check_backends(cfg: DictConfig) -> None:
         external.require_file(cfg.flow.checkpoint, "CoTracker checkpoint", "flow.checkpoint")
 
 
-def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictConfig, HeadNeRFSystem]:
-    """Rebuild a trained run from a checkpoint: its config and its system with the trained weights."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
+def read_checkpoint(ckpt: str | os.PathLike, map_location: str = "cpu") -> dict:
+    """A synctalk checkpoint's contents; a missing, unreadable or foreign file is a :class:`UserError`."""
+    if not Path(ckpt).is_file():
         raise UserError(f"checkpoint not found: {ckpt}")
     try:
         state = torch.load(ckpt, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"cannot read checkpoint {ckpt}: {e}") from None
-    hparams = state.get("hyper_parameters", {})
-    if hparams.get("config") is None:
+    if not isinstance(state, dict) or (state.get("hyper_parameters") or {}).get("config") is None:
         raise UserError(f"{ckpt} is not a synctalk checkpoint (it stores no run config)")
+    return state
+
+
+def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictConfig, HeadNeRFSystem]:
+    """Rebuild a trained run from a checkpoint: its config and its system with the trained weights."""
+    ckpt = Path(ckpt)
+    state = read_checkpoint(ckpt, map_location)
+    hparams = state["hyper_parameters"]
     try:  # keys added since the checkpoint was written take their schema defaults
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), hparams["config"])
     except OmegaConfBaseException as e:
@@ -109,6 +115,27 @@ def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictCo
     return cfg, system.eval()
 
 
+MODEL_KEYS = ("model.net", "encoding", "audio_encoder", "blendshapes")  # what the weights depend on
+
+
+def model_mismatch(prev: DictConfig, cfg: DictConfig) -> list[str]:
+    """The keys of :data:`MODEL_KEYS` whose settings differ between a checkpoint's config and ``cfg``."""
+    current = OmegaConf.create(resolved_container(cfg))
+    return [k for k in MODEL_KEYS if OmegaConf.select(prev, k) != OmegaConf.select(current, k)]
+
+
+def check_resume(ckpt: str, cfg: DictConfig) -> None:
+    """Refuse to resume (``ckpt_path``) from a checkpoint of another stage or another model config."""
+    prev = OmegaConf.create(read_checkpoint(ckpt)["hyper_parameters"]["config"])
+    if prev.stage.name != cfg.stage.name:
+        raise UserError(f"ckpt_path={ckpt} is a '{prev.stage.name}' checkpoint but this run is stage="
+                        f"{cfg.stage.name}; to start a new stage from it use stage.init_from={ckpt}")
+    mismatch = model_mismatch(prev, cfg)
+    if mismatch:
+        raise UserError(f"ckpt_path={ckpt} was trained with a different {', '.join(mismatch)} config; resume "
+                        f"with the settings of that run (its .hydra/overrides.yaml lists them)")
+
+
 def load_stage_weights(system: HeadNeRFSystem, ckpt: str, cfg: DictConfig) -> None:
     """Start a stage from a previous stage's checkpoint (same model config required).
 
@@ -116,9 +143,7 @@ def load_stage_weights(system: HeadNeRFSystem, ckpt: str, cfg: DictConfig) -> No
     run's starting weights; its occupancy grid is carried over.
     """
     prev_cfg, prev = load_run(ckpt)
-    current = OmegaConf.create(resolved_container(cfg))
-    mismatch = [k for k in ("model.net", "encoding", "audio_encoder", "blendshapes")
-                if OmegaConf.select(prev_cfg, k) != OmegaConf.select(current, k)]
+    mismatch = model_mismatch(prev_cfg, cfg)
     if mismatch:
         raise UserError(f"stage.init_from={ckpt} was trained with a different {', '.join(mismatch)} config; "
                         f"use the same model.net, encoding, audio_encoder and blendshapes settings as that run")

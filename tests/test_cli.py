@@ -124,6 +124,7 @@ def test_evaluate_render_and_stage_chaining(run_cli, capsys):
     ev = latest_run(run_cli.root, "evaluate")
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["psnr"] == metrics["with_hair/psnr"] and (ev / "val.mp4").is_file()
+    assert "parsed/lpips" in metrics or "lpips skipped" in metrics["notes"][0]  # never a made-up number
     # render new audio of another sample rate
     import numpy as np
     from synctalk.audio import write_wav
@@ -136,11 +137,19 @@ def test_evaluate_render_and_stage_chaining(run_cli, capsys):
         assert c.streams.video[0].frames == 25 and len(c.streams.audio) == 1
     assert run_cli("render", f"ckpt={ckpt}", f"audio={wav}", f"output={out}", "poses=spin") == 2
     assert "poses='spin'" in capsys.readouterr().err
+    silence = run_cli.root / "silence.wav"
+    write_wav(silence, np.zeros(8000, dtype=np.float32))  # half a second of silence, smoothed poses
+    assert run_cli("render", f"ckpt={ckpt}", f"audio={silence}", f"output={out}", "poses=smoothed") == 0
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].frames == 12
     # lips stage starts from the head checkpoint
     assert run_cli("train", *SMOKE, "stage=lips", f"stage.init_from={ckpt}", "trainer.max_steps=4",
                    "render_video=false") == 0
     lips_run = latest_run(run_cli.root)
     assert json.loads((lips_run / "metrics.json").read_text())["stage"] == "lips"
+    capsys.readouterr()
+    assert run_cli("train", *SMOKE, "stage=lips", f"stage.init_from={ckpt}", f"ckpt_path={ckpt}") == 2
+    assert "use stage.init_from" in capsys.readouterr().err  # resuming a head run as a lips run
     assert run_cli("train", *SMOKE, "stage=lips", f"stage.init_from={ckpt}", "model.net.hidden=16") == 2
     assert "different model" in capsys.readouterr().err
     # torso stage: the head is frozen, the torso learns; portrait mode works with it

@@ -10,6 +10,7 @@ import torch
 from synctalk.data.datamodule import SubjectFrames, TrainRays
 from synctalk.errors import UserError
 from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, smooth_poses
+from synctalk.metrics.image import GtModeMetrics
 from synctalk.models import losses
 from synctalk.models.encoding import TriPlaneHashEncoding
 from synctalk.models.head_nerf import AudioAttNet, HeadNeRF, temporal_context
@@ -130,6 +131,11 @@ def test_lpips_loads_alexnet_weights_from_a_file(tmp_path, monkeypatch):
     assert float(model(x, x).mean()) < 1e-6 and float(model(x, y).mean()) > 0
     patch = torch.rand(32, 32, 3)
     assert float(losses.patch_loss(patch, torch.rand(32, 32, 3), "lpips", model)) > 0
+    metrics = GtModeMetrics(9, model)
+    image, mask = torch.rand(64, 64, 3), torch.zeros(64, 64)
+    metrics.update(image, torch.rand(64, 64, 3), torch.rand(64, 64, 3), mask)
+    scores = metrics.compute()
+    assert scores["with_hair/lpips"] < 1e-6 < scores["parsed/lpips"]  # an empty mask pastes all of the GT
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="AlexNet"):
         load_lpips(str(tmp_path / "other.pth"), "model.loss.lpips_backbone")

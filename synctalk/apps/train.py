@@ -10,11 +10,10 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from synctalk.config.schema import TrainConfig
-from synctalk.errors import UserError
 from synctalk.evaluation import evaluate_split
 from synctalk.io import write_json
-from synctalk.runs import (AtomicCheckpointIO, build_datamodule, build_loggers, build_system, finish_loggers,
-                           load_stage_weights, write_run_info)
+from synctalk.runs import (AtomicCheckpointIO, build_datamodule, build_loggers, build_system, check_resume,
+                           finish_loggers, load_stage_weights, write_run_info)
 
 log = logging.getLogger(__name__)
 SCHEMA = TrainConfig
@@ -23,8 +22,8 @@ SCHEMA = TrainConfig
 def run(cfg: DictConfig) -> dict:
     """Train, evaluate the validation split, write ``metrics.json``; returns the metrics."""
     out = Path(cfg.paths.output_dir)
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    if cfg.ckpt_path:
+        check_resume(cfg.ckpt_path, cfg)
     write_run_info(out, cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
@@ -46,7 +45,8 @@ def run(cfg: DictConfig) -> dict:
                               plugins=[AtomicCheckpointIO()], default_root_dir=str(out))
         trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         video = out / "media" / "val.mp4" if cfg.render_video else None
-        metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, video, cfg.data.fps)
+        metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, video, cfg.data.fps,
+                                 cfg.model.loss.lpips_backbone)
         metrics.update(step=int(trainer.global_step), stage=cfg.stage.name,
                        train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))))
         for logger in loggers:

@@ -175,6 +175,7 @@ class EvaluateConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
     render_video: bool = False
+    lpips_backbone: Optional[str] = None  # AlexNet weights for LPIPS (default: the run's, then the torch hub cache)
 
 
 @dataclass

@@ -40,10 +40,17 @@ def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 
 
 class GtModeMetrics:
-    """Accumulates per-frame PSNR / SSIM under both GT modes (and inside the face mask)."""
+    """Accumulates per-frame PSNR / SSIM (and LPIPS, given a model) under both GT modes, and
+    PSNR inside the face mask.
 
-    def __init__(self, mask_blur: int = 9):
+    Args:
+        mask_blur: Gaussian kernel of the portrait blend (px at 512).
+        lpips_model: an LPIPS module taking (B, 3, H, W) in [-1, 1] (see :mod:`synctalk.metrics.lpips`).
+    """
+
+    def __init__(self, mask_blur: int = 9, lpips_model: torch.nn.Module | None = None):
         self.mask_blur = mask_blur
+        self.lpips_model = lpips_model
         self.values: dict[str, list[float]] = {}
 
     def _add(self, key: str, value: float) -> None:
@@ -58,6 +65,9 @@ class GtModeMetrics:
             self._add(f"{mode}/psnr", float(peak_signal_noise_ratio(p, t, data_range=1.0)))
             self._add(f"{mode}/ssim", float(structural_similarity_index_measure(p, t, data_range=1.0)))
             self._add(f"{mode}/face_psnr", masked_psnr(pred, target, face_mask))
+            if self.lpips_model is not None:
+                with torch.no_grad():
+                    self._add(f"{mode}/lpips", float(self.lpips_model(p * 2 - 1, t * 2 - 1).mean()))
         return blended
 
     def compute(self) -> dict[str, float]:
