@@ -47,6 +47,8 @@ def run(cfg: DictConfig) -> dict:
     fps = float(run_cfg.data.fps)
     n = frames_for_audio(samples, fps)
     features = torch.from_numpy(compute_features(run_cfg.audio_encoder, samples, n, fps))
+    if cfg.downscale:  # render at another resolution than the run was trained at
+        run_cfg.data.downscale = cfg.downscale
     frames = build_datamodule(run_cfg).frames("train")
     schedule = pose_schedule(cfg.poses, n, len(frames))
     poses = None

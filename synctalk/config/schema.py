@@ -186,6 +186,7 @@ class RenderConfig:
     output: str = "???"  # .mp4
     poses: str = "replay"  # replay (back and forth) | smoothed (replay, Gaussian-smoothed) | still
     pose_smoothing: float = 2.0  # Gaussian sigma in frames for poses=smoothed
+    downscale: Optional[int] = None  # render at 1/downscale of the dataset resolution (default: the run's)
     paths: PathsConfig = field(default_factory=PathsConfig)
     gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
 
