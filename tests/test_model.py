@@ -175,3 +175,13 @@ def test_patches_alternate_between_face_and_mouth_and_regions_follow_the_nose(ti
     assert lower.any() and (v[lower] > nose_v).all()
     with pytest.raises(UserError, match="patch_size"):
         TrainRays(f, 100, patch_size=128)
+
+
+def test_ms_ssim_uses_the_scales_that_fit_and_ranks_noise():
+    from synctalk.metrics.image import ms_ssim, ms_ssim_scales
+
+    assert ms_ssim_scales(512, 512) == 5 and ms_ssim_scales(128, 128) == 4 and ms_ssim_scales(64, 64) == 3
+    torch.manual_seed(0)
+    clean = torch.rand(1, 3, 64, 64)
+    light, heavy = [(clean + s * torch.randn_like(clean)).clamp(0, 1) for s in (0.02, 0.2)]
+    assert ms_ssim(clean, clean) > 0.999 and ms_ssim(light, clean) > ms_ssim(heavy, clean)

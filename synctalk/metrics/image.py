@@ -12,9 +12,28 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure, peak_signal_noise_ratio,
+                                           structural_similarity_index_measure)
 
 GT_MODES = ("parsed", "with_hair")
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # the 5 scale weights of MS-SSIM
+MS_SSIM_KERNEL = 11
+
+
+def ms_ssim_scales(height: int, width: int) -> int:
+    """How many of the 5 MS-SSIM scales fit an image: the coarsest must stay wider than the kernel."""
+    side = min(height, width)
+    return max(k for k in range(1, 6) if side > (MS_SSIM_KERNEL - 1) * 2 ** (k - 1))
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """MS-SSIM (data range 1) of (1, 3, H, W) images, with as many scales as the size allows
+    (all 5 from 161 px; the weights of the scales used are renormalised)."""
+    k = ms_ssim_scales(pred.shape[-2], pred.shape[-1])
+    betas = torch.tensor(MS_SSIM_BETAS[:k])
+    betas = tuple((betas / betas.sum()).tolist())
+    return float(multiscale_structural_similarity_index_measure(pred, target, data_range=1.0,
+                                                                kernel_size=MS_SSIM_KERNEL, betas=betas))
 
 
 def blur_mask(mask: torch.Tensor, kernel_at_512: int) -> torch.Tensor:
@@ -40,8 +59,8 @@ def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 
 
 class GtModeMetrics:
-    """Accumulates per-frame PSNR / SSIM (and LPIPS, given a model) under both GT modes, and
-    PSNR inside the face mask.
+    """Accumulates per-frame PSNR / SSIM / MS-SSIM (and LPIPS, given a model) under both GT
+    modes, and PSNR inside the face mask.
 
     Args:
         mask_blur: Gaussian kernel of the portrait blend (px at 512).
@@ -64,6 +83,7 @@ class GtModeMetrics:
             p, t = pred.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None]
             self._add(f"{mode}/psnr", float(peak_signal_noise_ratio(p, t, data_range=1.0)))
             self._add(f"{mode}/ssim", float(structural_similarity_index_measure(p, t, data_range=1.0)))
+            self._add(f"{mode}/ms_ssim", ms_ssim(p, t))
             self._add(f"{mode}/face_psnr", masked_psnr(pred, target, face_mask))
             if self.lpips_model is not None:
                 with torch.no_grad():
