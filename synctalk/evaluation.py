@@ -11,7 +11,7 @@ from tqdm import tqdm
 from synctalk.audio import load_audio
 from synctalk.data.datamodule import SubjectFrames
 from synctalk.metrics.image import GtModeMetrics
-from synctalk.metrics.lpips import ALEXNET_FILE, ALEXNET_URL, default_backbone_path, find_backbone, load_lpips
+from synctalk.metrics.lpips import find_backbone, load_lpips, missing_backbone_message
 from synctalk.systems.head import HeadNeRFSystem
 from synctalk.video import VideoWriter
 
@@ -22,8 +22,7 @@ def lpips_or_note(backbone: str | None, config_key: str) -> tuple[torch.nn.Modul
     """The LPIPS metric model, or None and a note saying why LPIPS is skipped (no AlexNet weights)."""
     path = find_backbone(backbone)
     if path is None:
-        return None, (f"lpips skipped: no AlexNet weights ({ALEXNET_FILE} from {ALEXNET_URL}; put it in "
-                      f"{default_backbone_path().parent} or set {config_key})")
+        return None, f"lpips skipped: {missing_backbone_message(config_key)}"
     return load_lpips(path, config_key), None
 
 

@@ -51,14 +51,14 @@ def run(cfg: DictConfig) -> dict:
         run_cfg.data.downscale = cfg.downscale
     frames = build_datamodule(run_cfg).frames("train")
     schedule = pose_schedule(cfg.poses, n, len(frames))
-    poses = None
+    poses = frames.c2w[schedule]  # (n, 4, 4)
     if cfg.poses == "smoothed":  # the replayed path, Gaussian-smoothed over time
-        poses = torch.from_numpy(smooth_poses(frames.c2w[schedule].numpy(), cfg.pose_smoothing))
+        poses = torch.from_numpy(smooth_poses(poses.numpy(), cfg.pose_smoothing))
     portrait = cfg.gt_mode.name == "with_hair"
     with VideoWriter(output, fps, samples[: int(round(n / fps * 16000))]) as writer:
         for i in tqdm(range(n), desc="render", unit="frame"):
             k = int(schedule[i])
-            image = system.render_audio(frames, features, i, k, poses[i] if poses is not None else None)
+            image = system.render_audio(frames, features, i, k, poses[i])
             if portrait:
                 image = portrait_blend(image, frames.original(k), blur_mask(frames.face_mask(k), cfg.gt_mode.mask_blur))
             writer.write(image.numpy())

@@ -32,6 +32,12 @@ def find_backbone(path: str | None) -> str | None:
     return str(cached) if cached.is_file() else None
 
 
+def missing_backbone_message(config_key: str) -> str:
+    """What to do when the AlexNet weights are not found."""
+    return (f"LPIPS needs the AlexNet ImageNet weights: download {ALEXNET_URL} to {default_backbone_path()} "
+            f"or set {config_key}=<path to {ALEXNET_FILE}>")
+
+
 def load_lpips(backbone_path: str | None, config_key: str) -> torch.nn.Module:
     """An eval-mode, frozen LPIPS(AlexNet) module; inputs (B, 3, H, W) in [-1, 1].
 
@@ -42,8 +48,7 @@ def load_lpips(backbone_path: str | None, config_key: str) -> torch.nn.Module:
 
     path = find_backbone(backbone_path)
     if path is None:
-        raise UserError(f"LPIPS needs the AlexNet ImageNet weights: download {ALEXNET_URL} to "
-                        f"{default_backbone_path()} or set {config_key}=<path to {ALEXNET_FILE}>")
+        raise UserError(missing_backbone_message(config_key))
     alexnet = external.load_weights(torchvision.models.alexnet(weights=None), path, "AlexNet weights", config_key,
                                     "torchvision AlexNet weights")
     with warnings.catch_warnings():  # lpips passes torchvision's deprecated 'pretrained' flag

@@ -154,7 +154,6 @@ class HeadNeRF(nn.Module):
         self.latent_codes = nn.Parameter(torch.randn(max(num_frames, 1), latent_dim) * 0.1) if latent_dim else None
         self.color_net = mlp(geo_feat_dim + sh_degree ** 2 + latent_dim, color_hidden, 3, color_layers)
         self.uncertainty_net = mlp(enc_dim, attention_hidden, 1, 2)
-        self.audio_dim, self.eye_dim = audio_dim, eye_dim
         self.sh_degree = sh_degree
         self.num_samples = num_samples
         self.bound = bound

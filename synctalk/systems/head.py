@@ -229,12 +229,11 @@ class HeadNeRFSystem(pl.LightningModule):
                                 frame=k if frames.split == "train" else None)
 
     def render_audio(self, frames: SubjectFrames, features: torch.Tensor, i: int, pose_frame: int,
-                     c2w: torch.Tensor | None = None) -> torch.Tensor:
-        """Render output frame i of new audio ``features`` (N, window, dim) with training frame
-        ``pose_frame``'s eye values and background, and its pose unless ``c2w`` is given."""
+                     c2w: torch.Tensor) -> torch.Tensor:
+        """Render output frame i of new audio ``features`` (N, window, dim) from camera ``c2w`` (4, 4),
+        with training frame ``pose_frame``'s eye values and background."""
         audio = temporal_context(features, i, self.inference_net.smooth_frames)
-        pose = frames.c2w[pose_frame] if c2w is None else c2w
-        return self.render_view(frames, pose, audio, frames.eye[pose_frame], self.background(frames, pose_frame))
+        return self.render_view(frames, c2w, audio, frames.eye[pose_frame], self.background(frames, pose_frame))
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, k: int, batch_idx: int) -> None:
