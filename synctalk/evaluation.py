@@ -1,8 +1,16 @@
-"""Render a split of a trained run and score it under both GT modes."""
+"""Render a split of a trained run and score it with the metric suite under both GT modes.
+
+Per frame (:class:`~synctalk.metrics.image.GtModeMetrics`): PSNR, SSIM, MS-SSIM, LPIPS, and PSNR /
+SSIM / LPIPS inside the face mask. Per clip (:func:`clip_metrics`): FID, NIQE and BRISQUE (of the
+renders, and of the GT frames as a reference), LMD and the blendshape AU errors, LSE-C / LSE-D (of the
+renders and of the GT). Keys are ``<gt mode>/<metric>``. A metric that cannot run (a weight file not
+found, frames too small) is left out and ``notes`` says why; no number is ever made up.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -10,7 +18,7 @@ from tqdm import tqdm
 
 from synctalk.audio import load_audio
 from synctalk.data.datamodule import SubjectFrames
-from synctalk.metrics.image import GtModeMetrics
+from synctalk.metrics.image import GT_MODES, GtModeMetrics
 from synctalk.metrics.lpips import find_backbone, load_lpips, missing_backbone_message
 from synctalk.systems.head import HeadNeRFSystem
 from synctalk.video import VideoWriter
@@ -26,30 +34,37 @@ def lpips_or_note(backbone: str | None, config_key: str) -> tuple[torch.nn.Modul
     return load_lpips(path, config_key), None
 
 
-def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, mask_blur: int,
-                   video_path: Path | None = None, fps: float = 25.0, lpips_backbone: str | None = None,
-                   lpips_key: str = "model.loss.lpips_backbone") -> dict[str, float]:
-    """Render every frame of ``frames`` and compute the metrics of both GT modes.
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
-    ``gt_mode`` picks which mode the video shows and which PSNR is reported as ``psnr``.
-    LPIPS is computed when the AlexNet weights are found (``lpips_backbone`` or the torch
-    hub cache); otherwise ``notes`` says it was skipped.
 
+def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, mask_blur: int, metrics_cfg: Any,
+                   video_path: Path | None = None, fps: float = 25.0, lpips_fallback: str | None = None,
+                   ) -> dict[str, Any]:
+    """Render every frame of ``frames`` and compute the metric suite under both GT modes.
+
+    Args:
+        gt_mode: which mode the video shows and which PSNR is also reported as ``psnr``.
+        metrics_cfg: the ``metrics`` config group (weight paths, switches).
+        lpips_fallback: AlexNet weights to use when ``metrics_cfg.lpips_backbone`` is unset (the run's loss setting).
     Returns:
         ``{"parsed/psnr": ..., "with_hair/psnr": ..., "psnr": ..., "frames": N, "notes": [...], ...}``.
     """
-    lpips_model, note = lpips_or_note(lpips_backbone, lpips_key)
-    if note:
-        log.warning(note)
-    metrics = GtModeMetrics(mask_blur, lpips_model)
-    writer = None
-    if video_path is not None:
-        audio = _split_audio(frames, fps)
-        writer = VideoWriter(video_path, fps, audio)
+    backbone, key = ((metrics_cfg.lpips_backbone, "metrics.lpips_backbone") if metrics_cfg.lpips_backbone
+                     else (lpips_fallback, "metrics.lpips_backbone"))
+    lpips_model, note = lpips_or_note(backbone, key)
+    notes = [note] if note else []
+    per_frame = GtModeMetrics(mask_blur, lpips_model)
+    clips: dict[str, tuple[list, list]] = {mode: ([], []) for mode in GT_MODES}
+    audio = _split_audio(frames, fps)
+    writer = VideoWriter(video_path, fps, audio) if video_path is not None else None
     try:
         for k in tqdm(range(len(frames)), desc=f"evaluate {frames.split}", leave=False):
-            render = system.render_frame(frames, k)
-            blended = metrics.update(render, frames.gt(k), frames.original(k), frames.face_mask(k))
+            render, gt, original = system.render_frame(frames, k), frames.gt(k), frames.original(k)
+            blended = per_frame.update(render, gt, original, frames.face_mask(k))
+            for mode, pred, target in (("parsed", render, gt), ("with_hair", blended, original)):
+                clips[mode][0].append(_to_uint8(pred))
+                clips[mode][1].append(_to_uint8(target))
             if writer is not None:
                 writer.write((blended if gt_mode == "with_hair" else render).numpy())
     except BaseException:
@@ -58,12 +73,103 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
         raise
     if writer is not None:
         writer.close()
-    result = metrics.compute()
+    result: dict[str, Any] = per_frame.compute()
+    landmarks = _landmarks_or_none(frames)
+    contiguous = bool(np.all(np.diff(frames.img_ids) == 1))
+    if not contiguous:
+        notes.append("lse skipped: the split's frames are not consecutive, so there is no audio track under them")
+    for mode, (pred, target) in clips.items():
+        values, mode_notes = clip_metrics(np.stack(pred), np.stack(target), audio if contiguous else None, landmarks,
+                                          metrics_cfg)
+        result.update({f"{mode}/{k}": v for k, v in values.items()})
+        notes += [n for n in mode_notes if n not in notes]
     result["psnr"] = result[f"{gt_mode}/psnr"]
     result["frames"] = len(frames)
     result["gt_mode"] = gt_mode
-    result["notes"] = [note] if note else []
+    result["notes"] = notes
+    for n in notes:
+        log.warning(n)
     return result
+
+
+def clip_metrics(pred: np.ndarray, gt: np.ndarray, audio: np.ndarray | None, landmarks: np.ndarray | None,
+                 cfg: Any) -> tuple[dict[str, float], list[str]]:
+    """The whole-clip metrics of one GT mode.
+
+    Args:
+        pred, gt: (N, H, W, 3) RGB uint8 frames.
+        audio: 16 kHz samples under the clip (None: no audio, LSE skipped).
+        landmarks: (N, 68, 2) GT landmarks in pixels (face crops of LSE; None: LSE skipped).
+        cfg: the ``metrics`` config group.
+    Returns:
+        (values, notes): ``fid``, ``niqe``, ``niqe_gt``, ``brisque``, ``brisque_gt``, ``lmd``, ``aue_upper``,
+        ``aue_lower``, ``face_found``, ``lse_d``, ``lse_c``, ``lse_offset``, ``lse_d_gt``, ``lse_c_gt``, as available.
+    """
+    values: dict[str, float] = {}
+    notes: list[str] = []
+
+    def attempt(name: str, compute: Callable[[], dict[str, float]]) -> None:
+        try:
+            values.update(compute())
+        except ValueError as e:  # the input does not allow the metric (too small, too short)
+            notes.append(f"{name} skipped: {e}")
+
+    from synctalk.metrics.fid import find_inception, frechet_inception_distance, missing_inception_message
+
+    inception = find_inception(cfg.fid_inception)
+    if inception is None:
+        notes.append(f"fid skipped: {missing_inception_message('metrics.fid_inception')}")
+    elif len(pred) < 2:
+        notes.append("fid skipped: it needs at least 2 frames")
+    else:
+        attempt("fid", lambda: {"fid": frechet_inception_distance(gt, pred, inception, "metrics.fid_inception")})
+
+    if cfg.niqe_model:
+        from synctalk.metrics.no_reference import load_niqe_model, niqe
+
+        model = load_niqe_model(cfg.niqe_model, "metrics.niqe_model")
+        attempt("niqe", lambda: {"niqe": float(np.mean([niqe(f, model) for f in pred])),
+                                 "niqe_gt": float(np.mean([niqe(f, model) for f in gt]))})
+    else:
+        notes.append("niqe skipped: set metrics.niqe_model=<modelparameters.mat of the NIQE release, or an .npz "
+                     "fitted with synctalk.metrics.no_reference.fit_niqe_model>")
+    if cfg.brisque:
+        from synctalk.metrics.no_reference import Brisque
+
+        scorer = Brisque()
+        values["brisque"] = float(np.mean([scorer.score(f) for f in pred]))
+        values["brisque_gt"] = float(np.mean([scorer.score(f) for f in gt]))
+    if cfg.landmarks:
+        from synctalk.metrics.motion import motion_metrics
+
+        attempt("lmd and aue", lambda: motion_metrics(pred, gt))
+    if not cfg.syncnet:
+        from synctalk.metrics.sync import missing_syncnet_message
+
+        notes.append(f"lse skipped: {missing_syncnet_message('metrics.syncnet')}")
+    elif audio is None or landmarks is None:
+        notes.append("lse skipped: the dataset has no aud.wav or no landmarks (.lms) for the face crops")
+    else:
+        from synctalk.metrics.sync import crop_faces, face_crop_boxes, lip_sync_error, load_syncnet
+
+        net = load_syncnet(cfg.syncnet, "metrics.syncnet")
+        boxes = face_crop_boxes(landmarks)
+
+        def lse() -> dict[str, float]:
+            ours = lip_sync_error(net, crop_faces(pred, boxes), audio, cfg.sync_vshift)
+            ref = lip_sync_error(net, crop_faces(gt, boxes), audio, cfg.sync_vshift)
+            return {"lse_d": ours["lse_d"], "lse_c": ours["lse_c"], "lse_offset": float(ours["offset"]),
+                    "lse_d_gt": ref["lse_d"], "lse_c_gt": ref["lse_c"]}
+
+        attempt("lse", lse)
+    return values, notes
+
+
+def _landmarks_or_none(frames: SubjectFrames) -> np.ndarray | None:
+    """(N, 68, 2) landmarks of the split at its resolution, or None when the dataset has none."""
+    if not all(frames.layout.landmarks(int(i)).is_file() for i in frames.img_ids):
+        return None
+    return np.stack([frames.landmarks(k) for k in range(len(frames))])
 
 
 def _split_audio(frames: SubjectFrames, fps: float) -> np.ndarray | None:
@@ -74,4 +180,3 @@ def _split_audio(frames: SubjectFrames, fps: float) -> np.ndarray | None:
     hop = 16000 / fps
     start, stop = int(frames.img_ids[0] * hop), int((frames.img_ids[-1] + 1) * hop)
     return audio[start:stop]
-

@@ -24,10 +24,8 @@ def run(cfg: DictConfig) -> dict:
                            run_cfg.blendshapes.smooth_order, run_cfg.data.cache_mb)
     out = Path(cfg.paths.output_dir)
     video = out / f"{cfg.split}.mp4" if cfg.render_video else None
-    backbone, key = (cfg.lpips_backbone, "lpips_backbone") if cfg.lpips_backbone else \
-        (run_cfg.model.loss.lpips_backbone, "model.loss.lpips_backbone of the run")
-    metrics = evaluate_split(system, frames, cfg.gt_mode.name, cfg.gt_mode.mask_blur, video, run_cfg.data.fps,
-                             backbone, key)
+    metrics = evaluate_split(system, frames, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
+                             run_cfg.data.fps, run_cfg.model.loss.lpips_backbone)
     metrics.update(ckpt=str(Path(cfg.ckpt).resolve()), data_root=str(root), split=cfg.split)
     write_json(out / "metrics.json", metrics)
     for key, value in metrics.items():

@@ -45,8 +45,8 @@ def run(cfg: DictConfig) -> dict:
                               plugins=[AtomicCheckpointIO()], default_root_dir=str(out))
         trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         video = out / "media" / "val.mp4" if cfg.render_video else None
-        metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, video, cfg.data.fps,
-                                 cfg.model.loss.lpips_backbone)
+        metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
+                                 cfg.data.fps, cfg.model.loss.lpips_backbone)
         metrics.update(step=int(trainer.global_step), stage=cfg.stage.name,
                        train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))))
         for logger in loggers:

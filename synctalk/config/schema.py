@@ -91,6 +91,20 @@ class GtModeConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Which evaluation metrics run and where their weight files are; a metric whose file is missing is
+    skipped with a note in metrics.json."""
+
+    lpips_backbone: Optional[str] = None  # alexnet-owt-7be5be79.pth (default: model.loss.lpips_backbone, then the torch hub cache)
+    fid_inception: Optional[str] = None  # weights-inception-2015-12-05-6726825d.pth (default: the torch hub cache)
+    niqe_model: Optional[str] = None  # NIQE pristine model: modelparameters.mat or a fitted .npz
+    brisque: bool = True  # BRISQUE with the LIVE model of the brisque package
+    landmarks: bool = True  # LMD and the blendshape AU errors (FaceMesh on render and GT)
+    syncnet: Optional[str] = None  # syncnet_v2.model for LSE-C / LSE-D
+    sync_vshift: int = 15  # audio-video offsets searched by LSE, frames
+
+
+@dataclass
 class EncodingConfig:
     _target_: str = "synctalk.models.encoding.TriPlaneHashEncoding"
     backend: str = "torch"  # torch | tcnn
@@ -161,6 +175,7 @@ class TrainConfig(SubjectGroups):
     model: ModelConfig = field(default_factory=ModelConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logger: Any = None  # _target_ node of a Lightning logger, or empty for none
     trainer: Any = None  # _target_ node: pytorch_lightning.Trainer
     experiment: Optional[str] = None
@@ -174,8 +189,8 @@ class EvaluateConfig:
     split: str = "val"
     paths: PathsConfig = field(default_factory=PathsConfig)
     gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     render_video: bool = False
-    lpips_backbone: Optional[str] = None  # AlexNet weights for LPIPS (default: the run's, then the torch hub cache)
 
 
 @dataclass

@@ -17,6 +17,7 @@ L_EYE = {"outer": 263, "inner": 362, "upper": 386, "lower": 374}
 R_BROW = {"inner": 107, "outer": 70}
 L_BROW = {"inner": 336, "outer": 300}
 LIPS_INNER = (13, 14)
+MOUTH_CORNERS = (61, 291)
 #: points that move little with expression: eye corners, nose, forehead, temples, cheekbones
 RIGID = np.array([33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 1, 10, 151, 9, 8, 127, 356, 234, 454, 93, 323, 116, 345])
 OUTER_EYE_CORNERS_M = 0.09  # typical adult distance between the outer eye corners (33, 263)
@@ -31,22 +32,39 @@ def _normalise(x: np.ndarray, lo_pct: float = 5, hi_pct: float = 95) -> np.ndarr
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
+def face_action_measures(mesh: np.ndarray) -> dict[str, np.ndarray]:
+    """Scale-free face measures of (N, 478, 3) landmarks, each (N,): eye openness (lid gap over eye width),
+    brow heights and mouth opening and width (over the distance between the outer eye corners)."""
+    iod = _dist(mesh, R_EYE["outer"], L_EYE["outer"])
+    out = {}
+    for side, eye, brow in (("right", R_EYE, R_BROW), ("left", L_EYE, L_BROW)):
+        out[f"eye_open_{side}"] = _dist(mesh, eye["upper"], eye["lower"]) / _dist(mesh, eye["outer"], eye["inner"])
+        out[f"brow_outer_{side}"] = _dist(mesh, brow["outer"], eye["outer"]) / iod
+    out["brow_inner"] = (_dist(mesh, R_BROW["inner"], R_EYE["inner"]) + _dist(mesh, L_BROW["inner"], L_EYE["inner"])) / (2 * iod)
+    out["mouth_open"] = _dist(mesh, *LIPS_INNER) / iod
+    out["mouth_width"] = _dist(mesh, *MOUTH_CORNERS) / iod
+    return out
+
+
+#: which measures describe the upper and the lower face (the two halves of the AU error)
+UPPER_FACE = ("eye_open_right", "eye_open_left", "brow_outer_right", "brow_outer_left", "brow_inner")
+LOWER_FACE = ("mouth_open", "mouth_width")
+
+
 def blendshapes_from_mesh(mesh: np.ndarray) -> np.ndarray:
     """(N, 478, 3) landmarks -> (N, 52) blendshape scores in the MediaPipe column layout."""
-    iod = _dist(mesh, R_EYE["outer"], L_EYE["outer"])
+    m = face_action_measures(mesh)
     out = np.zeros((len(mesh), len(BLENDSHAPE_NAMES)), np.float32)
     col = BLENDSHAPE_NAMES.index
-    for side, eye, brow in (("Right", R_EYE, R_BROW), ("Left", L_EYE, L_BROW)):
-        openness = _dist(mesh, eye["upper"], eye["lower"]) / _dist(mesh, eye["outer"], eye["inner"])
+    for side in ("Right", "Left"):
+        openness = m[f"eye_open_{side.lower()}"]
         open_ref = np.percentile(openness, 90)
         out[:, col(f"eyeBlink{side}")] = np.clip((open_ref - openness) / (0.8 * open_ref), 0, 1)
-        outer_h = _normalise(_dist(mesh, brow["outer"], eye["outer"]) / iod)
+        outer_h = _normalise(m[f"brow_outer_{side.lower()}"])
         out[:, col(f"browOuterUp{side}")] = np.clip(2 * outer_h - 1, 0, 1)
         out[:, col(f"browDown{side}")] = np.clip(1 - 2 * outer_h, 0, 1)
-    inner_h = _normalise((_dist(mesh, R_BROW["inner"], R_EYE["inner"]) + _dist(mesh, L_BROW["inner"], L_EYE["inner"]))
-                         / (2 * iod))
-    out[:, col("browInnerUp")] = inner_h
-    jaw = _normalise(_dist(mesh, *LIPS_INNER) / iod, 2, 98)
+    out[:, col("browInnerUp")] = _normalise(m["brow_inner"])
+    jaw = _normalise(m["mouth_open"], 2, 98)
     out[:, col("jawOpen")] = jaw
     out[:, col("mouthClose")] = 1 - jaw
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -33,24 +34,33 @@ MESH_TO_68 = np.array([
 
 
 def detect_mesh(frame_paths: list[Path], progress: bool = True) -> np.ndarray:
-    """FaceMesh landmarks of every frame (video mode: tracking between frames).
+    """FaceMesh landmarks of every frame file (video mode: tracking between frames).
 
     Returns:
         (N, 478, 3) pixel x, y and a depth in pixels; NaN where no face was found.
     """
-    import mediapipe as mp
-
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    out = np.full((len(frame_paths), 478, 3), np.nan, np.float32)
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
-                                         min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
-        for i, path in enumerate(tqdm(frame_paths, desc="landmarks", unit="frame", disable=not progress)):
+    def frames():
+        for path in frame_paths:
             bgr = cv2.imread(str(path))
             if bgr is None:
                 raise UserError(f"cannot read frame {path}")
-            result = mesh.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    return detect_mesh_frames(frames(), len(frame_paths), progress)
+
+
+def detect_mesh_frames(frames: Iterable[np.ndarray], count: int, progress: bool = True) -> np.ndarray:
+    """FaceMesh landmarks of ``count`` (H, W, 3) RGB uint8 frames, in order; see :func:`detect_mesh`."""
+    import mediapipe as mp
+
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    out = np.full((count, 478, 3), np.nan, np.float32)
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                                         min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
+        for i, rgb in enumerate(tqdm(frames, total=count, desc="landmarks", unit="frame", disable=not progress)):
+            result = mesh.process(np.ascontiguousarray(rgb))
             if result.multi_face_landmarks:
-                h, w = bgr.shape[:2]
+                h, w = rgb.shape[:2]
                 pts = result.multi_face_landmarks[0].landmark
                 out[i] = np.array([(p.x * w, p.y * h, p.z * w) for p in pts], np.float32)
     return out

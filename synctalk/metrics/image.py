@@ -49,6 +49,12 @@ def portrait_blend(render: torch.Tensor, original: torch.Tensor, soft_mask: torc
     return render * m + original * (1 - m)
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of a (H, W) map over the pixels where mask > 0.5; NaN when the mask is empty."""
+    sel = mask > 0.5
+    return float(values[sel].mean()) if sel.any() else float("nan")
+
+
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
     """PSNR (dB, data range 1) over the pixels where mask > 0.5; NaN when the mask is empty."""
     sel = mask > 0.5
@@ -60,7 +66,8 @@ def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 
 class GtModeMetrics:
     """Accumulates per-frame PSNR / SSIM / MS-SSIM (and LPIPS, given a model) under both GT
-    modes, and PSNR inside the face mask.
+    modes, and PSNR, SSIM (and LPIPS) inside the face mask (``face_*``: the SSIM and LPIPS maps
+    averaged over the mask; MS-SSIM has no per-pixel map and is whole-frame only).
 
     Args:
         mask_blur: Gaussian kernel of the portrait blend (px at 512).
@@ -82,13 +89,23 @@ class GtModeMetrics:
         for mode, pred, target in (("parsed", render, gt_parsed), ("with_hair", blended, original)):
             p, t = pred.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None]
             self._add(f"{mode}/psnr", float(peak_signal_noise_ratio(p, t, data_range=1.0)))
-            self._add(f"{mode}/ssim", float(structural_similarity_index_measure(p, t, data_range=1.0)))
+            ssim, ssim_map = structural_similarity_index_measure(p, t, data_range=1.0, return_full_image=True)
+            self._add(f"{mode}/ssim", float(ssim))
             self._add(f"{mode}/ms_ssim", ms_ssim(p, t))
             self._add(f"{mode}/face_psnr", masked_psnr(pred, target, face_mask))
+            self._add(f"{mode}/face_ssim", masked_mean(ssim_map[0].mean(0), face_mask))
             if self.lpips_model is not None:
-                with torch.no_grad():
-                    self._add(f"{mode}/lpips", float(self.lpips_model(p * 2 - 1, t * 2 - 1).mean()))
+                self._add_lpips(mode, p * 2 - 1, t * 2 - 1, face_mask)
         return blended
+
+    def _add_lpips(self, mode: str, p: torch.Tensor, t: torch.Tensor, face_mask: torch.Tensor) -> None:
+        with torch.no_grad():
+            self._add(f"{mode}/lpips", float(self.lpips_model(p, t).mean()))
+            self.lpips_model.spatial = True  # the per-pixel distance map, (1, 1, H, W)
+            try:
+                self._add(f"{mode}/face_lpips", masked_mean(self.lpips_model(p, t)[0, 0], face_mask))
+            finally:
+                self.lpips_model.spatial = False
 
     def compute(self) -> dict[str, float]:
         """Mean of every metric over the frames seen (NaN frames ignored)."""
