@@ -28,7 +28,7 @@ from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.landmarks import detect_mesh, to_68
 from synctalk.data.layout import DatasetLayout
 from synctalk.data.synthetic import SyntheticSpec, generate
-from synctalk.stabilizer.pipeline import StabilizerOptions, stabilize
+from synctalk.stabilizer.pipeline import StabilizerOptions, pose_errors, stabilize
 
 REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
 PRESETS = ("synctalk", "ernerf", "fine50")
@@ -37,18 +37,6 @@ PRESETS = ("synctalk", "ernerf", "fine50")
 def preset(name: str) -> StabilizerOptions:
     tracker = OmegaConf.load(config_dir() / "tracker" / f"{name}.yaml")
     return StabilizerOptions(tracker=to_dataclass(tracker, TrackerConfig))
-
-
-def pose_errors(c2w: np.ndarray, truth_c2w: np.ndarray, distance: float) -> dict:
-    """Median rotation error relative to frame 0 (deg) and median translation error (% of distance)."""
-    est, true = np.linalg.inv(c2w), np.linalg.inv(truth_c2w)
-    a = est[:, :3, :3] @ est[0, :3, :3].T
-    b = true[:, :3, :3] @ true[0, :3, :3].T
-    cos = (np.einsum("nij,nij->n", a, b) - 1) / 2
-    rot = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-    trans = np.linalg.norm(est[:, :3, 3] - true[:, :3, 3], axis=1) / distance * 100
-    return {"rotation_median_deg": round(float(np.median(rot[1:])), 3),
-            "translation_median_pct": round(float(np.median(trans)), 3)}
 
 
 def synthetic(frames: int, work: Path) -> dict:

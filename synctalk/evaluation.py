@@ -12,12 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from synctalk.audio import load_audio
 from synctalk.data.datamodule import SubjectFrames
+from synctalk.io import atomic_path
 from synctalk.metrics.image import GT_MODES, GtModeMetrics
 from synctalk.metrics.lpips import find_backbone, load_lpips, missing_backbone_message
 from synctalk.systems.head import HeadNeRFSystem
@@ -40,13 +42,14 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, mask_blur: int, metrics_cfg: Any,
                    video_path: Path | None = None, fps: float = 25.0, lpips_fallback: str | None = None,
-                   ) -> dict[str, Any]:
+                   sample_path: Path | None = None) -> dict[str, Any]:
     """Render every frame of ``frames`` and compute the metric suite under both GT modes.
 
     Args:
         gt_mode: which mode the video shows and which PSNR is also reported as ``psnr``.
         metrics_cfg: the ``metrics`` config group (weight paths, switches).
         lpips_fallback: AlexNet weights to use when ``metrics_cfg.lpips_backbone`` is unset (the run's loss setting).
+        sample_path: where to write the middle frame as render | parsed GT | render pasted on the frame | frame.
     Returns:
         ``{"parsed/psnr": ..., "with_hair/psnr": ..., "psnr": ..., "frames": N, "notes": [...], ...}``.
     """
@@ -73,6 +76,12 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
         raise
     if writer is not None:
         writer.close()
+    if sample_path is not None:
+        k = len(frames) // 2
+        (pred, gt), (blend, original) = ((c[0][k], c[1][k]) for c in clips.values())
+        sample_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(sample_path) as tmp:
+            cv2.imwrite(str(tmp), np.concatenate([pred, gt, blend, original], 1)[..., ::-1])
     result: dict[str, Any] = per_frame.compute()
     landmarks = _landmarks_or_none(frames)
     contiguous = bool(np.all(np.diff(frames.img_ids) == 1))

@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from synctalk import external
@@ -203,6 +204,27 @@ def write_run_info(out_dir: Path, cfg: DictConfig) -> None:
         "pytorch_lightning": pytorch_lightning.__version__, "cuda_available": torch.cuda.is_available(),
         "optional_packages": external.report(),
     })
+
+
+class LearningCurve(Callback):
+    """Appends one row per validation to ``<run>/learning_curve.csv`` (step, val/psnr, train/psnr, train/loss),
+    whatever logger is chosen, so that reports can draw learning curves. A resumed run continues the file."""
+
+    COLUMNS = ("step", "val/psnr", "train/psnr", "train/loss")
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        row = [str(trainer.global_step)] + [f"{float(metrics[k]):.5g}" if k in metrics else "" for k in self.COLUMNS[1:]]
+        new = not self.path.is_file()
+        with open(self.path, "a") as f:
+            if new:
+                f.write(",".join(self.COLUMNS) + "\n")
+            f.write(",".join(row) + "\n")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

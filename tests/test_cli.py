@@ -111,10 +111,15 @@ def test_multirun_sweeps_two_values_and_reports_them(run_cli, capsys):
     (sweep / "1" / "metrics.json").unlink()  # pretend job 1 crashed
     capsys.readouterr()
     assert run_cli("report", str(sweep)) == 0
-    report = (sweep / "report.md").read_text()
-    assert "| model.lr_net |" in report.replace("| job | model.lr_net |", "| model.lr_net |")
+    report = (sweep / "report" / "report.md").read_text()
+    assert "| job | model.lr_net | status |" in report
     assert "1 of 2 runs finished" in report and "failed or unfinished" in report
     assert "0.001" in report and "0.003" in report
+    assert "## GT modes" in report and "| face: gain |" in report
+    for plot in ("learning_curves", "samples"):  # (metrics_per_value needs two finished runs)
+        assert (sweep / "report" / f"{plot}.png").is_file(), plot
+    page = (sweep / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
 
 
 def test_evaluate_render_and_stage_chaining(run_cli, capsys):

@@ -174,14 +174,17 @@ def test_focal_step_sweep_is_a_multirun_with_a_report(run_cli, tmp_path):
     quick = ["tracker.steps=300", "tracker.refine_points=3", "preprocess.bundle_adjustment.points_steps=100",
              "preprocess.bundle_adjustment.joint_steps=300", "preprocess.points.min_points=10"]
     assert run_cli("preprocess", "-m", f"data.video={video}", f"data.root={tmp_path / 'ds'}",
-                   "tracker.focal.step=100,50", *quick) == 0
+                   "tracker.focal.step=100,50", f"preprocess.ground_truth={subject / 'ground_truth.npz'}", *quick) == 0
     sweep = sorted((run_cli.root / "outputs" / "preprocess" / "multiruns").iterdir())[-1]
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert {"focal", "landmark_rms_px", "ba_reprojection_px.joint", "jitter_bundle_adjustment.rotation_deg"} <= set(metrics)
         assert (sweep / job / "stabilizer" / "focal_curve.png").is_file()
+        assert metrics["truth.focal"] == pytest.approx(1350 * 160 / 512)  # the synthetic subject's focal at 160 px
+        assert abs(metrics["truth.focal_error_pct"]) < 40 and metrics["truth.bundle_adjustment.rotation_median_deg"] < 5
     steps = [json.loads((sweep / j / "stabilizer" / "focal_search.json").read_text())["candidates"] for j in "01"]
     assert len(steps[1]) > len(steps[0])  # step 50 tries about twice the candidates of step 100
     assert run_cli("report", str(sweep)) == 0
-    table = (sweep / "report.md").read_text()
+    table = (sweep / "report" / "report.md").read_text()
     assert "tracker.focal.step" in table and "2 of 2 runs finished" in table
+    assert (sweep / "report" / "focal_curves.png").is_file() and (sweep / "report" / "metrics_per_value.png").is_file()

@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> dict:
                          force=list(p.force), max_gap=p.landmarks.max_gap,
                          max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
                          stabilizer=stabilizer, overlay_every=p.overlay_every, face_landmarker=p.face_landmarker,
-                         parsing_backend=p.parsing.backend, bisenet_checkpoint=p.parsing.bisenet_checkpoint)
+                         parsing_backend=p.parsing.backend, bisenet_checkpoint=p.parsing.bisenet_checkpoint, ground_truth=p.ground_truth)
     report = run_ingest(Path(cfg.data.video), root, opts)
     _keep_stabilizer_results(root, report["poses"])
     log.info("dataset ready in %s: train with 'synctalk train data=subject data.root=%s'", root, root)

@@ -12,7 +12,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from synctalk.config.schema import TrainConfig
 from synctalk.evaluation import evaluate_split
 from synctalk.io import write_json
-from synctalk.runs import (AtomicCheckpointIO, build_datamodule, build_loggers, build_system, check_resume,
+from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system, check_resume,
                            finish_loggers, load_stage_weights, write_run_info)
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,19 @@ def run(cfg: DictConfig) -> dict:
             loggers[0].log_hyperparams(flatten(system.hparams.config))
         checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
                                      save_last=True, every_n_train_steps=cfg.trainer.val_check_interval)
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint],
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint, LearningCurve(out / "learning_curve.csv")],
                               plugins=[AtomicCheckpointIO()], default_root_dir=str(out))
         trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         video = out / "media" / "val.mp4" if cfg.render_video else None
         metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
-                                 cfg.data.fps, cfg.model.loss.lpips_backbone)
+                                 cfg.data.fps, cfg.model.loss.lpips_backbone, out / "media" / "eval_sample.png")
         metrics.update(step=int(trainer.global_step), stage=cfg.stage.name,
                        train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))))
         for logger in loggers:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},
                                step=trainer.global_step)
+            if video is not None and video.is_file() and hasattr(logger, "log_video"):
+                logger.log_video(key="val/video", videos=[str(video)], step=trainer.global_step)
         write_json(out / "metrics.json", metrics)
         log.info("validation PSNR %.2f dB (%s GT) after %d steps; run folder %s", metrics["psnr"],
                  cfg.gt_mode.name, trainer.global_step, out)

@@ -12,6 +12,21 @@ if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda seq: len(seq))
 
 
+def run_group(task: str) -> str:
+    """W&B group of a run: ``<task>-<sweep folder name>`` for the jobs of a multirun (one group per sweep),
+    else the task name."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"{task}-{Path(HydraConfig.get().sweep.dir).name}"
+    return task
+
+
+if not OmegaConf.has_resolver("run_group"):
+    OmegaConf.register_new_resolver("run_group", run_group)
+
+
 def config_dir() -> Path:
     """The ``conf/`` folder: the repository's in a clone or editable install, else the packaged copy."""
     package = Path(__file__).resolve().parent.parent

@@ -268,6 +268,7 @@ class PreprocessOptions:
     face_model: FaceModelOptions = field(default_factory=FaceModelOptions)
     points: PointsOptions = field(default_factory=PointsOptions)
     bundle_adjustment: BundleAdjustmentOptions = field(default_factory=BundleAdjustmentOptions)
+    ground_truth: Optional[str] = None  # ground_truth.npz of a synthetic subject: the poses stage reports focal and pose errors
 
 
 @dataclass

@@ -31,7 +31,7 @@ from synctalk.config.schema import AudioConfig
 from synctalk.errors import UserError
 from synctalk.external import require_file
 from synctalk.io import atomic_path, save_figure, subplots, write_json
-from synctalk.stabilizer.pipeline import StabilizerOptions, stabilize
+from synctalk.stabilizer.pipeline import StabilizerOptions, stabilize, truth_errors
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class IngestOptions:
     stabilizer: StabilizerOptions = field(default_factory=StabilizerOptions)
     overlay_every: int = 25
     face_landmarker: str | None = None
+    ground_truth: str | None = None  # a synthetic subject's ground_truth.npz: the poses stage reports its errors
     parsing_backend: str = "mediapipe"
     bisenet_checkpoint: str | None = None
     progress: bool = True
@@ -338,7 +339,10 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
         train_ids, val_ids = split_train_val(n)
         for split, ids in (("train", train_ids), ("val", val_ids)):
             Transforms(focal, width / 2, height / 2, ids, ids, c2w[ids].astype(np.float32)).write(layout.transforms(split))
-        return {**result["report"], "train": len(train_ids), "val": len(val_ids)}
+        out = {**result["report"], "train": len(train_ids), "val": len(val_ids)}
+        if opts.ground_truth:
+            out["truth"] = truth_errors(result, require_file(opts.ground_truth, "ground truth", "preprocess.ground_truth"))
+        return out
 
     report["overlays"] = runner.run("overlays", {"parsing": _stamp(layout.background), "every": opts.overlay_every},
                                     overlays, [root / "overlays"])
@@ -346,7 +350,7 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
     report["blendshapes"] = runner.run("blendshapes", {**mesh_stamp, "face_landmarker": opts.face_landmarker},
                                        blendshapes, [layout.blendshapes, root / "blendshapes.png"])
     report["poses"] = runner.run("poses", {**mesh_stamp, "head_masks": _stamp(layout.background),
-                                           "stabilizer": asdict(opts.stabilizer)},
+                                           "stabilizer": asdict(opts.stabilizer), "ground_truth": opts.ground_truth},
                                  poses,
                                  [layout.transforms("train"), layout.transforms("val")])
     report["audio"] = runner.run("audio", source, audio, [layout.audio])

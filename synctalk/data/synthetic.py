@@ -333,13 +333,32 @@ def generate(spec: SyntheticSpec, root: Path, progress: bool = True) -> Path:
     root = Path(root)
     marker = root / "synthetic_spec.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == spec.key():
+        if not (root / "video.mp4").is_file():  # made by a version that wrote no video
+            write_video(root, spec.fps)
         return root
     if root.exists() and any(root.iterdir()) and not marker.is_file():
         raise UserError(f"{root} exists and is not a synthetic subject: refusing to replace it "
                         f"(choose another data.root for data=synthetic)")
     with atomic_path(root) as tmp:
         _write(spec, tmp, progress)
+        write_video(tmp, spec.fps)
     return root
+
+
+def write_video(root: Path, fps: float) -> Path:
+    """``<root>/video.mp4``: the subject's original frames with its audio, the input a real subject would
+    bring, so the synthetic subject can go through ``synctalk preprocess`` and be compared with its
+    ``ground_truth.npz`` (``preprocess.ground_truth``)."""
+    import cv2
+
+    from synctalk.audio import load_audio
+    from synctalk.video import VideoWriter
+
+    frames = sorted((root / "ori_imgs").glob("*.jpg"), key=lambda p: int(p.stem))
+    with VideoWriter(root / "video.mp4", fps, load_audio(root / "aud.wav")) as writer:
+        for path in frames:
+            writer.write(cv2.imread(str(path))[..., ::-1])
+    return root / "video.mp4"
 
 
 def _write(spec: SyntheticSpec, root: Path, progress: bool) -> None:

@@ -73,6 +73,35 @@ def jitter(rotation: np.ndarray, translation: np.ndarray) -> dict:
             "translation_mm": round(float(second(translation * 1000.0)), 5)}
 
 
+def pose_errors(c2w: np.ndarray, truth_c2w: np.ndarray, distance: float) -> dict:
+    """Errors of (N, 4, 4) camera-to-world poses against the truth: median rotation error relative to frame 0
+    (degrees; the two sequences may differ by a global rotation) and median translation error (% of the
+    camera distance)."""
+    est, true = np.linalg.inv(c2w), np.linalg.inv(truth_c2w)
+    a = est[:, :3, :3] @ est[0, :3, :3].T
+    b = true[:, :3, :3] @ true[0, :3, :3].T
+    cos = (np.einsum("nij,nij->n", a, b) - 1) / 2
+    rot = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    trans = np.linalg.norm(est[:, :3, 3] - true[:, :3, 3], axis=1) / distance * 100
+    return {"rotation_median_deg": round(float(np.median(rot[1:])), 3),
+            "translation_median_pct": round(float(np.median(trans)), 3)}
+
+
+def truth_errors(result: dict, truth_file: Path) -> dict:
+    """The stabilizer's focal and poses against a synthetic subject's ``ground_truth.npz``."""
+    truth = np.load(truth_file)
+    if len(truth["c2w"]) != len(result["c2w"]):
+        raise UserError(f"{truth_file} has {len(truth['c2w'])} frames but the video gave {len(result['c2w'])}: "
+                        f"preprocess.ground_truth must belong to this video (at its frame rate)")
+    focal = float(truth["focal"])
+    distance = float(np.median(np.linalg.norm(np.linalg.inv(truth["c2w"])[:, :3, 3], axis=1)))
+    out = {"focal": focal, "focal_error_pct": round((result["focal"] - focal) / focal * 100, 3),
+           "landmarks": pose_errors(result["c2w_landmarks"], truth["c2w"], distance)}
+    if result["report"].get("pose_source") == "bundle_adjustment":
+        out["bundle_adjustment"] = pose_errors(result["c2w"], truth["c2w"], distance)
+    return out
+
+
 def backproject(keypoints: np.ndarray, landmarks_cam: np.ndarray, landmarks_px: np.ndarray, rotation: np.ndarray,
                 translation: np.ndarray, focal: float, cx: float, cy: float) -> np.ndarray:
     """Head-frame 3D positions of reference-frame keypoints, with depths interpolated from the fitted
