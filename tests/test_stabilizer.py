@@ -188,3 +188,53 @@ def test_focal_step_sweep_is_a_multirun_with_a_report(run_cli, tmp_path):
     table = (sweep / "report" / "report.md").read_text()
     assert "tracker.focal.step" in table and "2 of 2 runs finished" in table
     assert (sweep / "report" / "focal_curves.png").is_file() and (sweep / "report" / "metrics_per_value.png").is_file()
+
+
+def test_cotracker_backend_tracks_the_chosen_keypoints(tmp_path, monkeypatch):
+    """The CoTracker path with a stand-in predictor (the package is not on PyPI): queries at the reference
+    frame, tracks and visibility read back in (frame, point, xy) order, points leaving the head dropped."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from synctalk.data.layout import DatasetLayout
+    from synctalk.data.synthetic import SyntheticSpec, generate
+    from synctalk.stabilizer.point_tracker import track_head_points
+
+    n, ref = 12, 5
+    root = generate(SyntheticSpec(num_frames=n, size=128, seed=4), tmp_path / "s", progress=False)
+    layout = DatasetLayout(root)
+    seen = {}
+
+    class StandIn(torch.nn.Module):
+        def __init__(self, checkpoint):
+            super().__init__()
+            seen["checkpoint"] = checkpoint
+
+        def forward(self, video, queries, backward_tracking):
+            seen["video"], seen["queries"], seen["backward"] = tuple(video.shape), queries.clone(), backward_tracking
+            t = torch.arange(video.shape[1]).float() - queries[0, 0, 0]
+            tracks = queries[0, None, :, 1:] + torch.stack([t, 0.5 * t], -1)[:, None, :]
+            tracks[-1, :, 0] += 1000  # the last frame: every point leaves the image
+            visible = torch.ones(tracks.shape[:2], dtype=torch.bool)
+            visible[0, 0] = False
+            return tracks[None], visible[None]
+
+    package = types.ModuleType("cotracker")
+    package.__spec__ = importlib.machinery.ModuleSpec("cotracker", None)
+    predictor = types.ModuleType("cotracker.predictor")
+    predictor.CoTrackerPredictor = StandIn
+    monkeypatch.setitem(sys.modules, "cotracker", package)
+    monkeypatch.setitem(sys.modules, "cotracker.predictor", predictor)
+    (tmp_path / "ckpt.pth").write_bytes(b"x")
+    lms = np.stack([np.loadtxt(layout.landmarks(i)) for i in range(n)])
+    tracks = track_head_points([layout.frame(i) for i in range(n)], [layout.head_mask(i) for i in range(n)], lms, ref,
+                               min_distance=2, min_points=5, progress=False, backend="cotracker",
+                               checkpoint=str(tmp_path / "ckpt.pth"))
+    p = tracks.points.shape[1]
+    assert seen["video"] == (1, n, 3, 128, 128) and seen["backward"] and seen["checkpoint"] == str(tmp_path / "ckpt.pth")
+    assert torch.all(seen["queries"][0, :, 0] == ref) and seen["queries"].shape == (1, p, 3)
+    expected = tracks.points[ref][None] + np.stack([np.arange(n) - ref, 0.5 * (np.arange(n) - ref)], -1)[:, None]
+    np.testing.assert_allclose(tracks.points[:-1], expected[:-1], atol=1e-4)
+    assert tracks.visible[ref].all() and not tracks.visible[-1].any() and not tracks.visible[0, 0]
+    assert tracks.visible[1:-1].mean() > 0.5 and np.isnan(tracks.fb_error).all()

@@ -166,12 +166,13 @@ def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms6
     t = opts.tracker
     if t.pose_source not in POSE_SOURCES:
         raise UserError(f"tracker.pose_source={t.pose_source} is not one of {', '.join(POSE_SOURCES)}")
-    if opts.flow.backend != "opencv":
+    if opts.flow.backend == "cotracker" and t.pose_source == "bundle_adjustment":  # fail before the long steps
         from synctalk.external import require, require_file
 
         require("cotracker", "flow=cotracker")
         require_file(opts.flow.checkpoint, "CoTracker checkpoint", "flow.checkpoint")
-        raise UserError("flow=cotracker: the CoTracker tracking path is not implemented in this version; use flow=opencv")
+    elif opts.flow.backend not in ("opencv", "cotracker"):
+        raise UserError(f"flow.backend={opts.flow.backend} is not one of opencv, cotracker")
     out_dir.mkdir(parents=True, exist_ok=True)
     cx, cy = width / 2.0, height / 2.0
     fm = opts.face_model
@@ -196,7 +197,7 @@ def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms6
     if t.pose_source == "bundle_adjustment":
         reference = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot_lm), axis=1)))  # the most frontal frame
         tracks = track_head_points(frames, head_masks, lms68, reference, px_scale=to_px, progress=progress,
-                                   **asdict(opts.points))
+                                   backend=opts.flow.backend, checkpoint=opts.flow.checkpoint, **asdict(opts.points))
         tracks.save(out_dir / "tracks.npz")
         with torch.no_grad():
             shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [reference]]))[0, 0].numpy()

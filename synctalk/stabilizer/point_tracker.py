@@ -8,7 +8,9 @@
    ``rule=stable`` keeps local minima (the released SyncTalk code), ``rule=salient`` local maxima
    (the paper's wording); both take window-wise extrema at least ``min_distance`` px apart.
 4. Tracks: keypoint + forward flow; a point is visible in a frame when the forward-backward
-   error is below ``fb_threshold`` px and it lands inside that frame's head region.
+   error is below ``fb_threshold`` px and it lands inside that frame's head region. With
+   ``flow=cotracker`` the chosen keypoints are instead tracked by CoTracker (queried at the reference
+   frame, tracked forwards and backwards); visible = CoTracker's visibility and inside the head region.
 """
 from __future__ import annotations
 
@@ -126,10 +128,52 @@ class Tracks:
         return cls(int(d["reference"]), d["points"], d["visible"], d["fb_error"], d["score"], d["region"])
 
 
+def track_with_cotracker(frames: list[Path], keypoints: np.ndarray, reference: int, checkpoint: str,
+                         device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Track (P, 2) keypoints of the reference frame through all frames with CoTracker's offline predictor.
+
+    Returns:
+        (N, P, 2) pixel positions and (N, P) bool visibility.
+    """
+    import torch
+
+    from synctalk.external import require, require_file
+
+    require("cotracker", "flow=cotracker")
+    from cotracker.predictor import CoTrackerPredictor
+
+    file = require_file(checkpoint, "CoTracker checkpoint", "flow.checkpoint")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = CoTrackerPredictor(checkpoint=str(file)).to(device).eval()
+    video = np.stack([cv2.imread(str(p))[..., ::-1] for p in frames])  # (N, H, W, 3) RGB
+    video = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2)[None].float().to(device)
+    queries = torch.cat([torch.full((len(keypoints), 1), float(reference)), torch.from_numpy(keypoints).float()], 1)
+    with torch.no_grad():
+        tracks, visible = model(video, queries=queries[None].to(device), backward_tracking=True)
+    tracks, visible = tracks[0].cpu().numpy().astype(np.float64), visible[0].cpu().numpy()
+    if visible.ndim == 3:  # (N, P, 1) in some releases
+        visible = visible[..., 0]
+    if tracks.shape != (len(frames), len(keypoints), 2):
+        raise UserError(f"CoTracker returned tracks of shape {tracks.shape}, expected {(len(frames), len(keypoints), 2)}")
+    return tracks, visible.astype(bool)
+
+
+def inside_head(points: np.ndarray, head_masks: list[Path]) -> np.ndarray:
+    """(N, P) bool: each frame's points fall inside the image and that frame's head mask."""
+    out = np.zeros(points.shape[:2], bool)
+    for t, path in enumerate(head_masks):
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127
+        h, w = mask.shape
+        x, y = points[t, :, 0], points[t, :, 1]
+        ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        out[t, ok] = mask[np.round(y[ok]).astype(int).clip(0, h - 1), np.round(x[ok]).astype(int).clip(0, w - 1)]
+    return out
+
+
 def track_head_points(frames: list[Path], head_masks: list[Path], lms68: np.ndarray, reference: int,
                       rule: str = "stable", window: int = 5, min_distance: float = 5.0, max_points: int = 400,
                       fb_threshold: float = 2.0, min_points: int = 20, erode_px: int = 3, px_scale: float = 1.0,
-                      progress: bool = True) -> Tracks:
+                      progress: bool = True, backend: str = "opencv", checkpoint: str | None = None) -> Tracks:
     """Track keypoints of the rigid head region through all frames (see the module docstring).
 
     Args:
@@ -138,6 +182,8 @@ def track_head_points(frames: list[Path], head_masks: list[Path], lms68: np.ndar
         reference: the frame the keypoints are chosen in (a frontal one).
         px_scale: ``min_distance`` and ``erode_px`` are multiplied by it (they are given for a 512 px wide
             video; pass width / 512).
+        backend: ``opencv`` (DIS flow tracks) or ``cotracker`` (CoTracker tracks of the same keypoints;
+            ``checkpoint`` is its weight file; ``fb_error`` is then NaN: not measured).
     """
     min_distance = max(1.0, min_distance * px_scale)
     erode_px = max(1, round(erode_px * px_scale))
@@ -184,8 +230,15 @@ def track_head_points(frames: list[Path], head_masks: list[Path], lms68: np.ndar
                         f"tracker.pose_source=landmarks")
     index = {(int(x), int(y)): k for k, (x, y) in enumerate(candidates.astype(int))}
     idx = np.array([index[(int(x), int(y))] for x, y in chosen])
-    points = candidates[idx][None] + fwd[:, idx].astype(np.float64)
-    fb_err = fb[:, idx]
-    visible = (fb_err < fb_threshold) & inside[:, idx]
+    if backend == "cotracker":
+        points, predicted = track_with_cotracker(frames, candidates[idx], reference, checkpoint)
+        fb_err = np.full(points.shape[:2], np.nan, np.float32)
+        visible = predicted & inside_head(points, head_masks)
+    elif backend == "opencv":
+        points = candidates[idx][None] + fwd[:, idx].astype(np.float64)
+        fb_err = fb[:, idx]
+        visible = (fb_err < fb_threshold) & inside[:, idx]
+    else:
+        raise UserError(f"flow.backend={backend} is not one of opencv, cotracker")
     visible[reference] = True
     return Tracks(reference, points, visible, fb_err, score, region)
