@@ -134,3 +134,18 @@ def test_clip_metrics_notes_every_skipped_metric():
     assert values == {}
     assert {n.split(" ")[0] for n in notes} >= {"niqe", "lse"}
     assert any(n.startswith("fid") for n in notes)
+
+
+def test_clip_metrics_runs_lse_and_niqe_from_configured_files(tmp_path):
+    torch.manual_seed(0)
+    torch.save(sync.SyncNet().state_dict(), tmp_path / "syncnet_v2.model")
+    frames = np.stack([_natural(i, 224) for i in range(8)])
+    no_reference.fit_niqe_model(list(frames[:4]), tmp_path / "niqe.npz")
+    cfg = OmegaConf.structured(MetricsConfig(brisque=False, landmarks=False, syncnet=str(tmp_path / "syncnet_v2.model"),
+                                             niqe_model=str(tmp_path / "niqe.npz"), sync_vshift=2))
+    landmarks = np.tile(np.stack(np.meshgrid(np.linspace(60, 160, 17), np.linspace(60, 180, 4)), -1).reshape(-1, 2)[:68],
+                        (8, 1, 1))
+    audio = np.random.default_rng(0).normal(0, 0.1, 8 * 640).astype(np.float32)
+    values, notes = clip_metrics(frames, frames[::-1].copy(), audio, landmarks, cfg)
+    assert {"lse_d", "lse_c", "lse_offset", "lse_d_gt", "lse_c_gt", "niqe", "niqe_gt"} <= set(values)
+    assert not [n for n in notes if n.startswith(("lse", "niqe"))]
