@@ -92,6 +92,10 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
                                           metrics_cfg)
         result.update({f"{mode}/{k}": v for k, v in values.items()})
         notes += [n for n in mode_notes if n not in notes]
+    if any(k.endswith("/aue_upper") for k in result):
+        from synctalk.metrics.motion import AUE_KIND
+
+        result["aue_kind"] = AUE_KIND
     result["psnr"] = result[f"{gt_mode}/psnr"]
     result["frames"] = len(frames)
     result["gt_mode"] = gt_mode

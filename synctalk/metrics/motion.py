@@ -16,6 +16,9 @@ from synctalk.data.face_geometry import LOWER_FACE, UPPER_FACE, face_action_meas
 from synctalk.data.landmarks import detect_mesh_frames, to_68
 
 MOUTH_68 = slice(48, 68)
+#: what the aue_* numbers are, written next to them in metrics.json
+AUE_KIND = ("blendshape-based equivalent of the AU error: FaceMesh eye, brow (upper) and mouth (lower) measures, "
+            "mean absolute difference x100; not OpenFace action units")
 
 
 def mouth_landmark_distance(pred_mesh: np.ndarray, gt_mesh: np.ndarray, width: int) -> np.ndarray:
