@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from synctalk.audio import load_audio
 from synctalk.data.datamodule import SubjectFrames
+from synctalk.errors import UserError
 from synctalk.io import atomic_path
 from synctalk.metrics.image import GT_MODES, GtModeMetrics
 from synctalk.metrics.lpips import find_backbone, load_lpips, missing_backbone_message
@@ -83,6 +84,11 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
         with atomic_path(sample_path) as tmp:
             cv2.imwrite(str(tmp), np.concatenate([pred, gt, blend, original], 1)[..., ::-1])
     result: dict[str, Any] = per_frame.compute()
+    if metrics_cfg.audio_response:
+        try:
+            result["mouth_audio_response"] = mouth_audio_response(system, frames, clips["parsed"][0])
+        except ValueError as e:
+            notes.append(f"mouth_audio_response skipped: {e}")
     landmarks = _landmarks_or_none(frames)
     contiguous = bool(np.all(np.diff(frames.img_ids) == 1))
     if not contiguous:
@@ -103,6 +109,32 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
     for n in notes:
         log.warning(n)
     return result
+
+
+def mouth_audio_response(system: HeadNeRFSystem, frames: SubjectFrames, renders: list[np.ndarray]) -> float:
+    """How much the mouth follows the audio, without any weights: every frame is rendered again with the audio
+    of the frame half the split away (same pose, eyes and background), and the mean absolute change inside the
+    mouth box is returned in 0-255 units. 0 means the mouth ignores the audio.
+
+    Args:
+        renders: the split's (H, W, 3) uint8 renders with their own audio.
+    """
+    n = len(frames)
+    if n < 2:
+        raise ValueError("it needs at least 2 frames")
+    try:
+        boxes = [frames.mouth_box(k) for k in range(n)]
+    except UserError as e:
+        raise ValueError(str(e)) from None
+    changes = []
+    for k in tqdm(range(n), desc="mouth audio response", leave=False):
+        other = frames.audio_context((k + n // 2) % n, system.inference_net.smooth_frames)
+        swapped = _to_uint8(system.render_view(frames, frames.c2w[k], other, frames.eye[k], system.background(frames, k),
+                                               frame=k if frames.split == "train" else None))
+        u0, v0, u1, v1 = boxes[k]
+        diff = np.abs(swapped[v0:v1 + 1, u0:u1 + 1].astype(np.float32) - renders[k][v0:v1 + 1, u0:u1 + 1])
+        changes.append(float(diff.mean()))
+    return float(np.mean(changes))
 
 
 def clip_metrics(pred: np.ndarray, gt: np.ndarray, audio: np.ndarray | None, landmarks: np.ndarray | None,

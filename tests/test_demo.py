@@ -22,6 +22,7 @@ def test_demo_trains_renders_and_evaluates(run_cli):
     assert metrics["parsed/face_found"] >= 0.8 and 0 < metrics["parsed/lmd"] < 8
     assert {"parsed/aue_upper", "parsed/aue_lower", "parsed/brisque", "with_hair/lmd"} <= set(metrics)
     assert "not OpenFace" in metrics["aue_kind"]
+    assert metrics["mouth_audio_response"] > 2  # the mouth follows the audio (measured 9/255; 0.6 without mouth rays)
     skipped = {n.split(" ")[0] for n in metrics["notes"]}
     assert {"niqe", "lse"} <= skipped and "parsed/niqe" not in metrics  # their weight files are not configured
     assert ("parsed/fid" in metrics) != ("fid" in skipped)  # FID runs when the Inception weights are cached

@@ -100,6 +100,7 @@ class MetricsConfig:
     niqe_model: Optional[str] = None  # NIQE pristine model: modelparameters.mat or a fitted .npz
     brisque: bool = True  # BRISQUE with the LIVE model of the brisque package
     landmarks: bool = True  # LMD and the blendshape AU errors (FaceMesh on render and GT)
+    audio_response: bool = True  # mouth_audio_response: the mouth box's change when another frame's audio drives it
     syncnet: Optional[str] = None  # syncnet_v2.model for LSE-C / LSE-D
     sync_vshift: int = 15  # audio-video offsets searched by LSE, frames
 
