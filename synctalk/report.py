@@ -109,10 +109,11 @@ def _value(run: dict[str, Any], key: str) -> Any:
     return run["params"][key] if key in run["params"] else run["config"].get(key, "")
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, width: int = 48) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
-    return "" if value is None else str(value)
+    text = "" if value is None else str(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _label(run: dict[str, Any], keys: list[str]) -> str:
