@@ -1,7 +1,7 @@
 """Render a split of a trained run and score it with the metric suite under both GT modes.
 
 Per frame (:class:`~synctalk.metrics.image.GtModeMetrics`): PSNR, SSIM, MS-SSIM, LPIPS, and PSNR /
-SSIM / LPIPS inside the face mask. Per clip (:func:`clip_metrics`): FID, NIQE and BRISQUE (of the
+SSIM / LPIPS inside the face mask. Per clip (:class:`ClipScorers`, models loaded once): FID, NIQE and BRISQUE (of the
 renders, and of the GT frames as a reference), LMD and the blendshape AU errors, LSE-C / LSE-D (of the
 renders and of the GT). Keys are ``<gt mode>/<metric>``. A metric that cannot run (a weight file not
 found, frames too small) is left out and ``notes`` says why; no number is ever made up.
@@ -54,9 +54,7 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
     Returns:
         ``{"parsed/psnr": ..., "with_hair/psnr": ..., "psnr": ..., "frames": N, "notes": [...], ...}``.
     """
-    backbone, key = ((metrics_cfg.lpips_backbone, "metrics.lpips_backbone") if metrics_cfg.lpips_backbone
-                     else (lpips_fallback, "metrics.lpips_backbone"))
-    lpips_model, note = lpips_or_note(backbone, key)
+    lpips_model, note = lpips_or_note(metrics_cfg.lpips_backbone or lpips_fallback, "metrics.lpips_backbone")
     notes = [note] if note else []
     per_frame = GtModeMetrics(mask_blur, lpips_model)
     clips: dict[str, tuple[list, list]] = {mode: ([], []) for mode in GT_MODES}
@@ -93,9 +91,9 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
     contiguous = bool(np.all(np.diff(frames.img_ids) == 1))
     if not contiguous:
         notes.append("lse skipped: the split's frames are not consecutive, so there is no audio track under them")
+    scorers = ClipScorers(metrics_cfg)
     for mode, (pred, target) in clips.items():
-        values, mode_notes = clip_metrics(np.stack(pred), np.stack(target), audio if contiguous else None, landmarks,
-                                          metrics_cfg)
+        values, mode_notes = scorers.score(np.stack(pred), np.stack(target), audio if contiguous else None, landmarks)
         result.update({f"{mode}/{k}": v for k, v in values.items()})
         notes += [n for n in mode_notes if n not in notes]
     if any(k.endswith("/aue_upper") for k in result):
@@ -137,77 +135,100 @@ def mouth_audio_response(system: HeadNeRFSystem, frames: SubjectFrames, renders:
     return float(np.mean(changes))
 
 
-def clip_metrics(pred: np.ndarray, gt: np.ndarray, audio: np.ndarray | None, landmarks: np.ndarray | None,
-                 cfg: Any) -> tuple[dict[str, float], list[str]]:
-    """The whole-clip metrics of one GT mode.
+class ClipScorers:
+    """The whole-clip metrics of a ``metrics`` config, their models loaded once and used for every GT mode.
 
-    Args:
-        pred, gt: (N, H, W, 3) RGB uint8 frames.
-        audio: 16 kHz samples under the clip (None: no audio, LSE skipped).
-        landmarks: (N, 68, 2) GT landmarks in pixels (face crops of LSE; None: LSE skipped).
-        cfg: the ``metrics`` config group.
-    Returns:
-        (values, notes): ``fid``, ``niqe``, ``niqe_gt``, ``brisque``, ``brisque_gt``, ``lmd``, ``aue_upper``,
-        ``aue_lower``, ``face_found``, ``lse_d``, ``lse_c``, ``lse_offset``, ``lse_d_gt``, ``lse_c_gt``, as available.
+    A metric whose weight file is not configured or found is not loaded, and :attr:`notes` says why.
     """
-    values: dict[str, float] = {}
-    notes: list[str] = []
 
-    def attempt(name: str, compute: Callable[[], dict[str, float]]) -> None:
-        try:
-            values.update(compute())
-        except ValueError as e:  # the input does not allow the metric (too small, too short)
-            notes.append(f"{name} skipped: {e}")
+    def __init__(self, cfg: Any):
+        self.landmarks, self.sync_vshift = cfg.landmarks, cfg.sync_vshift
+        self.notes: list[str] = []
+        from synctalk.metrics.fid import find_inception, load_fid, missing_inception_message
 
-    from synctalk.metrics.fid import find_inception, frechet_inception_distance, missing_inception_message
+        inception = find_inception(cfg.fid_inception)
+        self.fid = load_fid(inception, "metrics.fid_inception") if inception else None
+        if inception is None:
+            self.notes.append(f"fid skipped: {missing_inception_message('metrics.fid_inception')}")
+        self.niqe_model = None
+        if cfg.niqe_model:
+            from synctalk.metrics.no_reference import load_niqe_model
 
-    inception = find_inception(cfg.fid_inception)
-    if inception is None:
-        notes.append(f"fid skipped: {missing_inception_message('metrics.fid_inception')}")
-    elif len(pred) < 2:
-        notes.append("fid skipped: it needs at least 2 frames")
-    else:
-        attempt("fid", lambda: {"fid": frechet_inception_distance(gt, pred, inception, "metrics.fid_inception")})
+            self.niqe_model = load_niqe_model(cfg.niqe_model, "metrics.niqe_model")
+        else:
+            self.notes.append("niqe skipped: set metrics.niqe_model=<modelparameters.mat of the NIQE release, or an "
+                              ".npz fitted with synctalk.metrics.no_reference.fit_niqe_model>")
+        self.brisque = None
+        if cfg.brisque:
+            from synctalk.metrics.no_reference import Brisque
 
-    if cfg.niqe_model:
-        from synctalk.metrics.no_reference import load_niqe_model, niqe
+            self.brisque = Brisque()
+        self.syncnet = None
+        if cfg.syncnet:
+            from synctalk.metrics.sync import load_syncnet
 
-        model = load_niqe_model(cfg.niqe_model, "metrics.niqe_model")
-        attempt("niqe", lambda: {"niqe": float(np.mean([niqe(f, model) for f in pred])),
-                                 "niqe_gt": float(np.mean([niqe(f, model) for f in gt]))})
-    else:
-        notes.append("niqe skipped: set metrics.niqe_model=<modelparameters.mat of the NIQE release, or an .npz "
-                     "fitted with synctalk.metrics.no_reference.fit_niqe_model>")
-    if cfg.brisque:
-        from synctalk.metrics.no_reference import Brisque
+            self.syncnet = load_syncnet(cfg.syncnet, "metrics.syncnet")
+        else:
+            from synctalk.metrics.sync import missing_syncnet_message
 
-        scorer = Brisque()
-        values["brisque"] = float(np.mean([scorer.score(f) for f in pred]))
-        values["brisque_gt"] = float(np.mean([scorer.score(f) for f in gt]))
-    if cfg.landmarks:
-        from synctalk.metrics.motion import motion_metrics
+            self.notes.append(f"lse skipped: {missing_syncnet_message('metrics.syncnet')}")
 
-        attempt("lmd and aue", lambda: motion_metrics(pred, gt))
-    if not cfg.syncnet:
-        from synctalk.metrics.sync import missing_syncnet_message
+    def score(self, pred: np.ndarray, gt: np.ndarray, audio: np.ndarray | None, landmarks: np.ndarray | None
+              ) -> tuple[dict[str, float], list[str]]:
+        """The whole-clip metrics of one GT mode.
 
-        notes.append(f"lse skipped: {missing_syncnet_message('metrics.syncnet')}")
-    elif audio is None or landmarks is None:
-        notes.append("lse skipped: the dataset has no aud.wav or no landmarks (.lms) for the face crops")
-    else:
-        from synctalk.metrics.sync import crop_faces, face_crop_boxes, lip_sync_error, load_syncnet
+        Args:
+            pred, gt: (N, H, W, 3) RGB uint8 frames.
+            audio: 16 kHz samples under the clip (None: no audio, LSE skipped).
+            landmarks: (N, 68, 2) GT landmarks in pixels (face crops of LSE; None: LSE skipped).
+        Returns:
+            (values, notes): ``fid``, ``niqe``, ``niqe_gt``, ``brisque``, ``brisque_gt``, ``lmd``, ``aue_upper``,
+            ``aue_lower``, ``face_found``, ``lse_d``, ``lse_c``, ``lse_offset``, ``lse_d_gt``, ``lse_c_gt``, as available;
+            the notes include :attr:`notes`.
+        """
+        values: dict[str, float] = {}
+        notes = list(self.notes)
 
-        net = load_syncnet(cfg.syncnet, "metrics.syncnet")
+        def attempt(name: str, compute: Callable[[], dict[str, float]]) -> None:
+            try:
+                values.update(compute())
+            except ValueError as e:  # the input does not allow the metric (too small, too short)
+                notes.append(f"{name} skipped: {e}")
+
+        if self.fid is not None:
+            from synctalk.metrics.fid import frechet_inception_distance
+
+            if len(pred) < 2:
+                notes.append("fid skipped: it needs at least 2 frames")
+            else:
+                attempt("fid", lambda: {"fid": frechet_inception_distance(self.fid, gt, pred)})
+        if self.niqe_model is not None:
+            from synctalk.metrics.no_reference import niqe
+
+            attempt("niqe", lambda: {"niqe": float(np.mean([niqe(f, self.niqe_model) for f in pred])),
+                                     "niqe_gt": float(np.mean([niqe(f, self.niqe_model) for f in gt]))})
+        if self.brisque is not None:
+            values["brisque"] = float(np.mean([self.brisque.score(f) for f in pred]))
+            values["brisque_gt"] = float(np.mean([self.brisque.score(f) for f in gt]))
+        if self.landmarks:
+            from synctalk.metrics.motion import motion_metrics
+
+            attempt("lmd and aue", lambda: motion_metrics(pred, gt))
+        if self.syncnet is not None:
+            if audio is None or landmarks is None:
+                notes.append("lse skipped: the dataset has no aud.wav or no landmarks (.lms) for the face crops")
+            else:
+                attempt("lse", lambda: self._lse(pred, gt, audio, landmarks))
+        return values, notes
+
+    def _lse(self, pred: np.ndarray, gt: np.ndarray, audio: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
+        from synctalk.metrics.sync import crop_faces, face_crop_boxes, lip_sync_error
+
         boxes = face_crop_boxes(landmarks)
-
-        def lse() -> dict[str, float]:
-            ours = lip_sync_error(net, crop_faces(pred, boxes), audio, cfg.sync_vshift)
-            ref = lip_sync_error(net, crop_faces(gt, boxes), audio, cfg.sync_vshift)
-            return {"lse_d": ours["lse_d"], "lse_c": ours["lse_c"], "lse_offset": float(ours["offset"]),
-                    "lse_d_gt": ref["lse_d"], "lse_c_gt": ref["lse_c"]}
-
-        attempt("lse", lse)
-    return values, notes
+        ours = lip_sync_error(self.syncnet, crop_faces(pred, boxes), audio, self.sync_vshift)
+        ref = lip_sync_error(self.syncnet, crop_faces(gt, boxes), audio, self.sync_vshift)
+        return {"lse_d": ours["lse_d"], "lse_c": ours["lse_c"], "lse_offset": float(ours["offset"]),
+                "lse_d_gt": ref["lse_d"], "lse_c_gt": ref["lse_c"]}
 
 
 def _landmarks_or_none(frames: SubjectFrames) -> np.ndarray | None:

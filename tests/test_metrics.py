@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from synctalk.config.schema import MetricsConfig
 from synctalk.errors import UserError
-from synctalk.evaluation import clip_metrics
+from synctalk.evaluation import ClipScorers
 from synctalk.metrics import no_reference, sync
 from synctalk.metrics.motion import action_errors, mouth_landmark_distance
 
@@ -94,7 +94,7 @@ def test_brisque_prefers_the_sharp_image():
 def test_fid_with_made_inception_weights(tmp_path, monkeypatch):
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
-    from synctalk.metrics.fid import frechet_inception_distance
+    from synctalk.metrics.fid import frechet_inception_distance, load_fid
 
     with monkeypatch.context() as m:  # build the network without its download, to save a state dict of its layout
         m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
@@ -108,9 +108,9 @@ def test_fid_with_made_inception_weights(tmp_path, monkeypatch):
     torch.save(state, tmp_path / "inception.pth")
     rng = np.random.default_rng(0)
     real = np.stack([_natural(i, 96) for i in range(4)])
-    same = frechet_inception_distance(real, real, str(tmp_path / "inception.pth"), "metrics.fid_inception")
-    other = frechet_inception_distance(real, rng.integers(0, 255, real.shape, dtype=np.uint8),
-                                       str(tmp_path / "inception.pth"), "metrics.fid_inception")
+    fid = load_fid(str(tmp_path / "inception.pth"), "metrics.fid_inception")
+    same = frechet_inception_distance(fid, real, real)
+    other = frechet_inception_distance(fid, real, rng.integers(0, 255, real.shape, dtype=np.uint8))
     assert abs(same) < 1e-2 < other
 
 
@@ -130,7 +130,7 @@ def test_lmd_and_aue_are_zero_on_identical_landmarks_and_grow_with_an_open_mouth
 def test_clip_metrics_notes_every_skipped_metric():
     cfg = OmegaConf.structured(MetricsConfig(brisque=False, landmarks=False))
     frames = np.stack([_natural(i, 64) for i in range(3)])
-    values, notes = clip_metrics(frames, frames, None, None, cfg)
+    values, notes = ClipScorers(cfg).score(frames, frames, None, None)
     assert values == {}
     assert {n.split(" ")[0] for n in notes} >= {"niqe", "lse"}
     assert any(n.startswith("fid") for n in notes)
@@ -146,6 +146,6 @@ def test_clip_metrics_runs_lse_and_niqe_from_configured_files(tmp_path):
     landmarks = np.tile(np.stack(np.meshgrid(np.linspace(60, 160, 17), np.linspace(60, 180, 4)), -1).reshape(-1, 2)[:68],
                         (8, 1, 1))
     audio = np.random.default_rng(0).normal(0, 0.1, 8 * 640).astype(np.float32)
-    values, notes = clip_metrics(frames, frames[::-1].copy(), audio, landmarks, cfg)
+    values, notes = ClipScorers(cfg).score(frames, frames[::-1].copy(), audio, landmarks)
     assert {"lse_d", "lse_c", "lse_offset", "lse_d_gt", "lse_c_gt", "niqe", "niqe_gt"} <= set(values)
     assert not [n for n in notes if n.startswith(("lse", "niqe"))]

@@ -29,9 +29,8 @@ def missing_inception_message(config_key: str) -> str:
     return f"FID needs the Inception weights: download {INCEPTION_URL} and set {config_key}=<path to {INCEPTION_FILE}>"
 
 
-def frechet_inception_distance(real: np.ndarray, fake: np.ndarray, weights: str, config_key: str,
-                               batch: int = 16) -> float:
-    """FID between two sets of (N, H, W, 3) RGB uint8 frames (N >= 2 each), 2048-d pool features."""
+def load_fid(weights: str, config_key: str):
+    """torchmetrics' FID (2048-d pool features) with the Inception weights of ``weights``."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if not Path(weights).is_file():
@@ -42,6 +41,13 @@ def frechet_inception_distance(real: np.ndarray, fake: np.ndarray, weights: str,
         raise UserError(f"{weights} is not torch-fidelity's FID Inception state dict: "
                         f"{str(e).splitlines()[0]}") from None
     fid.set_dtype(torch.float64)
+    return fid
+
+
+def frechet_inception_distance(fid, real: np.ndarray, fake: np.ndarray, batch: int = 16) -> float:
+    """FID between two sets of (N, H, W, 3) RGB uint8 frames (N >= 2 each), with a metric from :func:`load_fid`
+    (reset first, so one loaded metric serves many comparisons)."""
+    fid.reset()
     for images, is_real in ((real, True), (fake, False)):
         for start in range(0, len(images), batch):
             fid.update(torch.from_numpy(images[start:start + batch]).permute(0, 3, 1, 2).contiguous(), real=is_real)
