@@ -200,23 +200,16 @@ def track_head_points(frames: list[Path], head_masks: list[Path], lms68: np.ndar
     flow = DenseFlow()
     fwd = np.zeros((n, len(candidates), 2), np.float32)
     fb = np.zeros((n, len(candidates)), np.float32)
-    inside = np.zeros((n, len(candidates)), bool)
     for t in tqdm(range(n), desc="head point flow", unit="frame", disable=not progress):
-        img = read_gray(frames[t])
         if t == reference:
-            inside[t] = True
             continue
+        img = read_gray(frames[t])
         f_fwd = flow(ref, img)
         f_bwd = flow(img, ref)
         fwd[t] = _sample(f_fwd, candidates)
         moved = candidates + fwd[t]
         back = moved + _sample(f_bwd, moved)
         fb[t] = np.linalg.norm(back - candidates, axis=-1)
-        mask_t = cv2.imread(str(head_masks[t]), cv2.IMREAD_GRAYSCALE) > 127
-        xi = np.clip(np.round(moved[:, 0]).astype(int), 0, w - 1)
-        yi = np.clip(np.round(moved[:, 1]).astype(int), 0, h - 1)
-        in_frame = (moved[:, 0] >= 0) & (moved[:, 0] < w) & (moved[:, 1] >= 0) & (moved[:, 1] < h)
-        inside[t] = in_frame & mask_t[yi, xi]
     # temporal Laplacian of each candidate's flow, summed over time
     lap = np.zeros(len(candidates), np.float64)
     if n >= 3:
@@ -233,12 +226,13 @@ def track_head_points(frames: list[Path], head_masks: list[Path], lms68: np.ndar
     if backend == "cotracker":
         points, predicted = track_with_cotracker(frames, candidates[idx], reference, checkpoint)
         fb_err = np.full(points.shape[:2], np.nan, np.float32)
-        visible = predicted & inside_head(points, head_masks)
+        visible = predicted
     elif backend == "opencv":
         points = candidates[idx][None] + fwd[:, idx].astype(np.float64)
         fb_err = fb[:, idx]
-        visible = (fb_err < fb_threshold) & inside[:, idx]
+        visible = fb_err < fb_threshold
     else:
         raise UserError(f"flow.backend={backend} is not one of opencv, cotracker")
+    visible = visible & inside_head(points, head_masks)
     visible[reference] = True
     return Tracks(reference, points, visible, fb_err, score, region)
