@@ -180,12 +180,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
                      + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
 
 
-def comparison_table(runs: list[dict[str, Any]]) -> str:
-    """The headline table as markdown."""
-    _, header, rows = tables(runs)[0]
-    return markdown_table(header, rows)
-
-
 # ---------------------------------------------------------------- plots
 
 
