@@ -35,6 +35,11 @@ def test_layout_is_complete(tiny_dataset):
     assert len(train.img_ids) == int(n * 10 / 11)
     torso = cv2.imread(str(layout.torso_image(0)), cv2.IMREAD_UNCHANGED)
     assert torso.shape == (64, 64, 4)
+    # the true neutral shape, for face_model.backend=template: the 3D landmarks with no blink, brow or mouth
+    from synctalk.data.synthetic import landmarks_3d
+    from synctalk.stabilizer.face_model import read_template
+
+    np.testing.assert_allclose(read_template(tiny_dataset / "face_template.npy"), landmarks_3d(0.0, 0.0, 0.0))
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):

@@ -62,9 +62,12 @@ class TrackerConfig:
     name: str = "synctalk"
     focal: FocalRange = field(default_factory=FocalRange)
     every_k: int = 10  # frames used for the focal search
+    min_search_frames: int = 50  # every_k is lowered on short clips to search on at least this many frames
     steps: int = 2000
     lr: float = 0.3
     refine_points: int = 9  # focals tried between the winner's grid neighbours (0: no refinement)
+    refine_every_k: int = 1  # frames used for the refinement
+    focal_landmarks: str = "all"  # all | rigid (only landmarks expressions hardly move) for the focal search
     pose_source: str = "bundle_adjustment"  # landmarks (face-model fit) | bundle_adjustment (+ tracking, BA)
 
 
@@ -222,8 +225,9 @@ class LandmarkOptions:
 
 @dataclass
 class FaceModelOptions:
-    backend: str = "subject"  # subject (weight-free, from the subject's FaceMesh) | bfm (Basel Face Model 2009)
+    backend: str = "subject"  # subject (weight-free, from the subject's FaceMesh) | template | bfm (Basel Face Model 2009)
     bfm_dir: Optional[str] = None  # folder with the BFM files (backend=bfm)
+    template: Optional[str] = None  # 68 x 3 face shape, .npy or text (backend=template)
     num_exp: int = 10  # expression components of the subject model
     id_reg: float = 0.5  # weight of mean(identity^2) in the landmark fit
     exp_reg: float = 0.5  # weight of mean(expression^2)
@@ -231,13 +235,14 @@ class FaceModelOptions:
 
 @dataclass
 class PointsOptions:
+    region: str = "head"  # head (parsing head class, with hair) | face (face skin) | upper_head | upper_face
     rule: str = "stable"  # stable (score minima, released code) | salient (maxima, paper)
     window: int = 5  # extrema within window x window pixels
     min_distance: float = 5.0  # pixels between keypoints
     max_points: int = 400
     fb_threshold: float = 2.0  # forward-backward flow error (px) above which a point is not visible
     min_points: int = 20  # fewer trackable points is an error
-    erode_px: int = 3  # the head mask is eroded by this much before choosing points
+    erode_px: int = 3  # the region mask is eroded by this much before choosing points
 
 
 @dataclass
@@ -246,8 +251,10 @@ class BundleAdjustmentOptions:
     points_lr: float = 1e-3  # metres per step
     joint_steps: int = 2000  # stage 2: points, rotations and translations
     joint_lr: float = 1e-4  # metres per step for points; x1000 for poses (degrees, millimetres)
+    lr_decay: float = 0.01  # the joint stage's learning rate falls exponentially to this fraction
     robust: str = "huber"  # huber | none
-    huber_px: float = 2.0
+    huber_px: float = 1.0
+    outlier_factor: float = 2.0  # drop tracks / observations over this many times the median error, re-run (0: off)
     smoothness: float = 0.0  # weight of the temporal second-difference prior on the poses
     batch_frames: int = 0  # frames per step (0: all)
 

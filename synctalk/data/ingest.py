@@ -31,7 +31,7 @@ from synctalk.config.schema import AudioConfig
 from synctalk.errors import UserError
 from synctalk.external import require_file
 from synctalk.io import atomic_path, save_figure, subplots, write_json
-from synctalk.stabilizer.pipeline import StabilizerOptions, stabilize, truth_errors
+from synctalk.stabilizer.pipeline import StabilizerOptions, region_masks, stabilize, truth_errors
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,8 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
         mesh = np.load(root / "landmarks_mesh.npy")
         n = len(mesh)
         height, width = cv2.imread(str(layout.frame(0))).shape[:2]
-        result = stabilize([layout.frame(i) for i in range(n)], [layout.head_mask(i) for i in range(n)], mesh,
+        masks = region_masks(layout, n, opts.stabilizer.points.region)
+        result = stabilize([layout.frame(i) for i in range(n)], masks, mesh,
                            to_68(mesh)[..., :2], width, height, fps, opts.stabilizer, root / "stabilizer", progress)
         focal, c2w = result["focal"], result["c2w"]
         train_ids, val_ids = split_train_val(n)
@@ -349,7 +350,7 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
     mesh_stamp = {"landmarks": _stamp(root / "landmarks_mesh.npy")}
     report["blendshapes"] = runner.run("blendshapes", {**mesh_stamp, "face_landmarker": opts.face_landmarker},
                                        blendshapes, [layout.blendshapes, root / "blendshapes.png"])
-    report["poses"] = runner.run("poses", {**mesh_stamp, "head_masks": _stamp(layout.background),
+    report["poses"] = runner.run("poses", {**mesh_stamp, "masks": _stamp(layout.background),
                                            "stabilizer": asdict(opts.stabilizer), "ground_truth": opts.ground_truth},
                                  poses,
                                  [layout.transforms("train"), layout.transforms("val")])

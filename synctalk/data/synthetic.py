@@ -5,7 +5,8 @@ that rise, a mouth that opens with a generated speech-like audio track) moves wi
 known rotation and translation in front of a pinhole camera of known focal length; a
 static neck and torso sit in front of a static background. The result is written in
 the same dataset layout as real preprocessing (:mod:`synctalk.data.layout`) plus
-``ground_truth.npz`` (focal, poses, 2D/3D landmarks, blink / brow / mouth curves).
+``ground_truth.npz`` (focal, poses, 2D/3D landmarks, blink / brow / mouth curves) and
+``face_template.npy`` (the neutral 68 landmarks in the head frame, for ``face_model.backend=template``).
 Everything is deterministic for a seed.
 """
 from __future__ import annotations
@@ -37,6 +38,8 @@ HAIRLINE_Y = 0.052
 NECK_RADIUS, NECK_Y, NECK_DEPTH = 0.042, (-0.2, 0.0), 0.005
 TORSO_Y, TORSO_DEPTH, TORSO_RADII = -0.235, 0.03, np.array([0.19, 0.13, 0.09])
 HEAD_HEIGHT = 0.03  # head centre above the optical axis
+SKIN_DETAIL = 0.06  # amplitude of the skin's fine texture
+RENDERER_VERSION = 3  # part of the cache key: subjects rendered by an older version are made again
 SKIN, HAIR, SHIRT = np.array([0.86, 0.66, 0.55]), np.array([0.24, 0.15, 0.1]), np.array([0.2, 0.34, 0.6])
 LIGHT = np.array([0.35, 0.45, 1.0]) / np.linalg.norm([0.35, 0.45, 1.0])
 LABEL_BG, LABEL_HEAD, LABEL_NECK, LABEL_TORSO = 0, 1, 2, 3
@@ -66,7 +69,8 @@ class SyntheticSpec:
         return self.focal_at_512 * self.size / 512.0
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha1(json.dumps({**asdict(self), "renderer": RENDERER_VERSION}, sort_keys=True).encode()
+                            ).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- motion and audio
@@ -175,15 +179,33 @@ def _background(size: int) -> np.ndarray:
     return bg
 
 
+def _value_noise(p: np.ndarray, cell: float) -> np.ndarray:
+    """Smooth 3D value noise in [-1, 1] with features about ``cell`` metres wide, fixed to the head."""
+    q = p / cell
+    i0 = np.floor(q)
+    w = q - i0
+    w = w * w * (3 - 2 * w)  # smoothstep between lattice values
+    out = np.zeros(p.shape[:-1])
+    for corner in np.ndindex(2, 2, 2):
+        c = i0 + corner
+        value = np.modf(np.sin(c @ np.array([12.9898, 78.233, 37.719])) * 43758.5453)[0]  # hash in (-1, 1)
+        weight = np.prod(np.where(np.array(corner, bool), w, 1 - w), axis=-1)
+        out += weight * value
+    return out
+
+
 def _face_texture(p: np.ndarray, skin_shade: np.ndarray, blink: float, brow: float, mouth: float
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Albedo of head points (head frame) and whether each is face skin (not hair)."""
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
     color = np.broadcast_to(SKIN, p.shape).copy()
     color *= (1 + 0.04 * np.sin(180 * x) * np.sin(160 * y))[..., None]
+    # skin detail (pores, blemishes) a few pixels wide at 512 px: trackable texture, as on real skin
+    color *= (1 + SKIN_DETAIL * (_value_noise(p, 0.0015) + 0.6 * _value_noise(p, 0.004)))[..., None]
     front = z > 0.02
     hair = (y > HAIRLINE_Y - 0.25 * np.maximum(z - 0.04, 0)) | ((z < 0.0) & (y > -0.045))
-    strands = 1 + 0.25 * np.sin(900 * x + 40 * np.sin(30 * y))
+    # strands, with tufts and locks varying along them (pure stripes would give flow nothing to lock on along them)
+    strands = 1 + 0.25 * np.sin(900 * x + 40 * np.sin(30 * y)) + 0.2 * _value_noise(p, 0.003)
     color[hair] = (HAIR[None] * strands[hair][:, None])
     # eyes
     for side in (-1, 1):
@@ -246,7 +268,9 @@ def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray,
     n_c = n_h @ rotation.T
     n_c /= np.linalg.norm(n_c, axis=-1, keepdims=True) + 1e-12
     shade_h = 0.35 + 0.65 * np.clip(n_c @ LIGHT, 0, 1)
-    head_rgb, face = _face_texture(p_h, shade_h, blink, brow, mouth)
+    hit = np.isfinite(t_head)  # texture only where the head is
+    head_rgb, face = np.zeros(p_h.shape), np.zeros(hit.shape, bool)
+    head_rgb[hit], face[hit] = _face_texture(p_h[hit], shade_h[hit], blink, brow, mouth)
     # body, in the camera frame
     neck_z = -distance - NECK_DEPTH
     torso_center = np.array([0.0, TORSO_Y, -distance - TORSO_DEPTH])
@@ -416,6 +440,7 @@ def _write(spec: SyntheticSpec, root: Path, progress: bool) -> None:
     train_ids, val_ids = split_train_val(n)
     for split, ids in (("train", train_ids), ("val", val_ids)):
         Transforms(focal, cx, cy, ids, ids, c2w[ids].astype(np.float32)).write(layout.transforms(split))
+    np.save(root / "face_template.npy", landmarks_3d(0.0, 0.0, 0.0))
     np.savez(root / "ground_truth.npz", focal=focal, euler=euler, translation=trans, rotation=rotation, c2w=c2w,
              landmarks_2d=lms2d, landmarks_3d=lms3d, blink=blink, blink_peaks=np.array(blink_peaks), brow=brow,
              mouth=mouth)

@@ -3,7 +3,12 @@
 Two stages with the focal length fixed, as in SyncTalk:
 
 1. ``points``: only the 3D keypoints move so that their projections match the tracks;
-2. ``joint``: keypoints, rotations and translations together.
+2. ``joint``: keypoints, rotations and translations together, the learning rate decaying
+   exponentially to ``lr_decay`` times its start;
+3. ``refine`` (when ``outlier_factor`` > 0): track points whose median reprojection error is over
+   ``outlier_factor`` times the median of all points (points on occluding contours, drifting flow),
+   and single observations over ``outlier_factor`` times the median observation error, are dropped
+   and the joint stage runs again on the inliers, for half its steps.
 
 The reference frame's pose stays fixed, which removes the gauge freedom (a global rigid motion
 and scale of the whole reconstruction). Loss: squared reprojection error of the visible track
@@ -24,6 +29,7 @@ from synctalk.errors import UserError
 from synctalk.stabilizer.head_tracker import axis_angle_to_matrix, project
 
 log = logging.getLogger(__name__)
+MIN_POINTS_PER_FRAME = 6  # outlier rejection never leaves a frame with fewer points
 
 
 class TrackFrames(Dataset):
@@ -83,11 +89,13 @@ class BundleAdjustment(pl.LightningModule):
     Args:
         points3d: (P, 3) initial keypoints; rotation (N, 3, 3), translation (N, 3): initial poses;
         focal, cx, cy: fixed intrinsics (pixels); reference: frame whose pose stays fixed.
+        lr_decay, stage_steps: the joint and refine stages' learning rates fall exponentially to
+            ``lr_decay`` times their start over ``stage_steps`` steps.
     """
 
     def __init__(self, points3d: np.ndarray, rotation: np.ndarray, translation: np.ndarray, focal: float, cx: float,
                  cy: float, reference: int, points_lr: float = 1e-3, joint_lr: float = 1e-4, robust: str = "none",
-                 huber_px: float = 2.0, smoothness: float = 0.0):
+                 huber_px: float = 2.0, smoothness: float = 0.0, lr_decay: float = 1.0, stage_steps: int = 1):
         super().__init__()
         if robust not in ("none", "huber"):
             raise UserError(f"preprocess.bundle_adjustment.robust={robust} is not one of none, huber")
@@ -100,8 +108,9 @@ class BundleAdjustment(pl.LightningModule):
         self.focal, self.cx, self.cy = float(focal), float(cx), float(cy)
         self.points_lr, self.joint_lr = points_lr, joint_lr
         self.robust, self.huber_px, self.smoothness = robust, huber_px, smoothness
+        self.lr_decay, self.stage_steps = lr_decay, stage_steps
         self.stage = "points"
-        self.history: dict[str, list[float]] = {"points": [], "joint": []}
+        self.history: dict[str, list[float]] = {"points": [], "joint": [], "refine": []}
 
     def poses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotations (N, 3, 3) and translations (N, 3) metres; the reference frame's stay fixed."""
@@ -126,7 +135,7 @@ class BundleAdjustment(pl.LightningModule):
         else:
             per_point = err ** 2
         loss = (per_point * vis).sum() / vis.sum().clamp(min=1)
-        if self.smoothness > 0 and self.stage == "joint" and len(self.rot_deg) >= 3:
+        if self.smoothness > 0 and self.stage != "points" and len(self.rot_deg) >= 3:
             second = lambda x: x[2:] - 2 * x[1:-1] + x[:-2]  # noqa: E731
             loss = loss + self.smoothness * ((second(self.rot_deg) ** 2).mean() + (second(self.trans_mm) ** 2).mean())
         if not torch.isfinite(loss):
@@ -142,8 +151,11 @@ class BundleAdjustment(pl.LightningModule):
             return torch.optim.Adam([self.points3d], lr=self.points_lr)
         # points in metres, poses in degrees / millimetres: one step of joint_lr moves a point by
         # joint_lr metres and a pose by 1000 * joint_lr degrees / millimetres
-        return torch.optim.Adam([{"params": [self.points3d], "lr": self.joint_lr},
-                                 {"params": [self.rot_deg, self.trans_mm], "lr": self.joint_lr * 1000.0}])
+        opt = torch.optim.Adam([{"params": [self.points3d], "lr": self.joint_lr},
+                                {"params": [self.rot_deg, self.trans_mm], "lr": self.joint_lr * 1000.0}])
+        steps, decay = max(self.stage_steps, 1), self.lr_decay
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: decay ** min(k / steps, 1.0))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @torch.no_grad()
     def reprojection_error(self, points2d: np.ndarray, visible: np.ndarray) -> np.ndarray:
@@ -158,34 +170,67 @@ class AdjustedPoses:
     rotation: np.ndarray  # (N, 3, 3) head -> OpenCV camera
     translation: np.ndarray  # (N, 3) metres
     points3d: np.ndarray  # (P, 3) head frame, metres
-    error_px: dict  # stage -> (N,) mean reprojection error per frame after that stage
+    error_px: dict  # stage -> (N,) mean reprojection error per frame after that stage (over its inliers)
     history: dict  # stage -> RMS px per step
+    inliers: np.ndarray  # (N, P) bool, the observations the last stage used
+
+
+def find_outliers(residual: np.ndarray, visible: np.ndarray, factor: float) -> np.ndarray:
+    """Observations to drop: all of a point whose median error is over ``factor`` times the median over points,
+    and single observations over ``factor`` times the median observation error.
+
+    Args:
+        residual: (N, P) pixel errors; visible: (N, P) bool.
+    Returns:
+        (N, P) bool, True where a visible observation is an outlier.
+    """
+    err = np.where(visible, residual, np.nan)
+    seen = visible.any(0)
+    per_point = np.full(residual.shape[1], np.inf)
+    per_point[seen] = np.nanmedian(err[:, seen], axis=0)
+    bad_point = per_point > factor * np.median(per_point[seen])
+    bad_obs = residual > factor * np.median(residual[visible])
+    return visible & (bad_point[None] | bad_obs)
 
 
 def run_bundle_adjustment(points2d: np.ndarray, visible: np.ndarray, points3d: np.ndarray, rotation: np.ndarray,
                           translation: np.ndarray, focal: float, cx: float, cy: float, reference: int,
                           points_steps: int = 500, joint_steps: int = 2000, points_lr: float = 1e-3,
-                          joint_lr: float = 1e-4, robust: str = "huber", huber_px: float = 2.0,
-                          smoothness: float = 0.0, batch_frames: int = 0, progress: bool = True) -> AdjustedPoses:
-    """The two bundle-adjustment stages (see the module docstring) with a Lightning trainer each."""
+                          joint_lr: float = 1e-4, lr_decay: float = 0.01, robust: str = "huber",
+                          huber_px: float = 1.0, outlier_factor: float = 2.0, smoothness: float = 0.0,
+                          batch_frames: int = 0, progress: bool = True) -> AdjustedPoses:
+    """The bundle-adjustment stages (see the module docstring) with a Lightning trainer each."""
     module = BundleAdjustment(points3d, rotation, translation, focal, cx, cy, reference, points_lr, joint_lr,
-                              robust, huber_px, smoothness)
+                              robust, huber_px, smoothness, lr_decay, joint_steps)
     errors = {"initial": module.reprojection_error(points2d, visible)}
-    for stage, steps in (("points", points_steps), ("joint", joint_steps)):
+    inliers = visible.copy()
+    stages = [("points", points_steps), ("joint", joint_steps)]
+    if outlier_factor > 0:
+        stages.append(("refine", joint_steps // 2))
+    for stage, steps in stages:
         if steps <= 0:
             continue
+        if stage == "refine":
+            with torch.no_grad():
+                residual = module.residuals(torch.arange(len(points2d)),
+                                            torch.as_tensor(points2d, dtype=torch.float32)).numpy()
+            inliers = visible & ~find_outliers(residual, visible, outlier_factor)
+            few = inliers.sum(1) < MIN_POINTS_PER_FRAME  # such frames keep all their observations
+            few[reference] = True
+            inliers[few] = visible[few]
         module.stage = stage
         trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                              enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
                              num_sanity_val_steps=0)
-        trainer.fit(module, datamodule=TrackDataModule(points2d, visible, steps, batch_frames))
-        errors[stage] = module.reprojection_error(points2d, visible)
+        trainer.fit(module, datamodule=TrackDataModule(points2d, inliers, steps, batch_frames))
+        errors[stage] = module.reprojection_error(points2d, inliers)
         if not np.isfinite(errors[stage]).all() or errors[stage].mean() > 2 * errors["initial"].mean() + 1.0:
             raise UserError(f"bundle adjustment diverged in stage '{stage}' (reprojection error "
                             f"{errors['initial'].mean():.2f} -> {errors[stage].mean():.2f} px): lower "
-                            f"preprocess.bundle_adjustment.{stage}_lr, or use tracker.pose_source=landmarks")
+                            f"preprocess.bundle_adjustment.{'points' if stage == 'points' else 'joint'}_lr, "
+                            f"or use tracker.pose_source=landmarks")
         log.info("bundle adjustment %s: %.3f px mean reprojection error", stage, errors[stage].mean())
     with torch.no_grad():
         rot, trans = module.poses()
     return AdjustedPoses(rot.numpy().astype(np.float64), trans.numpy().astype(np.float64),
-                         module.points3d.detach().numpy().astype(np.float64), errors, module.history)
+                         module.points3d.detach().numpy().astype(np.float64), errors, module.history, inliers)

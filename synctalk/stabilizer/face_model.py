@@ -7,6 +7,8 @@ image's right for a frontal face, y up, z out of the face, origin about 5 cm beh
   video (generalised Procrustes) and averaged into a template, scaled to a 90 mm distance between
   the outer eye corners; identity = free per-point offsets (mm), expression = the first principal
   components of the aligned residuals (unit-variance coefficients).
+- ``template``: a fixed 68-point 3D template from a file (a scan, another face model, a synthetic
+  subject's true shape) with the subject's FaceMesh expression components; no identity freedom.
 - ``bfm``: the Basel Face Model 2009 (``01_MorphableModel.mat``) with the expression basis the
   3DMM trackers of the field use (``Exp_Pca.bin``, ``std_exp.txt``, ``BFM_exp_idx.mat``) and the 68
   landmark vertex ids (a text file); 100 identity and 79 expression coefficients.
@@ -24,6 +26,8 @@ from synctalk.data.landmarks import MESH_TO_68
 from synctalk.errors import UserError
 
 HEAD_DEPTH_M = 0.05  # the head-frame origin sits this far behind the face's rigid points
+# 68-point landmarks that expressions hardly move: the upper jaw contour, the nose and the eye corners
+RIGID_68 = [0, 1, 2, 3, 13, 14, 15, 16, *range(27, 36), 36, 39, 42, 45]
 
 
 class FaceModel(nn.Module):
@@ -51,6 +55,11 @@ class FaceModel(nn.Module):
     def num_exp(self) -> int:
         return self.exp_basis.shape[-1]
 
+    def subset(self, points: list[int]) -> "FaceModel":
+        """The same model over some of its points."""
+        return FaceModel(self.mean[points].numpy(), self.id_basis[points].numpy(), self.exp_basis[points].numpy(),
+                         self.name)
+
     def forward(self, id_coeff: torch.Tensor, exp_coeff: torch.Tensor) -> torch.Tensor:
         """Args: id_coeff (B, I), exp_coeff (B, N, E). Returns (B, N, P, 3) metres."""
         shape = self.mean + torch.einsum("pci,bi->bpc", self.id_basis, id_coeff)
@@ -71,14 +80,16 @@ def _similarity_align(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return scale * src @ rot
 
 
-def subject_face_model(mesh: np.ndarray, num_exp: int = 10, id_scale_m: float = 0.001) -> FaceModel:
-    """The weight-free face model of one subject from its FaceMesh landmarks.
+def _head_frame(mean: np.ndarray) -> np.ndarray:
+    """Centre a (P, 3) shape and put the head-frame origin behind the face (nose tip about 7 cm in front)."""
+    mean = mean - mean.mean(0)
+    mean[:, 2] += HEAD_DEPTH_M - mean[:, 2].max() + 0.02
+    return mean
 
-    Args:
-        mesh: (N, 478, 3) FaceMesh points of the video (pixels; z on the scale of x).
-        num_exp: expression components kept.
-        id_scale_m: metres per unit identity coefficient (one per point and axis).
-    """
+
+def _subject_shapes(mesh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The subject's FaceMesh shapes, similarity-aligned (generalised Procrustes), scaled to a 90 mm outer-eye
+    distance and reduced to the 68 points: per frame (N, 68, 3) and their mean (68, 3), metres, head axes."""
     pts = _to_head_axes(mesh)
     pts -= pts.mean(1, keepdims=True)
     ref = pts[len(pts) // 2]
@@ -87,22 +98,71 @@ def subject_face_model(mesh: np.ndarray, num_exp: int = 10, id_scale_m: float = 
         ref = aligned.mean(0)
         ref -= ref.mean(0)
     scale = OUTER_EYE_CORNERS_M / np.linalg.norm(ref[33] - ref[263])
-    aligned, ref = aligned * scale, ref * scale
-    sub = aligned[:, MESH_TO_68]
-    mean = ref[MESH_TO_68].copy()
-    mean[:, 2] += HEAD_DEPTH_M - mean[:, 2].max() + 0.02  # nose tip about 7 cm in front of the origin
-    shift = mean - ref[MESH_TO_68]
-    residual = (sub + shift - mean).reshape(len(sub), -1)
-    residual -= residual.mean(0)
-    num_exp = min(num_exp, max(len(sub) - 1, 0))
-    if num_exp > 0:
-        _, s, vt = np.linalg.svd(residual, full_matrices=False)
-        std = s[:num_exp] / np.sqrt(max(len(sub) - 1, 1))
-        exp_basis = (vt[:num_exp] * std[:, None]).T.reshape(len(MESH_TO_68), 3, num_exp)
-    else:
-        exp_basis = np.zeros((len(MESH_TO_68), 3, 0))
+    return aligned[:, MESH_TO_68] * scale, ref[MESH_TO_68] * scale
+
+
+def _expression_basis(shapes: np.ndarray, num_exp: int) -> np.ndarray:
+    """(68, 3, E) principal components of the shapes' deviations from their mean, one standard deviation each."""
+    residual = (shapes - shapes.mean(0)).reshape(len(shapes), -1)
+    num_exp = min(num_exp, max(len(shapes) - 1, 0))
+    if num_exp <= 0:
+        return np.zeros((shapes.shape[1], 3, 0))
+    _, s, vt = np.linalg.svd(residual, full_matrices=False)
+    std = s[:num_exp] / np.sqrt(max(len(shapes) - 1, 1))
+    return (vt[:num_exp] * std[:, None]).T.reshape(shapes.shape[1], 3, num_exp)
+
+
+def subject_face_model(mesh: np.ndarray, num_exp: int = 10, id_scale_m: float = 0.001) -> FaceModel:
+    """The weight-free face model of one subject from its FaceMesh landmarks.
+
+    Args:
+        mesh: (N, 478, 3) FaceMesh points of the video (pixels; z on the scale of x).
+        num_exp: expression components kept.
+        id_scale_m: metres per unit identity coefficient (one per point and axis).
+    """
+    shapes, mean = _subject_shapes(mesh)
     id_basis = np.eye(len(MESH_TO_68) * 3).reshape(len(MESH_TO_68), 3, -1) * id_scale_m
-    return FaceModel(mean, id_basis, exp_basis, "subject")
+    return FaceModel(_head_frame(mean), id_basis, _expression_basis(shapes, num_exp), "subject")
+
+
+def _metres_per_unit(points: np.ndarray, eye_corners: tuple[int, int]) -> float:
+    """The unit of a face shape given in metres, millimetres or micrometres: the power of ten that makes the
+    outer eye corners a human distance apart."""
+    d = np.linalg.norm(points[eye_corners[0]] - points[eye_corners[1]])
+    if not np.isfinite(d) or d <= 0:
+        raise UserError("the face shape has coincident outer eye corners: it is not a face shape")
+    return float(10.0 ** np.round(np.log10(OUTER_EYE_CORNERS_M / d)))
+
+
+def read_template(path: str | Path) -> np.ndarray:
+    """A 68-point 3D face template (``.npy`` or a whitespace text file, 68 rows x 3) in metres, head axes."""
+    if not path:
+        raise UserError("the face template is not configured: set preprocess.face_model.template=/path/to/68x3 "
+                        "(.npy or .txt; head axes: x to the image's right for a frontal face, y up, z out of the face)")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"face template {path} does not exist (preprocess.face_model.template)")
+    try:
+        points = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+    except ValueError as err:
+        raise UserError(f"face template {path} cannot be read: {err}") from err
+    points = np.asarray(points, np.float64)
+    if points.shape != (68, 3) or not np.isfinite(points).all():
+        raise UserError(f"face template {path} holds an array of shape {points.shape}; expected 68 x 3 finite "
+                        f"values (the 68-point layout)")
+    return points * _metres_per_unit(points, (36, 45))
+
+
+def template_face_model(path: str | Path, mesh: np.ndarray, num_exp: int = 10) -> FaceModel:
+    """A fixed 68-point 3D template as the identity (from a scan, another face model, or a synthetic subject's
+    truth), with the expression components of the subject's own FaceMesh landmarks; no identity freedom.
+
+    Args:
+        path: the template file (:func:`read_template`); mesh: (N, 478, 3) FaceMesh points of the video.
+    """
+    template = read_template(path)
+    shapes, _ = _subject_shapes(mesh)
+    return FaceModel(_head_frame(template), np.zeros((68, 3, 0)), _expression_basis(shapes, num_exp), "template")
 
 
 def _read_exp_pca(path: Path, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +209,9 @@ def bfm_face_model(folder: str | Path | None, num_id: int = 100, num_exp: int = 
     exp_rows = np.array([[3 * where[int(v)] + c for c in range(3)] for v in lms]).reshape(-1)
     num_id, num_exp = min(num_id, shape_pc.shape[1]), min(num_exp, exp_pc.shape[0])
     mean = (shape_mu[rows] + exp_mu[exp_rows]).reshape(68, 3)
-    # releases differ in units (micrometres, millimetres): the power of ten that makes the outer eye
-    # corners (landmarks 36, 45) a human distance apart converts to metres
-    unit = 10.0 ** np.round(np.log10(OUTER_EYE_CORNERS_M / np.linalg.norm(mean[36] - mean[45])))
+    # releases differ in units (micrometres, millimetres)
+    unit = _metres_per_unit(mean, (36, 45))
     mean = mean * unit
     id_basis = (shape_pc[rows, :num_id] * shape_ev[None, :num_id]).reshape(68, 3, num_id) * unit
     exp_basis = (exp_pc[:num_exp, exp_rows].T * exp_std[None, :num_exp]).reshape(68, 3, num_exp) * unit
-    # move into the head frame of the weight-free model: centred, origin behind the face
-    mean = mean - mean.mean(0)
-    mean[:, 2] += HEAD_DEPTH_M - mean[:, 2].max() + 0.02
-    return FaceModel(mean, id_basis, exp_basis, "bfm")
+    return FaceModel(_head_frame(mean), id_basis, exp_basis, "bfm")

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from synctalk.errors import UserError
-from synctalk.stabilizer.face_model import FaceModel
+from synctalk.stabilizer.face_model import RIGID_68, FaceModel
 
 # head axes (x right, y up, z out of the face) -> OpenCV object axes used by solvePnP
 _HEAD_TO_CV = np.diag([1.0, -1.0, -1.0])
@@ -86,12 +86,19 @@ class LandmarkFit:
         return np.sqrt((self.error_px ** 2).mean(1))
 
 
+def _mean_square(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean of ``x**2`` over ``dims``; zero for a model without such coefficients."""
+    return (x ** 2).mean(dim=dims) if x.numel() else x.new_zeros(x.shape[0])
+
+
 def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, cx: float, cy: float, steps: int = 2000,
                   lr: float = 0.3, id_reg: float = 0.5, exp_reg: float = 0.5, progress: bool = False,
-                  desc: str = "landmark fit") -> LandmarkFit:
+                  desc: str = "landmark fit", lr_decay: float = 0.01) -> LandmarkFit:
     """Fit poses, identity and expression to landmarks for every focal length in one optimisation.
 
-    Identity and expression are frozen for the first half of the steps (poses settle first).
+    Identity and expression are frozen for the first half of the steps (poses settle first); over
+    the second half all learning rates decay exponentially to ``lr_decay`` times their start, so the
+    fit converges instead of hovering an Adam step away from the optimum.
     Loss per candidate: mean squared landmark error (px^2) + ``id_reg`` * mean(id^2) +
     ``exp_reg`` * mean(exp^2).
 
@@ -114,6 +121,7 @@ def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, cx: float, cy: floa
     f_t = torch.as_tensor(focals, dtype=torch.float32)[:, None]
     pose_opt = torch.optim.Adam([rot_deg, trans_mm], lr=lr)
     shape_opt = torch.optim.Adam([id_c, exp_c], lr=lr * 0.1)
+    half = steps // 2
     head_to_cv = torch.as_tensor(_HEAD_TO_CV, dtype=torch.float32)
 
     def residual():
@@ -124,13 +132,15 @@ def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, cx: float, cy: floa
     for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress):
         err = residual()
         loss = (err ** 2).mean(dim=(1, 2)).sum()
-        loss = loss + id_reg * (id_c ** 2).mean(1).sum() + exp_reg * (exp_c ** 2).mean(dim=(1, 2)).sum()
+        loss = loss + id_reg * _mean_square(id_c, (1,)).sum() + exp_reg * _mean_square(exp_c, (1, 2)).sum()
         pose_opt.zero_grad()
         shape_opt.zero_grad()
         loss.backward()
         pose_opt.step()
-        if step >= steps // 2:
+        if step >= half:
             shape_opt.step()
+            decay = lr_decay ** ((step + 1 - half) / max(steps - half, 1))
+            pose_opt.param_groups[0]["lr"], shape_opt.param_groups[0]["lr"] = lr * decay, lr * 0.1 * decay
     with torch.no_grad():
         err = residual()
         rot = axis_angle_to_matrix(torch.deg2rad(rot_deg)).numpy().astype(np.float64) @ _HEAD_TO_CV
@@ -152,27 +162,41 @@ class FocalSearch:
 
     candidates: np.ndarray  # (F,)
     rms_px: np.ndarray  # (F,)
+    frames: int  # frames the grid was fitted to
     grid_best: float
     refined: np.ndarray  # (R,) candidates of the refinement between the grid neighbours (may be empty)
     refined_rms_px: np.ndarray
     focal: float  # the result (refined when refinement ran)
 
     def to_dict(self) -> dict:
-        return {"candidates": self.candidates.tolist(), "rms_px": np.round(self.rms_px, 4).tolist(),
+        return {"candidates": self.candidates.tolist(), "rms_px": np.round(self.rms_px, 4).tolist(), "frames": self.frames,
                 "grid_best": float(self.grid_best), "refined": self.refined.tolist(),
                 "refined_rms_px": np.round(self.refined_rms_px, 4).tolist(), "focal": float(self.focal)}
 
 
 def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start: float, stop: float, step: float,
                  every_k: int = 10, steps: int = 2000, lr: float = 0.3, refine_points: int = 0,
-                 id_reg: float = 0.5, exp_reg: float = 0.5, progress: bool = False) -> FocalSearch:
+                 id_reg: float = 0.5, exp_reg: float = 0.5, progress: bool = False, refine_every_k: int = 1,
+                 landmarks: str = "all", min_frames: int = 50) -> FocalSearch:
     """Choose the focal length whose fit of every ``every_k``-th frame has the lowest landmark error.
 
+    ``every_k`` is lowered as far as needed for at least ``min_frames`` frames (short clips): a focal
+    length is only weakly visible in the landmarks of one frame.
+
     With ``refine_points`` > 0 the winner is refined on that many focals spread between its two
-    grid neighbours, and a parabola through the best three gives the final value.
+    grid neighbours, fitted to every ``refine_every_k``-th frame, and a parabola through the best three
+    gives the final value. ``landmarks="rigid"`` scores only the landmarks expressions hardly move
+    (:data:`RIGID_68`), for face models whose expression components do not fit the subject.
     """
+    if landmarks not in ("all", "rigid"):
+        raise UserError(f"tracker.focal_landmarks={landmarks} is not one of all, rigid")
+    if landmarks == "rigid":
+        if model.mean.shape[0] != 68:
+            raise UserError("tracker.focal_landmarks=rigid needs a 68-point face model")
+        model, lms = model.subset(RIGID_68), lms[:, RIGID_68]
     grid = focal_candidates(start, stop, step)
-    sample = lms[:: max(1, every_k)]
+    every_k = max(1, min(every_k, len(lms) // max(min_frames, 1)))
+    sample = lms[::every_k]
     fit = fit_landmarks(model, sample, grid, cx, cy, steps, lr, id_reg, exp_reg, progress, "focal search")
     rms = fit.rms_px
     best = int(np.argmin(rms))
@@ -181,8 +205,8 @@ def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start:
     if refine_points > 0 and len(grid) > 1:
         lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
         refined = np.linspace(lo, hi, refine_points + 2)[1:-1]
-        refined_rms = fit_landmarks(model, sample, refined, cx, cy, steps, lr, id_reg, exp_reg, progress,
-                                    "focal refinement").rms_px
+        refined_rms = fit_landmarks(model, lms[:: max(1, refine_every_k)], refined, cx, cy, steps, lr, id_reg,
+                                    exp_reg, progress, "focal refinement").rms_px
         j = int(np.argmin(refined_rms))
         focal = float(refined[j])
         if 0 < j < len(refined) - 1:  # vertex of the parabola through the best point and its neighbours
@@ -190,4 +214,4 @@ def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start:
             a, b, _ = np.polyfit(x, y, 2)
             if a > 0:
                 focal = float(np.clip(-b / (2 * a), x[0], x[2]))
-    return FocalSearch(grid, rms, float(grid[best]), refined, refined_rms, focal)
+    return FocalSearch(grid, rms, len(sample), float(grid[best]), refined, refined_rms, focal)

@@ -21,7 +21,7 @@ from synctalk.errors import UserError
 from synctalk.geometry import head_pose_to_c2w
 from synctalk.io import atomic_path, save_figure, subplots, write_json
 from synctalk.stabilizer.bundle_adjustment import run_bundle_adjustment
-from synctalk.stabilizer.face_model import FaceModel, bfm_face_model, subject_face_model
+from synctalk.stabilizer.face_model import FaceModel, bfm_face_model, subject_face_model, template_face_model
 from synctalk.stabilizer.head_tracker import fit_landmarks, search_focal
 from synctalk.stabilizer.point_tracker import track_head_points
 
@@ -45,9 +45,11 @@ class StabilizerOptions:
 def build_face_model(opts: FaceModelOptions, mesh: np.ndarray) -> FaceModel:
     if opts.backend == "subject":
         return subject_face_model(mesh, opts.num_exp)
+    if opts.backend == "template":
+        return template_face_model(opts.template, mesh, opts.num_exp)
     if opts.backend == "bfm":
         return bfm_face_model(opts.bfm_dir)
-    raise UserError(f"preprocess.face_model.backend={opts.backend} is not one of subject, bfm")
+    raise UserError(f"preprocess.face_model.backend={opts.backend} is not one of subject, template, bfm")
 
 
 def c2w_from_cv_poses(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -73,18 +75,30 @@ def jitter(rotation: np.ndarray, translation: np.ndarray) -> dict:
             "translation_mm": round(float(second(translation * 1000.0)), 5)}
 
 
-def pose_errors(c2w: np.ndarray, truth_c2w: np.ndarray, distance: float) -> dict:
-    """Errors of (N, 4, 4) camera-to-world poses against the truth: median rotation error relative to frame 0
-    (degrees; the two sequences may differ by a global rotation) and median translation error (% of the
-    camera distance)."""
-    est, true = np.linalg.inv(c2w), np.linalg.inv(truth_c2w)
-    a = est[:, :3, :3] @ est[0, :3, :3].T
-    b = true[:, :3, :3] @ true[0, :3, :3].T
-    cos = (np.einsum("nij,nij->n", a, b) - 1) / 2
-    rot = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-    trans = np.linalg.norm(est[:, :3, 3] - true[:, :3, 3], axis=1) / distance * 100
-    return {"rotation_median_deg": round(float(np.median(rot[1:])), 3),
-            "translation_median_pct": round(float(np.median(trans)), 3)}
+def pose_errors(c2w: np.ndarray, truth_c2w: np.ndarray) -> dict:
+    """Errors of (N, 4, 4) camera-to-world poses against the truth, after removing what a monocular tracker
+    cannot know: the choice of the head frame (a fixed rotation and origin) and the global scale.
+
+    - ``rotation_median_deg``: median angle between ``R_i G`` and the true ``R_i`` (head -> camera), with
+      ``G`` the one head-frame rotation that best aligns the sequences;
+    - ``translation_median_pct`` / ``translation_median_mm``: median distance between ``s (T_i + R_i o)`` and
+      the true ``T_i``, with the head-frame origin shift ``o`` and scale ``s`` fitted by least squares; in %
+      of the mean true camera distance and in millimetres;
+    - ``scale``: that ``s`` (the true size of the head over the model's).
+    """
+    est, true = np.linalg.inv(c2w), np.linalg.inv(truth_c2w)  # head -> camera
+    r, t, r_true, t_true = est[:, :3, :3], est[:, :3, 3], true[:, :3, :3], true[:, :3, 3]
+    u, _, vt = np.linalg.svd(np.einsum("nji,njk->ik", r, r_true))  # sum of R_i^T R_true_i
+    g = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    rel = np.einsum("nji,njk->nik", r @ g, r_true)
+    angle = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    a = np.concatenate([t[:, :, None], r], 2).reshape(-1, 4)  # unknowns: s and s * o
+    x = np.linalg.lstsq(a, t_true.reshape(-1), rcond=None)[0]
+    miss = np.linalg.norm((a @ x).reshape(-1, 3) - t_true, axis=1)
+    distance = float(np.linalg.norm(t_true, axis=1).mean())
+    return {"rotation_median_deg": round(float(np.median(angle)), 3),
+            "translation_median_pct": round(float(np.median(miss)) / distance * 100, 3),
+            "translation_median_mm": round(float(np.median(miss)) * 1000, 3), "scale": round(float(x[0]), 4)}
 
 
 def truth_errors(result: dict, truth_file: Path) -> dict:
@@ -94,11 +108,10 @@ def truth_errors(result: dict, truth_file: Path) -> dict:
         raise UserError(f"{truth_file} has {len(truth['c2w'])} frames but the video gave {len(result['c2w'])}: "
                         f"preprocess.ground_truth must belong to this video (at its frame rate)")
     focal = float(truth["focal"])
-    distance = float(np.median(np.linalg.norm(np.linalg.inv(truth["c2w"])[:, :3, 3], axis=1)))
     out = {"focal": focal, "focal_error_pct": round((result["focal"] - focal) / focal * 100, 3),
-           "landmarks": pose_errors(result["c2w_landmarks"], truth["c2w"], distance)}
+           "landmarks": pose_errors(result["c2w_landmarks"], truth["c2w"])}
     if result["report"].get("pose_source") == "bundle_adjustment":
-        out["bundle_adjustment"] = pose_errors(result["c2w"], truth["c2w"], distance)
+        out["bundle_adjustment"] = pose_errors(result["c2w"], truth["c2w"])
     return out
 
 
@@ -153,13 +166,27 @@ def _plot_poses(curves: dict, fps: float, path: Path) -> None:
     save_figure(fig, path, dpi=80)
 
 
-def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
+REGIONS = ("head", "face", "upper_head", "upper_face")
+
+
+def region_masks(layout, count: int, region: str) -> list[Path]:
+    """The per-frame masks of ``preprocess.points.region`` in a dataset folder (a :class:`DatasetLayout`):
+    the parsing's head class (hair included) or the face skin; ``upper_*`` regions are cut further by the
+    point tracker."""
+    if region not in REGIONS:
+        raise UserError(f"preprocess.points.region={region} is not one of {', '.join(REGIONS)}")
+    head = region.endswith("head")
+    return [layout.head_mask(i) if head else layout.face_only_mask(i) for i in range(count)]
+
+
+def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
               height: int, fps: float, opts: StabilizerOptions, out_dir: Path, progress: bool = True) -> dict:
     """Focal search and landmark fit, then point tracking + bundle adjustment when
     ``tracker.pose_source=bundle_adjustment``.
 
     Args:
-        frames, head_masks: per-frame paths (N); mesh: (N, 478, 3) FaceMesh points; lms68: (N, 68, 2).
+        frames, masks: per-frame paths of the frames and of the masks the head points are chosen in
+            (N; :func:`region_masks`); mesh: (N, 478, 3) FaceMesh points; lms68: (N, 68, 2).
     Returns:
         ``focal``, ``c2w_landmarks`` (N, 4, 4), ``c2w`` (N, 4, 4, the chosen source) and ``report``.
     """
@@ -179,7 +206,8 @@ def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms6
     model = build_face_model(fm, mesh)
     to_px = width / 512.0  # the focal range is given for a 512 px wide video, as in the original tools
     search = search_focal(model, lms68, cx, cy, t.focal.start * to_px, t.focal.stop * to_px, t.focal.step * to_px,
-                          t.every_k, t.steps, t.lr, t.refine_points, fm.id_reg, fm.exp_reg, progress)
+                          t.every_k, t.steps, t.lr, t.refine_points, fm.id_reg, fm.exp_reg, progress,
+                          t.refine_every_k, t.focal_landmarks, t.min_search_frames)
     write_json(out_dir / "focal_search.json", search.to_dict())
     _plot_focal(search, out_dir / "focal_curve.png")
     focal = search.focal
@@ -189,15 +217,25 @@ def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms6
         np.savez(tmp, focal=focal, rotation=rot_lm, translation=trans_lm, id_coeff=fit.id_coeff[0],
                  exp_coeff=fit.exp_coeff[0], error_px=fit.error_px[0], face_model=model.name)
     c2w_lm = c2w_from_cv_poses(rot_lm, trans_lm)
-    report = {"pose_source": t.pose_source, "focal": round(focal, 2), "focal_grid_best": search.grid_best, "face_model": model.name,
+    at_end = bool(len(search.candidates) > 1 and search.grid_best in (search.candidates[0], search.candidates[-1]))
+    if at_end:
+        log.warning("the focal search chose the end of its range (%.0f px): the landmark error keeps falling that "
+                    "way, so the focal is not measured. Widen tracker.focal.start/stop, or use a face model with a "
+                    "true 3D shape (preprocess.face_model.backend=template or bfm), or set the focal "
+                    "(tracker.focal.start=stop=<px>)", search.grid_best)
+    report = {"pose_source": t.pose_source, "focal": round(focal, 2), "focal_grid_best": search.grid_best,
+              "focal_at_range_end": at_end,
+              "face_model": model.name,
               "landmark_rms_px": round(float(np.sqrt((fit.error_px[0] ** 2).mean())), 4),
               "jitter_landmarks": jitter(rot_lm, trans_lm)}
     curves = {"landmark fit": (rot_lm, trans_lm)}
     c2w = c2w_lm
     if t.pose_source == "bundle_adjustment":
         reference = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot_lm), axis=1)))  # the most frontal frame
-        tracks = track_head_points(frames, head_masks, lms68, reference, px_scale=to_px, progress=progress,
-                                   backend=opts.flow.backend, checkpoint=opts.flow.checkpoint, **asdict(opts.points))
+        tracks = track_head_points(frames, masks, lms68, reference, px_scale=to_px, progress=progress,
+                                   backend=opts.flow.backend, checkpoint=opts.flow.checkpoint,
+                                   upper=opts.points.region.startswith("upper"),
+                                   **{k: v for k, v in asdict(opts.points).items() if k != "region"})
         tracks.save(out_dir / "tracks.npz")
         with torch.no_grad():
             shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [reference]]))[0, 0].numpy()
@@ -217,6 +255,7 @@ def stabilize(frames: list[Path], head_masks: list[Path], mesh: np.ndarray, lms6
             "visible_fraction": round(float(tracks.visible.mean()), 4),
             "frames_with_few_points": int((visible < 6).sum()),
             "ba_reprojection_px": {k: round(float(v.mean()), 4) for k, v in ba.error_px.items()},
+            "ba_inlier_fraction": round(float(ba.inliers.sum() / max(tracks.visible.sum(), 1)), 4),
             "jitter_bundle_adjustment": jitter(ba.rotation, ba.translation),
         })
         curves["bundle adjustment"] = (ba.rotation, ba.translation)
