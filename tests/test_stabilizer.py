@@ -13,7 +13,8 @@ from synctalk.stabilizer.bundle_adjustment import find_outliers, run_bundle_adju
 from synctalk.stabilizer.face_model import (RIGID_68, FaceModel, bfm_face_model, read_template, subject_face_model,
                                             template_face_model)
 from synctalk.stabilizer.head_tracker import fit_landmarks, focal_candidates, search_focal
-from synctalk.stabilizer.pipeline import c2w_from_cv_poses, jitter, pose_errors, rotation_angles_deg
+from synctalk.stabilizer.pipeline import (c2w_from_cv_poses, focal_at_range_end, jitter, pose_errors,
+                                         rotation_angles_deg)
 from synctalk.stabilizer.point_tracker import head_region, select_keypoints
 
 FOCAL, CX, CY = 1300.0, 256.0, 256.0
@@ -72,7 +73,10 @@ def test_focal_search_on_short_clips_and_rigid_landmarks():
     search = search_focal(model, lms, CX, CY, 800, 1800, 100, every_k=10, steps=300, min_frames=20,
                           landmarks="rigid")
     assert search.frames == 20  # every_k 10 would fit 4 frames of the 40: lowered to 2
-    assert abs(search.grid_best - FOCAL) <= 100
+    assert abs(search.grid_best - FOCAL) <= 100 and not focal_at_range_end(search)
+    short = search_focal(model, lms, CX, CY, 600, 1000, 100, steps=300, min_frames=20, landmarks="rigid",
+                         refine_points=3)
+    assert short.grid_best == 1000 and focal_at_range_end(short)  # the truth (1300) is beyond the range
     with pytest.raises(UserError, match="focal_landmarks"):
         search_focal(model, lms, CX, CY, 800, 1800, 100, landmarks="lips")
     with pytest.raises(UserError, match="68-point"):

@@ -179,6 +179,18 @@ def region_masks(layout, count: int, region: str) -> list[Path]:
     return [layout.head_mask(i) if head else layout.face_only_mask(i) for i in range(count)]
 
 
+def focal_at_range_end(search) -> bool:
+    """Whether the focal search's error kept falling to an end of the range: the grid's best is its first or last
+    candidate and the refinement (if any) is best next to that end too."""
+    grid = search.candidates
+    if len(grid) < 2 or search.grid_best not in (grid[0], grid[-1]):
+        return False
+    if len(search.refined) == 0:
+        return True
+    nearest = 0 if search.grid_best == grid[0] else len(search.refined) - 1
+    return int(np.argmin(search.refined_rms_px)) == nearest
+
+
 def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
               height: int, fps: float, opts: StabilizerOptions, out_dir: Path, progress: bool = True) -> dict:
     """Focal search and landmark fit, then point tracking + bundle adjustment when
@@ -217,7 +229,7 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
         np.savez(tmp, focal=focal, rotation=rot_lm, translation=trans_lm, id_coeff=fit.id_coeff[0],
                  exp_coeff=fit.exp_coeff[0], error_px=fit.error_px[0], face_model=model.name)
     c2w_lm = c2w_from_cv_poses(rot_lm, trans_lm)
-    at_end = bool(len(search.candidates) > 1 and search.grid_best in (search.candidates[0], search.candidates[-1]))
+    at_end = focal_at_range_end(search)
     if at_end:
         log.warning("the focal search chose the end of its range (%.0f px): the landmark error keeps falling that "
                     "way, so the focal is not measured. Widen tracker.focal.start/stop, or use a face model with a "

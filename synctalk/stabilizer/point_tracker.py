@@ -4,13 +4,14 @@
    by default), forward (reference -> frame) and backward (frame -> reference).
 2. A temporal Laplacian score per reference pixel, ``sum_t |f_t - (f_{t-1} + f_{t+1}) / 2|``:
    how irregularly the pixel's flow changes over time.
-3. Keypoints from the score map inside the head region (face without eyes and mouth):
+3. Keypoints from the score map inside the head region (the head with its hair, or the face skin,
+   without eyes and mouth; ``preprocess.points.region``):
    ``rule=stable`` keeps local minima (the released SyncTalk code), ``rule=salient`` local maxima
    (the paper's wording); both take window-wise extrema at least ``min_distance`` px apart.
 4. Tracks: keypoint + forward flow; a point is visible in a frame when the forward-backward
-   error is below ``fb_threshold`` px and it lands inside that frame's face mask. With
+   error is below ``fb_threshold`` px and it lands inside that frame's region mask. With
    ``flow=cotracker`` the chosen keypoints are instead tracked by CoTracker (queried at the reference
-   frame, tracked forwards and backwards); visible = CoTracker's visibility and inside the face mask.
+   frame, tracked forwards and backwards); visible = CoTracker's visibility and inside the region mask.
 """
 from __future__ import annotations
 
