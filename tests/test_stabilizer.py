@@ -185,6 +185,10 @@ def test_upper_head_region_drops_the_jaw():
     upper = head_region(mask, lms, 0, upper=True)
     assert full[95, 50] and not upper[95, 50] and upper[20, 50]
     assert upper[58, 12] and not upper[62, 12] and upper[48, 88] and not upper[52, 88]
+    from synctalk.stabilizer.pipeline import region_masks
+
+    with pytest.raises(UserError, match="points.region=hair is not one of head, face, upper_head, upper_face"):
+        region_masks(None, 3, "hair")
 
 
 def test_keypoint_rules_pick_minima_or_maxima_apart():
