@@ -47,11 +47,19 @@ def preset(name: str) -> StabilizerOptions:
     return StabilizerOptions(tracker=to_dataclass(tracker, TrackerConfig))
 
 
+def noisy_landmarks(truth: dict, seed: int, sigma_px: float = 1.0) -> np.ndarray:
+    """(N, 68, 2) true landmarks plus Gaussian noise of ``sigma_px`` per coordinate."""
+    clean = truth["landmarks_2d"][..., :2]
+    return clean + np.random.default_rng(seed).normal(0, sigma_px, clean.shape)
+
+
 def run_preset(name: str, paths: list, masks: list, mesh: np.ndarray, lms: np.ndarray, spec: SyntheticSpec,
-               truth: dict, work: Path, face_model: FaceModelOptions, focal_landmarks: str = "all") -> dict:
+               truth: dict, work: Path, face_model: FaceModelOptions, focal_landmarks: str = "all",
+               pose_source: str | None = None) -> dict:
     opts = preset(name)
     opts.face_model = face_model
     opts.tracker.focal_landmarks = focal_landmarks
+    opts.tracker.pose_source = pose_source or opts.tracker.pose_source
     start = time.perf_counter()
     res = stabilize(paths, masks, mesh, lms, spec.size, spec.size, spec.fps, opts, work, progress=False)
     seconds = time.perf_counter() - start
@@ -71,7 +79,7 @@ def synthetic(frames: int, work: Path, presets: list[str]) -> dict:
     paths = [layout.frame(i) for i in range(frames)]
     masks = region_masks(layout, frames, preset(presets[0]).points.region)
     mesh = detect_mesh(paths, progress=False)
-    noisy = truth["landmarks_2d"][..., :2] + np.random.default_rng(0).normal(0, 1.0, truth["landmarks_2d"][..., :2].shape)
+    noisy = noisy_landmarks(truth, 0)
     out = {"frames": frames, "size": 512, "true_focal": float(truth["focal"]), "truth_landmarks": {}, "facemesh": {}}
     template = FaceModelOptions(backend="template", template=str(root / "face_template.npy"))
     for name in presets:
@@ -82,12 +90,9 @@ def synthetic(frames: int, work: Path, presets: list[str]) -> dict:
     name = presets[0]
     out["focal_noise_draws"] = {"preset": name, "focal": []}
     for seed in (1, 2, 3):
-        draw = truth["landmarks_2d"][..., :2] + np.random.default_rng(seed).normal(0, 1.0, noisy.shape)
-        opts = preset(name)
-        opts.face_model, opts.tracker.focal_landmarks, opts.tracker.pose_source = template, "rigid", "landmarks"
-        res = stabilize(paths, masks, mesh, draw, spec.size, spec.size, spec.fps, opts, work / f"draw_{seed}",
-                        progress=False)
-        out["focal_noise_draws"]["focal"].append(round(res["focal"], 1))
+        draw = run_preset(name, paths, masks, mesh, noisy_landmarks(truth, seed), spec, truth, work / f"draw_{seed}",
+                          template, "rigid", pose_source="landmarks")
+        out["focal_noise_draws"]["focal"].append(draw["focal"])
     print("focal over noise draws", out["focal_noise_draws"], flush=True)
     out["facemesh"][name] = run_preset(name, paths, masks, mesh, to_68(mesh)[..., :2], spec, truth,
                                        work / f"facemesh_{name}", FaceModelOptions())

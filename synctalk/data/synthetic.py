@@ -357,8 +357,6 @@ def generate(spec: SyntheticSpec, root: Path, progress: bool = True) -> Path:
     root = Path(root)
     marker = root / "synthetic_spec.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == spec.key():
-        if not (root / "video.mp4").is_file():  # made by a version that wrote no video
-            write_video(root, spec.fps)
         return root
     if root.exists() and any(root.iterdir()) and not marker.is_file():
         raise UserError(f"{root} exists and is not a synthetic subject: refusing to replace it "
@@ -373,8 +371,6 @@ def write_video(root: Path, fps: float) -> Path:
     """``<root>/video.mp4``: the subject's original frames with its audio, the input a real subject would
     bring, so the synthetic subject can go through ``synctalk preprocess`` and be compared with its
     ``ground_truth.npz`` (``preprocess.ground_truth``)."""
-    import cv2
-
     from synctalk.audio import load_audio
     from synctalk.video import VideoWriter
 

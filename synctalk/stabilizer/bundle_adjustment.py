@@ -8,7 +8,8 @@ Two stages with the focal length fixed, as in SyncTalk:
 3. ``refine`` (when ``outlier_factor`` > 0): track points whose median reprojection error is over
    ``outlier_factor`` times the median of all points (points on occluding contours, drifting flow),
    and single observations over ``outlier_factor`` times the median observation error, are dropped
-   and the joint stage runs again on the inliers, for half its steps.
+   and the joint stage runs again on the inliers for half its steps, on the first half of the joint
+   stage's learning-rate schedule (so its rate falls to ``sqrt(lr_decay)`` of the start).
 
 The reference frame's pose stays fixed, which removes the gauge freedom (a global rigid motion
 and scale of the whole reconstruction). Loss: squared reprojection error of the visible track
@@ -29,7 +30,7 @@ from synctalk.errors import UserError
 from synctalk.stabilizer.head_tracker import axis_angle_to_matrix, project
 
 log = logging.getLogger(__name__)
-MIN_POINTS_PER_FRAME = 6  # outlier rejection never leaves a frame with fewer points
+MIN_POINTS_PER_FRAME = 6  # fewer is reported as too few; outlier rejection never leaves a frame with fewer
 
 
 class TrackFrames(Dataset):

@@ -20,7 +20,7 @@ from synctalk.config.schema import (BundleAdjustmentOptions, FaceModelOptions, F
 from synctalk.errors import UserError
 from synctalk.geometry import head_pose_to_c2w
 from synctalk.io import atomic_path, save_figure, subplots, write_json
-from synctalk.stabilizer.bundle_adjustment import run_bundle_adjustment
+from synctalk.stabilizer.bundle_adjustment import MIN_POINTS_PER_FRAME, run_bundle_adjustment
 from synctalk.stabilizer.face_model import FaceModel, bfm_face_model, subject_face_model, template_face_model
 from synctalk.stabilizer.head_tracker import fit_landmarks, search_focal
 from synctalk.stabilizer.point_tracker import track_head_points
@@ -265,7 +265,7 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
         report.update({
             "reference_frame": reference, "tracked_points": int(tracks.points.shape[1]),
             "visible_fraction": round(float(tracks.visible.mean()), 4),
-            "frames_with_few_points": int((visible < 6).sum()),
+            "frames_with_few_points": int((visible < MIN_POINTS_PER_FRAME).sum()),
             "ba_reprojection_px": {k: round(float(v.mean()), 4) for k, v in ba.error_px.items()},
             "ba_inlier_fraction": round(float(ba.inliers.sum() / max(tracks.visible.sum(), 1)), 4),
             "jitter_bundle_adjustment": jitter(ba.rotation, ba.translation),

@@ -230,7 +230,8 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
     read_gray = lambda p: np.ascontiguousarray(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)[y0:y1, x0:x1])  # noqa: E731
     ref = read_gray(frames[reference])
     h, w = ref.shape
-    region = head_region(_read_mask(masks[reference])[y0:y1, x0:x1], lms68[reference] - [x0, y0], erode_px, upper)
+    reference_mask = _read_mask(masks[reference])
+    region = head_region(reference_mask[y0:y1, x0:x1], lms68[reference] - [x0, y0], erode_px, upper)
     ys, xs = np.nonzero(region)
     if len(xs) < min_points:
         raise UserError(f"the head region of frame {reference} has {len(xs)} pixels: too small to track points "
@@ -275,7 +276,7 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
         raise UserError(f"flow.backend={backend} is not one of opencv, cotracker")
     visible = visible & inside_masks(points, masks)
     visible[reference] = True
-    full_score = np.zeros(_read_mask(masks[reference]).shape, np.float32)
-    full_region = np.zeros(full_score.shape, bool)
+    full_score = np.zeros(reference_mask.shape, np.float32)
+    full_region = np.zeros(reference_mask.shape, bool)
     full_score[y0:y1, x0:x1], full_region[y0:y1, x0:x1] = score, region
     return Tracks(reference, points, visible, fb_err, full_score, full_region)
