@@ -2,6 +2,7 @@
 
     python benchmarks/stabilizer.py                  # synthetic subject (truth known) + the real clips
     python benchmarks/stabilizer.py --frames 60 --clips   # a quicker synthetic-only run
+    python benchmarks/stabilizer.py --no-synthetic --long-minutes 5   # real clips + the poses stage of a 5-minute video
 
 Synthetic subject (512 px, focal 1350, +-10 deg yaw), two protocols:
 
@@ -11,12 +12,21 @@ Synthetic subject (512 px, focal 1350, +-10 deg yaw), two protocols:
   accuracy targets of the stabilizer are stated for this case: it measures the focal search, the
   landmark fit and bundle adjustment, not a landmark detector or a face model's shape error. Every
   tracker preset.
-- ``facemesh``: as a user runs it: FaceMesh landmarks and the weight-free ``subject`` face model.
+- ``facemesh``: as a user runs it: FaceMesh landmarks and the default face model (``canonical``), and the
+  ``subject`` model beside it.
 
 For each: the focal on the grid and after refinement, the pose errors of the landmark fit and of bundle
 adjustment (rotation and translation after the alignment of ``pose_errors``: the head frame and the
-global scale are not observable) and the time of the whole stabilizer. Real clips (no truth): jitter
-before and after bundle adjustment, reprojection errors, time. Writes benchmarks/results/stabilizer.json.
+global scale are not observable) and the time of the whole stabilizer.
+
+Real clips (no truth), preprocessed as a user does: the focal, whether it is an interior minimum of the error
+curve, the focal of each half of the clip and their difference, the rotation jitter of the face-model fit and
+of bundle adjustment, which poses were written and the jitter measured from the written transforms json.
+
+``--long-minutes M``: the ``poses`` stage of an M-minute 512 px video (the first real clip played forwards and
+backwards, built from its preprocessed frames and masks), run in a child process: seconds and peak memory.
+
+Writes benchmarks/results/stabilizer.json.
 """
 from __future__ import annotations
 
@@ -36,7 +46,7 @@ from synctalk.data.ingest import IngestOptions, run_ingest
 from synctalk.data.landmarks import detect_mesh, to_68
 from synctalk.data.layout import DatasetLayout
 from synctalk.data.synthetic import SyntheticSpec, generate
-from synctalk.stabilizer.pipeline import StabilizerOptions, pose_errors, region_masks, stabilize
+from synctalk.stabilizer.pipeline import StabilizerOptions, pose_errors, region_masks, stabilize, transforms_jitter
 
 REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
 PRESETS = ("synctalk", "ernerf", "fine50")
@@ -94,18 +104,90 @@ def synthetic(frames: int, work: Path, presets: list[str]) -> dict:
                           template, "rigid", pose_source="landmarks")
         out["focal_noise_draws"]["focal"].append(draw["focal"])
     print("focal over noise draws", out["focal_noise_draws"], flush=True)
-    out["facemesh"][name] = run_preset(name, paths, masks, mesh, to_68(mesh)[..., :2], spec, truth,
-                                       work / f"facemesh_{name}", FaceModelOptions())
-    print("facemesh", name, json.dumps(out["facemesh"][name]), flush=True)
+    for backend in ("canonical", "subject"):
+        out["facemesh"][backend] = run_preset(name, paths, masks, mesh, to_68(mesh)[..., :2], spec, truth,
+                                              work / f"facemesh_{backend}", FaceModelOptions(backend=backend))
+        print("facemesh", backend, json.dumps(out["facemesh"][backend]), flush=True)
     return out
+
+
+REAL_KEYS = ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct", "jitter_landmarks",
+             "jitter_bundle_adjustment", "bundle_adjustment_kept", "bundle_adjustment_rejected", "poses_written",
+             "jitter_written", "ba_drift_median_deg", "elapsed_s")
 
 
 def real_clips(clips: list[Path], work: Path) -> dict:
     out = {}
     for clip in clips:
-        report = run_ingest(clip, work / clip.stem, IngestOptions(progress=False))
-        out[clip.stem] = report["poses"]
-        print(clip.stem, json.dumps(report["poses"]))
+        opts = IngestOptions(progress=False)
+        opts.stabilizer.tracker.check_halves = True
+        root = work / clip.stem
+        full = run_ingest(clip, root, opts)
+        report, width = full["poses"], full["frames"]["width"]
+        written = transforms_jitter(root)["rotation_deg"]
+        out[clip.stem] = {**{k: report.get(k) for k in REAL_KEYS}, "focal_at_512": round(report["focal"] * 512 / width, 1),
+                          "jitter_reduction_pct": round((1 - written / report["jitter_landmarks"]["rotation_deg"]) * 100, 1)}
+        print(clip.stem, json.dumps(out[clip.stem]), flush=True)
+    if out:
+        reductions = [c["jitter_reduction_pct"] for c in out.values()]
+        out["summary"] = {"median_jitter_reduction_pct": float(np.median(reductions)),
+                          "all_interior": all(c["focal_interior"] for c in out.values()),
+                          "max_halves_difference_pct": max(c["focal_halves_difference_pct"] for c in out.values())}
+    return out
+
+
+def long_video_dataset(source: Path, minutes: float, root: Path, fps: float = 25.0) -> int:
+    """A dataset folder of an ``minutes``-long video made from a preprocessed one: its frames and masks played
+    forwards and backwards (links, no copies) and its FaceMesh landmarks likewise. Returns the frame count."""
+    src, dst = DatasetLayout(source), DatasetLayout(root)
+    mesh = np.load(source / "landmarks_mesh.npy")
+    n_src, n = len(mesh), int(round(minutes * 60 * fps))
+    cycle = list(range(n_src)) + list(range(n_src - 2, 0, -1))
+    order = [cycle[i % len(cycle)] for i in range(n)]
+    for i, j in enumerate(order):
+        for a, b in ((src.frame(j), dst.frame(i)), (src.head_mask(j), dst.head_mask(i)),
+                     (src.face_only_mask(j), dst.face_only_mask(i))):
+            b.parent.mkdir(parents=True, exist_ok=True)
+            if not b.exists():
+                b.symlink_to(a.resolve())
+    np.save(root / "landmarks_mesh.npy", mesh[order])
+    return n
+
+
+def long_poses_stage(root: Path) -> dict:
+    """Run the default ``poses`` stage (the stabilizer) on a dataset folder in this process: seconds, peak memory."""
+    import resource
+
+    mesh = np.load(root / "landmarks_mesh.npy")
+    layout, n = DatasetLayout(root), len(mesh)
+    opts = StabilizerOptions()
+    opts.tracker = to_dataclass(OmegaConf.load(config_dir() / "tracker" / "synctalk.yaml"), TrackerConfig)
+    start = time.perf_counter()
+    res = stabilize([layout.frame(i) for i in range(n)], region_masks(layout, n, opts.points.region), mesh,
+                    to_68(mesh)[..., :2], 512, 512, 25.0, opts, root / "stabilizer", progress=True)
+    seconds = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB on Linux
+    return {"frames": n, "seconds": round(seconds, 1), "peak_memory_gib": round(peak_gib, 2),
+            "focal": res["focal"], "poses_written": res["report"]["poses_written"]}
+
+
+def long_video(clips: list[Path], minutes: float, work: Path) -> dict:
+    import subprocess
+    import sys
+
+    clip = next((c for c in clips if c.stem == "German_20s"), clips[0])
+    source = work / clip.stem
+    if not (source / "landmarks_mesh.npy").is_file():
+        run_ingest(clip, source, IngestOptions(progress=False))
+    root = work / f"long_{clip.stem}"
+    frames = long_video_dataset(source, minutes, root)
+    print(f"long video: {frames} frames from {clip.stem}; running the poses stage", flush=True)
+    child = subprocess.run([sys.executable, __file__, "--poses-stage", str(root)], check=True, capture_output=True,
+                           text=True)
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    out = {"source": clip.stem, "minutes": minutes, **result,
+           "target": "under 30 minutes and 4 GiB on a 2-core CPU"}
+    print("long video", json.dumps(out), flush=True)
     return out
 
 
@@ -116,12 +198,19 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--clips", type=Path, nargs="*", default=sorted(REAL.glob("*.mp4")))
     parser.add_argument("--work", type=Path, default=None, help="keep the generated subject and outputs here")
+    parser.add_argument("--long-minutes", type=float, default=0.0, help="also time the poses stage of a long video")
+    parser.add_argument("--poses-stage", type=Path, help=argparse.SUPPRESS)  # the child process of --long-minutes
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stabilizer.json")
     args = parser.parse_args()
+    if args.poses_stage:
+        print(json.dumps(long_poses_stage(args.poses_stage)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         result = {"synthetic": synthetic(args.frames, work, args.presets) if args.synthetic else None,
                   "real": real_clips(args.clips, work)}
+        if args.long_minutes > 0:
+            result["long_video"] = long_video(args.clips, args.long_minutes, work)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -7,7 +7,8 @@ the latest validation image, and writes into ``<sweep>/report/``:
 * ``report.md`` and ``report.html`` (one self-contained file, images embedded): the config keys that
   differ between runs, the headline metrics, the GT-mode comparison (parsed vs with hair, whole frame vs
   face only), every metric per run, what each run is missing, and the runs' notes;
-* plots: ``metrics_per_value.png`` (each headline metric against the swept value), ``learning_curves.png``,
+* plots: ``metrics_per_value.png`` (each headline metric against the swept value), ``quality_vs_focal.png``
+  (held-out PSNR, face PSNR and LMD of trained runs against their dataset's focal), ``learning_curves.png``,
   ``focal_curves.png`` (landmark error against focal length), ``samples.png`` (validation frames side by side).
 """
 from __future__ import annotations
@@ -32,7 +33,10 @@ HEADLINE = ("psnr", "parsed/psnr", "with_hair/psnr", "parsed/face_psnr", "parsed
             "focal", "truth.focal_error_pct", "truth.landmarks.rotation_median_deg",
             "truth.bundle_adjustment.rotation_median_deg", "truth.bundle_adjustment.translation_median_pct",
             "landmark_rms_px", "ba_reprojection_px.joint", "jitter_landmarks.rotation_deg",
-            "jitter_bundle_adjustment.rotation_deg", "elapsed_s")
+            "jitter_bundle_adjustment.rotation_deg", "jitter_written.rotation_deg", "dataset.focal_at_512",
+            "dataset.jitter_written.rotation_deg", "elapsed_s")
+#: image-quality metrics plotted against the dataset's focal length (``quality_vs_focal.png``)
+QUALITY = ("parsed/psnr", "parsed/face_psnr", "parsed/lmd", "with_hair/psnr")
 #: config keys that differ between runs without being an experimental choice
 IGNORED_KEYS = ("paths.", "hydra.", "task_name")
 
@@ -219,6 +223,29 @@ def plot_metrics_per_value(runs: list[dict[str, Any]], keys: list[str], path: Pa
     return path
 
 
+def plot_quality_vs_focal(runs: list[dict[str, Any]], keys: list[str], path: Path) -> Path | None:
+    """Held-out image quality of trained runs against the focal length of their datasets (at 512 px width), when
+    at least two runs were trained on datasets with different focal lengths (``experiments/focal_step_sweep.sh
+    --train``)."""
+    done = [r for r in runs if "dataset.focal_at_512" in r["metrics"]]
+    names = [m for m in QUALITY if sum(m in r["metrics"] for r in done) >= 2]
+    if len({r["metrics"]["dataset.focal_at_512"] for r in done}) < 2 or not names:
+        return None
+    fig, axes = subplots(1, len(names), figsize=(4.2 * len(names), 3.4))
+    for ax, name in zip(np.ravel(axes), names):
+        pts = sorted((r["metrics"]["dataset.focal_at_512"], r["metrics"][name], _label(r, keys)) for r in done
+                     if name in r["metrics"])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
+        for x, y, label in pts:
+            ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("dataset focal length (px at 512 px width)", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
 def plot_learning_curves(runs: list[dict[str, Any]], keys: list[str], path: Path) -> Path | None:
     curves = [(r, r["curve"]) for r in runs if r["curve"] and r["curve"].get("step")]
     if not curves:
@@ -289,6 +316,7 @@ def write_report(sweep_dir: Path) -> Path:
     out = sweep_dir / "report"
     out.mkdir(exist_ok=True)
     plots = [p for p in (plot_metrics_per_value(runs, keys, out / "metrics_per_value.png"),
+                         plot_quality_vs_focal(runs, keys, out / "quality_vs_focal.png"),
                          plot_learning_curves(runs, keys, out / "learning_curves.png"),
                          plot_focal_curves(runs, keys, out / "focal_curves.png"),
                          plot_samples(runs, keys, out / "samples.png")) if p is not None]

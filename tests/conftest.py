@@ -29,6 +29,15 @@ def real_data() -> Path:
     return path
 
 
+@pytest.fixture
+def face_landmarker_task() -> Path:
+    """The real MediaPipe Face Landmarker model file; the test is skipped, with the reason, when it is absent."""
+    path = Path(os.environ.get("SYNCTALK_WEIGHTS", REPO.parent / "shared" / "weights")) / "face_landmarker.task"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set SYNCTALK_WEIGHTS to its folder)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """The smoke experiment's synthetic subject (24 frames, 64 px), generated once per session."""

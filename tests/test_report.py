@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -74,3 +75,24 @@ def test_report_of_a_folder_without_runs_is_an_error(tmp_path):
         write_report(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         write_report(tmp_path / "nope")
+
+
+def test_trained_runs_on_datasets_of_different_focal_are_plotted_against_it(tmp_path):
+    from synctalk.data.layout import Transforms, dataset_summary
+
+    sweep = tmp_path / "sweep"
+    for i, (focal, psnr) in enumerate(((1100.0, 22.0), (1150.0, 22.4), (1200.0, 22.1))):
+        root = tmp_path / f"step{i}"
+        ids = [0, 1, 2]
+        Transforms(focal, 256, 256, ids, ids, np.tile(np.eye(4), (3, 1, 1))).write(root / "transforms_train.json")
+        (root / ".stages").mkdir()
+        (root / ".stages" / "poses.json").write_text(json.dumps(
+            {"report": {"face_model": "canonical", "jitter_written": {"rotation_deg": 0.1 * (i + 1)}, "other": 1}}))
+        summary = dataset_summary(root)
+        assert summary["focal_at_512"] == focal and summary["face_model"] == "canonical" and "other" not in summary
+        _job(sweep, str(i), [f"data.root={root}"], {"data": {"root": str(root)}},
+             {"parsed/psnr": psnr, "parsed/face_psnr": psnr - 2, "parsed/lmd": 3.0 + i, "dataset": summary})
+    assert dataset_summary(tmp_path / "no_dataset") == {}
+    text = write_report(sweep).read_text()
+    assert "dataset.focal_at_512" in text and "dataset.jitter_written.rotation_deg" in text
+    assert (sweep / "report" / "quality_vs_focal.png").is_file() and "quality_vs_focal" in text

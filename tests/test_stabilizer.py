@@ -364,3 +364,134 @@ def test_cotracker_backend_tracks_the_chosen_keypoints(tmp_path, monkeypatch):
     np.testing.assert_allclose(tracks.points[:-1], expected[:-1], atol=1e-4)
     assert tracks.visible[ref].all() and not tracks.visible[-1].any() and not tracks.visible[0, 0]
     assert tracks.visible[1:-1].mean() > 0.5 and np.isnan(tracks.fb_error).all()
+
+
+# ----------------------------------------------------------------------------- canonical face, verdict, long videos
+
+def another_human_face(seed: int = 0) -> np.ndarray:
+    """(68, 3) metres: the canonical face made into another person's: 7% wider, 4% shorter, a 4 mm longer nose,
+    plus 0.5 mm of random per-point shape (head axes)."""
+    from synctalk.stabilizer.face_model import CANONICAL_FACE
+
+    face = read_template(CANONICAL_FACE)
+    face = face - face.mean(0)
+    face[:, 0] *= 1.07
+    face[:, 1] *= 0.96
+    face[27:36, 2] += 0.004 * np.linspace(0.3, 1.0, 9)  # the nose bridge and tip come forward
+    return face + np.random.default_rng(seed).normal(0, 0.0005, face.shape)
+
+
+def test_canonical_face_is_metric_and_its_identity_is_bounded():
+    from synctalk.stabilizer.face_model import CANONICAL_ID_BOUND, CANONICAL_ID_STEP, canonical_face_model
+
+    mesh = np.random.default_rng(0).normal(0, 1, (12, 478, 3)) + np.linspace(0, 200, 478)[None, :, None]
+    model = canonical_face_model(mesh, num_exp=3)
+    assert model.name == "canonical" and model.num_id == 3 and model.num_exp == 3
+    mean = model.mean.numpy()
+    assert 0.085 < np.linalg.norm(mean[36] - mean[45]) < 0.095  # outer eye corners, metres
+    assert mean[30, 2] - mean[[36, 45], 2].mean() > 0.03  # the nose tip stands in front of the eyes: true depth
+    assert mean[30, 2] - mean[[0, 16], 2].mean() > 0.08  # and the face's sides lie far behind it
+    # a face twice as deep cannot be matched: the depth scale stops at the bound
+    rot, trans = head_motion(30)
+    deep = mean * [1.0, 1.0, 2.0]
+    lms = project_np(deep, rot, trans, FOCAL)
+    fit = fit_landmarks(model.without_expressions(), lms, [FOCAL], CX, CY, steps=2000)
+    assert np.abs(fit.id_coeff).max() <= CANONICAL_ID_BOUND + 1e-6
+    assert fit.id_coeff[0, 2] == pytest.approx(CANONICAL_ID_BOUND, abs=1e-3)
+    assert CANONICAL_ID_BOUND * CANONICAL_ID_STEP <= 0.1  # at most 10% per axis
+
+
+def test_canonical_focal_search_measures_another_persons_face():
+    """The default face model on landmarks of a face that is not its own shape (with expressions it does not
+    know and 1 px noise): an interior minimum near the true focal, on the whole clip and on each half. (The
+    focal is only as good as the face's depth: a 3 mm lower chin gives +8% here, 1.5 mm of random shape
+    per point +47%.)"""
+    from synctalk.stabilizer.face_model import canonical_face_model
+    from synctalk.stabilizer.pipeline import focal_half_agreement, focal_is_interior
+
+    rng = np.random.default_rng(4)
+    face = another_human_face()
+    rot, trans = head_motion(80, seed=5)
+    lms = project_np(face, rot, trans, FOCAL)
+    mouth = np.arange(48, 68)
+    lms[:, mouth, 1] += rng.uniform(0, 4, (80, 1)) * np.where(np.isin(mouth, [50, 51, 52, 61, 62, 63]), -0.3, 1.0)
+    lms += rng.normal(0, 1.0, lms.shape)
+    model = canonical_face_model(np.zeros((10, 478, 3)) + rng.normal(0, 1, (10, 478, 3)), num_exp=0)
+    kw = dict(every_k=2, steps=500, refine_points=5, min_frames=20)
+    search = search_focal(model, lms, CX, CY, 500, 3000, 100, **kw)
+    assert focal_is_interior(search) and not focal_at_range_end(search)
+    assert abs(search.focal - FOCAL) / FOCAL < 0.08, search.focal
+    halves = [search_focal(model, part, CX, CY, 500, 3000, 100, **kw) for part in np.array_split(lms, 2)]
+    agreement = focal_half_agreement(search, halves)
+    assert not agreement["focal_halves_disagree"] and agreement["focal_halves_difference_pct"] < 10
+
+
+def test_shipped_canonical_face_is_derived_from_the_face_landmarker(face_landmarker_task, tmp_path):
+    from synctalk.stabilizer.face_model import CANONICAL_FACE, write_canonical_template
+
+    task = face_landmarker_task
+    derived = write_canonical_template(task, tmp_path / "canonical.txt")
+    np.testing.assert_allclose(np.loadtxt(CANONICAL_FACE), derived, atol=1e-4)
+    assert "Apache License" in CANONICAL_FACE.read_text()
+    with pytest.raises(UserError, match="not a Face Landmarker model"):
+        write_canonical_template(tmp_path / "canonical.txt", tmp_path / "x.txt")
+
+
+def test_bundle_adjustment_is_rejected_when_it_does_not_help():
+    from synctalk.stabilizer.pipeline import judge_bundle_adjustment
+
+    rot, trans = head_motion(60)
+    rng = np.random.default_rng(0)
+    shaky = euler_to_matrix(np.radians(rng.normal(0, 0.6, (60, 3))))
+    landmark = c2w_from_cv_poses(shaky @ rot, trans)  # a jittery face-model fit
+    smooth = c2w_from_cv_poses(rot, trans)
+    points = np.full(60, 100)
+    good = judge_bundle_adjustment(landmark, smooth, points, max_drift_deg=10)
+    assert good["kept"] and not good["reasons"]
+    assert good["jitter_bundle_adjustment"]["rotation_deg"] < good["jitter_landmarks"]["rotation_deg"]
+    worse = judge_bundle_adjustment(smooth, landmark, points, max_drift_deg=10)
+    assert not worse["kept"] and "jitter" in worse["reasons"][0]
+    few = points.copy()
+    few[:20] = 3
+    assert "stable tracked points" in judge_bundle_adjustment(landmark, smooth, few, 10)["reasons"][0]
+    tilted = c2w_from_cv_poses(euler_to_matrix(np.radians([[0.0, 15.0, 0.0]] * 60)) @ rot, trans)
+    drift = judge_bundle_adjustment(landmark, tilted, points, max_drift_deg=10)
+    assert not drift["kept"] and "drift" in drift["reasons"][-1] and drift["drift_median_deg"] > 10
+
+
+def test_head_angles_are_about_the_frontal_pose_and_continuous():
+    rot, trans = head_motion(50)  # pitch +-6, yaw +-12, roll +-4 degrees about the frontal pose
+    ang = rotation_angles_deg(rot)
+    assert np.abs(ang).max() < 20  # no +-180 degree offsets
+    assert np.abs(np.diff(ang, axis=0)).max() < 3  # no jumps
+
+
+def test_written_transforms_give_back_the_poses_and_their_jitter(tmp_path):
+    from synctalk.data.layout import Transforms, split_train_val
+    from synctalk.stabilizer.pipeline import cv_poses_from_c2w, transforms_jitter
+
+    rot, trans = head_motion(44)
+    c2w = c2w_from_cv_poses(rot, trans)
+    back_rot, back_trans = cv_poses_from_c2w(c2w)
+    np.testing.assert_allclose(back_rot, rot, atol=1e-9)
+    np.testing.assert_allclose(back_trans, trans, atol=1e-9)
+    for split, ids in zip(("train", "val"), split_train_val(44)):
+        Transforms(1000.0, 256, 256, ids, ids, c2w[ids].astype(np.float32)).write(tmp_path / f"transforms_{split}.json")
+    written = transforms_jitter(tmp_path)
+    assert written["rotation_deg"] == pytest.approx(jitter(rot, trans)["rotation_deg"], abs=1e-3)
+
+
+def test_long_videos_score_and_search_on_bounded_frames():
+    from synctalk.stabilizer.point_tracker import score_frame_runs
+
+    assert score_frame_runs(300, 500) == [range(300)]
+    runs = score_frame_runs(7500, 500)
+    frames = [t for run in runs for t in run]
+    assert len(runs) == 10 and len(frames) == 500 and len(set(frames)) == 500
+    assert frames[0] == 0 and frames[-1] == 7499 and all(len(r) == 50 for r in runs)
+    head = random_head()
+    rot, trans = head_motion(2000)
+    lms = project_np(head, rot, trans, FOCAL)
+    model = FaceModel(head, np.zeros((68, 3, 0)), np.zeros((68, 3, 0)), "exact")
+    search = search_focal(model, lms, CX, CY, 1200, 1400, 100, every_k=1, steps=20, max_frames=300)
+    assert search.frames <= 300

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from synctalk.config.schema import TrainConfig
+from synctalk.data.layout import dataset_summary
 from synctalk.evaluation import evaluate_split
 from synctalk.io import write_json
 from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system, check_resume,
@@ -48,7 +49,8 @@ def run(cfg: DictConfig) -> dict:
         metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
                                  cfg.data.fps, cfg.model.loss.lpips_backbone, out / "media" / "eval_sample.png")
         metrics.update(step=int(trainer.global_step), stage=cfg.stage.name,
-                       train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))))
+                       train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))),
+                       dataset=dataset_summary(datamodule.root))
         for logger in loggers:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},
                                step=trainer.global_step)

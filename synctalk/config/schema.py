@@ -63,11 +63,14 @@ class TrackerConfig:
     focal: FocalRange = field(default_factory=FocalRange)
     every_k: int = 10  # frames used for the focal search
     min_search_frames: int = 50  # every_k is lowered on short clips to search on at least this many frames
+    max_search_frames: int = 500  # neither the grid nor the refinement fits more frames (long videos)
     steps: int = 2000
     lr: float = 0.3
     refine_points: int = 9  # focals tried between the winner's grid neighbours (0: no refinement)
     refine_every_k: int = 1  # frames used for the refinement
     focal_landmarks: str = "all"  # all | rigid (only landmarks expressions hardly move) for the focal search
+    check_halves: bool = False  # also search the focal on each half of the video and report their agreement
+    focal_expressions: bool = False  # score focal candidates with the expression components (default: a rigid face)
     pose_source: str = "bundle_adjustment"  # landmarks (face-model fit) | bundle_adjustment (+ tracking, BA)
 
 
@@ -225,7 +228,7 @@ class LandmarkOptions:
 
 @dataclass
 class FaceModelOptions:
-    backend: str = "subject"  # subject (weight-free, from the subject's FaceMesh) | template | bfm (Basel Face Model 2009)
+    backend: str = "canonical"  # canonical (metric face, weight-free) | subject (the subject's FaceMesh) | template | bfm (Basel Face Model 2009)
     bfm_dir: Optional[str] = None  # folder with the BFM files (backend=bfm)
     template: Optional[str] = None  # 68 x 3 face shape, .npy or text (backend=template)
     num_exp: int = 10  # expression components of the subject model
@@ -243,6 +246,8 @@ class PointsOptions:
     fb_threshold: float = 2.0  # forward-backward flow error (px) above which a point is not visible
     min_points: int = 20  # fewer trackable points is an error
     erode_px: int = 3  # the region mask is eroded by this much before choosing points
+    score_frames: int = 500  # frames whose flow scores the keypoints (longer videos: 10 runs spread over it)
+    workers: int = 0  # threads computing the flow (0: one per core)
 
 
 @dataclass
@@ -255,6 +260,7 @@ class BundleAdjustmentOptions:
     robust: str = "huber"  # huber | none
     huber_px: float = 1.0
     outlier_factor: float = 2.0  # drop tracks / observations over this many times the median error, re-run (0: off)
+    max_drift_deg: float = 10.0  # BA rotations further than this (median) from the face-model fit are rejected
     smoothness: float = 0.0  # weight of the temporal second-difference prior on the poses
     batch_frames: int = 0  # frames per step (0: all)
 

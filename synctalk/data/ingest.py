@@ -31,7 +31,7 @@ from synctalk.config.schema import AudioConfig
 from synctalk.errors import UserError
 from synctalk.external import require_file
 from synctalk.io import atomic_path, save_figure, subplots, write_json
-from synctalk.stabilizer.pipeline import StabilizerOptions, region_masks, stabilize, truth_errors
+from synctalk.stabilizer.pipeline import StabilizerOptions, region_masks, stabilize, transforms_jitter, truth_errors
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,8 @@ def run_ingest(video: Path, root: Path, opts: IngestOptions) -> dict:
         train_ids, val_ids = split_train_val(n)
         for split, ids in (("train", train_ids), ("val", val_ids)):
             Transforms(focal, width / 2, height / 2, ids, ids, c2w[ids].astype(np.float32)).write(layout.transforms(split))
-        out = {**result["report"], "train": len(train_ids), "val": len(val_ids)}
+        out = {**result["report"], "train": len(train_ids), "val": len(val_ids),
+               "jitter_written": transforms_jitter(root)}  # measured as a user would: from the written files
         if opts.ground_truth:
             out["truth"] = truth_errors(result, require_file(opts.ground_truth, "ground truth", "preprocess.ground_truth"))
         return out

@@ -115,6 +115,27 @@ class Transforms:
         })
 
 
+#: entries of the ``poses`` stage report that a training run records beside its image metrics
+POSE_SUMMARY_KEYS = ("face_model", "focal_interior", "landmark_rms_px", "jitter_landmarks", "jitter_bundle_adjustment",
+                     "poses_written", "jitter_written")
+
+
+def dataset_summary(root: Path) -> dict:
+    """What a trained run should carry of its dataset, so a sweep over datasets can be read in image quality:
+    the focal length (pixels, and at 512 px width for comparison across sizes) and, for a preprocessed
+    video, the stabilizer's numbers (:data:`POSE_SUMMARY_KEYS`)."""
+    layout = DatasetLayout(Path(root))
+    if not layout.transforms("train").is_file():
+        return {}
+    t = Transforms.read(layout.transforms("train"))
+    out = {"focal": round(t.focal, 2), "focal_at_512": round(t.focal * 512 / (2 * t.cx), 2)}
+    marker = layout.root / ".stages" / "poses.json"
+    if marker.is_file():
+        report = read_json(marker).get("report", {})
+        out.update({k: report[k] for k in POSE_SUMMARY_KEYS if k in report})
+    return out
+
+
 def split_train_val(num_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """The original split: the first 10/11 of the frames train, the rest validate."""
     cut = int(num_frames * 10 / 11)

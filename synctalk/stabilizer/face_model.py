@@ -1,8 +1,12 @@
 """Face models for the Head Motion Tracker: 3D landmark positions from identity and expression.
 
-Both backends give the 68 landmarks of the 68-point layout in the *head frame* (metres; x to the
+Every backend gives the 68 landmarks of the 68-point layout in the *head frame* (metres; x to the
 image's right for a frontal face, y up, z out of the face, origin about 5 cm behind the face):
 
+- ``canonical`` (the default, weight-free): MediaPipe's canonical metric face (true depth, shipped as
+  ``canonical_face_68.txt``) with a bounded identity: the face's width, height and depth each scale by
+  at most ``CANONICAL_ID_BOUND`` x 5%, so the depth can never collapse to a flat face that would make
+  every focal length fit; expression = the subject's FaceMesh components (as ``subject``).
 - ``subject`` (weight-free): the subject's own FaceMesh 3D landmarks, similarity-aligned over the
   video (generalised Procrustes) and averaged into a template, scaled to a 90 mm distance between
   the outer eye corners; identity = free per-point offsets (mm), expression = the first principal
@@ -24,7 +28,17 @@ from torch import nn
 from synctalk.data.face_geometry import OUTER_EYE_CORNERS_M
 from synctalk.data.landmarks import MESH_TO_68
 from synctalk.errors import UserError
+from synctalk.io import atomic_path
 
+CANONICAL_FACE = Path(__file__).with_name("canonical_face_68.txt")  # mm, head axes, Apache-2.0 (see its header)
+CANONICAL_NOTICE = """MediaPipe's canonical metric face mesh (468 vertices, centimetres) from the Face Landmarker model
+(face_landmarker.task: geometry_pipeline_metadata_landmarks.binarypb), reduced to the 68-point layout
+(synctalk.data.landmarks.MESH_TO_68) and written in millimetres, head axes: x to the image's right for a
+frontal face, y up, z out of the face. Regenerate: python -m synctalk.stabilizer.face_model face_landmarker.task
+Copyright 2020-2023 The MediaPipe Authors. Licensed under the Apache License, Version 2.0
+(http://www.apache.org/licenses/LICENSE-2.0); derived work: vertex subset and unit change only."""
+CANONICAL_ID_STEP = 0.05  # one identity unit of the canonical model: 5% of the face's width, height or depth
+CANONICAL_ID_BOUND = 2.0  # identity units: at most +-10% per axis
 HEAD_DEPTH_M = 0.05  # the head-frame origin sits this far behind the face's rigid points
 # 68-point landmarks that expressions hardly move: the upper jaw contour, the nose and the eye corners
 RIGID_68 = [0, 1, 2, 3, 13, 14, 15, 16, *range(27, 36), 36, 39, 42, 45]
@@ -38,10 +52,13 @@ class FaceModel(nn.Module):
         id_basis: (P, 3, I) metres per unit identity coefficient.
         exp_basis: (P, 3, E) metres per unit expression coefficient.
         name: backend name, for reports.
+        id_bound: identity coefficients are kept within +-``id_bound`` by the fit (None: unbounded).
     """
 
-    def __init__(self, mean: np.ndarray, id_basis: np.ndarray, exp_basis: np.ndarray, name: str):
+    def __init__(self, mean: np.ndarray, id_basis: np.ndarray, exp_basis: np.ndarray, name: str,
+                 id_bound: float | None = None):
         super().__init__()
+        self.id_bound = id_bound
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("id_basis", torch.as_tensor(id_basis, dtype=torch.float32))
         self.register_buffer("exp_basis", torch.as_tensor(exp_basis, dtype=torch.float32))
@@ -58,7 +75,12 @@ class FaceModel(nn.Module):
     def subset(self, points: list[int]) -> "FaceModel":
         """The same model over some of its points."""
         return FaceModel(self.mean[points].numpy(), self.id_basis[points].numpy(), self.exp_basis[points].numpy(),
-                         self.name)
+                         self.name, self.id_bound)
+
+    def without_expressions(self) -> "FaceModel":
+        """The same model with no expression components: a rigid face of the model's identity freedom."""
+        return FaceModel(self.mean.numpy(), self.id_basis.numpy(), self.exp_basis[..., :0].numpy(), self.name,
+                         self.id_bound)
 
     def forward(self, id_coeff: torch.Tensor, exp_coeff: torch.Tensor) -> torch.Tensor:
         """Args: id_coeff (B, I), exp_coeff (B, N, E). Returns (B, N, P, 3) metres."""
@@ -165,6 +187,48 @@ def template_face_model(path: str | Path, mesh: np.ndarray, num_exp: int = 10) -
     return FaceModel(_head_frame(template), np.zeros((68, 3, 0)), _expression_basis(shapes, num_exp), "template")
 
 
+def canonical_face_model(mesh: np.ndarray, num_exp: int = 10) -> FaceModel:
+    """MediaPipe's canonical metric face with a bounded identity (three axis scales) and the subject's FaceMesh
+    expression components.
+
+    Args:
+        mesh: (N, 478, 3) FaceMesh points of the video.
+    """
+    mean = _head_frame(read_template(CANONICAL_FACE))
+    centred = mean - mean.mean(0)
+    id_basis = np.zeros((68, 3, 3))
+    for axis in range(3):  # identity k scales axis k about the face's centre
+        id_basis[:, axis, axis] = centred[:, axis] * CANONICAL_ID_STEP
+    shapes, _ = _subject_shapes(mesh)
+    return FaceModel(mean, id_basis, _expression_basis(shapes, num_exp), "canonical", CANONICAL_ID_BOUND)
+
+
+def canonical_mesh_from_task(task_file: str | Path) -> np.ndarray:
+    """(468, 3) MediaPipe's canonical face mesh in centimetres (head axes), read from a Face Landmarker model
+    file (a zip holding ``geometry_pipeline_metadata_landmarks.binarypb``)."""
+    import zipfile
+
+    from mediapipe.tasks.cc.vision.face_geometry.proto import geometry_pipeline_metadata_pb2
+
+    try:
+        with zipfile.ZipFile(task_file) as archive:
+            raw = archive.read("geometry_pipeline_metadata_landmarks.binarypb")
+    except (OSError, KeyError, zipfile.BadZipFile) as err:
+        raise UserError(f"{task_file} is not a Face Landmarker model with its face geometry: {err}") from err
+    metadata = geometry_pipeline_metadata_pb2.GeometryPipelineMetadata()
+    metadata.ParseFromString(raw)
+    vertices = np.asarray(metadata.canonical_mesh.vertex_buffer, np.float64).reshape(-1, 5)  # x, y, z, u, v
+    return vertices[:, :3]
+
+
+def write_canonical_template(task_file: str | Path, path: str | Path = CANONICAL_FACE) -> np.ndarray:
+    """Write the 68-point canonical face (mm) derived from ``task_file``, with its licence notice; returns it."""
+    points = canonical_mesh_from_task(task_file)[MESH_TO_68] * 10.0
+    with atomic_path(Path(path)) as tmp:
+        np.savetxt(tmp, points, fmt="%.4f", header=CANONICAL_NOTICE)
+    return points
+
+
 def _read_exp_pca(path: Path, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
     """``Exp_Pca.bin``: int32 count E, then float32 mean (3V) and basis (E, 3V)."""
     raw = path.read_bytes()
@@ -215,3 +279,12 @@ def bfm_face_model(folder: str | Path | None, num_id: int = 100, num_exp: int = 
     id_basis = (shape_pc[rows, :num_id] * shape_ev[None, :num_id]).reshape(68, 3, num_id) * unit
     exp_basis = (exp_pc[:num_exp, exp_rows].T * exp_std[None, :num_exp]).reshape(68, 3, num_exp) * unit
     return FaceModel(_head_frame(mean), id_basis, exp_basis, "bfm")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m synctalk.stabilizer.face_model /path/to/face_landmarker.task")
+    write_canonical_template(sys.argv[1])
+    print(f"wrote {CANONICAL_FACE}")

@@ -139,6 +139,9 @@ def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, cx: float, cy: floa
         pose_opt.step()
         if step >= half:
             shape_opt.step()
+            if model.id_bound is not None:
+                with torch.no_grad():
+                    id_c.clamp_(-model.id_bound, model.id_bound)
             decay = lr_decay ** ((step + 1 - half) / max(steps - half, 1))
             pose_opt.param_groups[0]["lr"], shape_opt.param_groups[0]["lr"] = lr * decay, lr * 0.1 * decay
     with torch.no_grad():
@@ -177,16 +180,22 @@ class FocalSearch:
 def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start: float, stop: float, step: float,
                  every_k: int = 10, steps: int = 2000, lr: float = 0.3, refine_points: int = 0,
                  id_reg: float = 0.5, exp_reg: float = 0.5, progress: bool = False, refine_every_k: int = 1,
-                 landmarks: str = "all", min_frames: int = 50) -> FocalSearch:
+                 landmarks: str = "all", min_frames: int = 50, expressions: bool = False,
+                 max_frames: int = 500) -> FocalSearch:
     """Choose the focal length whose fit of every ``every_k``-th frame has the lowest landmark error.
 
     ``every_k`` is lowered as far as needed for at least ``min_frames`` frames (short clips): a focal
-    length is only weakly visible in the landmarks of one frame.
+    length is only weakly visible in the landmarks of one frame. Neither the grid nor the refinement uses
+    more than ``max_frames`` frames (evenly spread), so long videos cost no more than a 20 s clip.
 
     With ``refine_points`` > 0 the winner is refined on that many focals spread between its two
     grid neighbours, fitted to every ``refine_every_k``-th frame, and a parabola through the best three
     gives the final value. ``landmarks="rigid"`` scores only the landmarks expressions hardly move
     (:data:`RIGID_68`), for face models whose expression components do not fit the subject.
+
+    With ``expressions=False`` (the default) the candidates are scored with a rigid face (the model's
+    identity freedom only): per-frame expression components can bend the face to mimic a wrong
+    perspective, and on real clips the rigid score is the stable one (the two halves of a clip agree).
     """
     if landmarks not in ("all", "rigid"):
         raise UserError(f"tracker.focal_landmarks={landmarks} is not one of all, rigid")
@@ -194,8 +203,10 @@ def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start:
         if model.mean.shape[0] != 68:
             raise UserError("tracker.focal_landmarks=rigid needs a 68-point face model")
         model, lms = model.subset(RIGID_68), lms[:, RIGID_68]
+    if not expressions:
+        model = model.without_expressions()
     grid = focal_candidates(start, stop, step)
-    every_k = max(1, min(every_k, len(lms) // max(min_frames, 1)))
+    every_k = max(1, min(every_k, len(lms) // max(min_frames, 1)), -(-len(lms) // max(max_frames, 1)))
     sample = lms[::every_k]
     fit = fit_landmarks(model, sample, grid, cx, cy, steps, lr, id_reg, exp_reg, progress, "focal search")
     rms = fit.rms_px
@@ -205,7 +216,8 @@ def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start:
     if refine_points > 0 and len(grid) > 1:
         lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
         refined = np.linspace(lo, hi, refine_points + 2)[1:-1]
-        refined_rms = fit_landmarks(model, lms[:: max(1, refine_every_k)], refined, cx, cy, steps, lr, id_reg,
+        refine_k = max(1, refine_every_k, -(-len(lms) // max(max_frames, 1)))
+        refined_rms = fit_landmarks(model, lms[::refine_k], refined, cx, cy, steps, lr, id_reg,
                                     exp_reg, progress, "focal refinement").rms_px
         j = int(np.argmin(refined_rms))
         focal = float(refined[j])

@@ -21,7 +21,8 @@ from synctalk.errors import UserError
 from synctalk.geometry import head_pose_to_c2w
 from synctalk.io import atomic_path, save_figure, subplots, write_json
 from synctalk.stabilizer.bundle_adjustment import MIN_POINTS_PER_FRAME, run_bundle_adjustment
-from synctalk.stabilizer.face_model import FaceModel, bfm_face_model, subject_face_model, template_face_model
+from synctalk.stabilizer.face_model import (FaceModel, bfm_face_model, canonical_face_model, subject_face_model,
+                                            template_face_model)
 from synctalk.stabilizer.head_tracker import fit_landmarks, search_focal
 from synctalk.stabilizer.point_tracker import track_head_points
 
@@ -42,14 +43,19 @@ class StabilizerOptions:
     flow: FlowConfig = field(default_factory=FlowConfig)
 
 
+FACE_MODELS = ("canonical", "subject", "template", "bfm")
+
+
 def build_face_model(opts: FaceModelOptions, mesh: np.ndarray) -> FaceModel:
+    if opts.backend == "canonical":
+        return canonical_face_model(mesh, opts.num_exp)
     if opts.backend == "subject":
         return subject_face_model(mesh, opts.num_exp)
     if opts.backend == "template":
         return template_face_model(opts.template, mesh, opts.num_exp)
     if opts.backend == "bfm":
         return bfm_face_model(opts.bfm_dir)
-    raise UserError(f"preprocess.face_model.backend={opts.backend} is not one of subject, template, bfm")
+    raise UserError(f"preprocess.face_model.backend={opts.backend} is not one of {', '.join(FACE_MODELS)}")
 
 
 def c2w_from_cv_poses(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -58,21 +64,53 @@ def c2w_from_cv_poses(rotation: np.ndarray, translation: np.ndarray) -> np.ndarr
 
 
 def rotation_angles_deg(rotation: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) -> (N, 3) Euler angles (pitch, yaw, roll) in degrees, ``R = Rz Ry Rx``."""
+    """(N, 3, 3) head -> OpenCV camera rotations -> (N, 3) head angles (pitch, yaw, roll) in degrees about the
+    frontal pose (all zero for a head looking into the camera, upright), ``R = Rz Ry Rx``; continuous over
+    time (unwrapped), so a pose near +-180 degrees in some convention never jumps."""
+    rotation = CV_TO_GL @ rotation  # a frontal head -> the identity
     pitch = np.arctan2(rotation[:, 2, 1], rotation[:, 2, 2])
     yaw = np.arcsin(np.clip(-rotation[:, 2, 0], -1, 1))
     roll = np.arctan2(rotation[:, 1, 0], rotation[:, 0, 0])
-    return np.degrees(np.stack([pitch, yaw, roll], -1))
+    return np.degrees(np.unwrap(np.stack([pitch, yaw, roll], -1), axis=0))
+
+
+def cv_poses_from_c2w(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's camera-to-world matrices (N, 4, 4) -> head -> OpenCV camera rotations (N, 3, 3) and
+    translations (N, 3) metres (the inverse of :func:`c2w_from_cv_poses`)."""
+    w2c = np.linalg.inv(c2w)
+    return CV_TO_GL @ w2c[:, :3, :3], w2c[:, :3, 3] @ CV_TO_GL.T
 
 
 def jitter(rotation: np.ndarray, translation: np.ndarray) -> dict:
-    """Mean absolute second difference over time of rotation angles (deg) and translation (mm)."""
+    """Mean absolute second difference over time of the head angles (deg) and translation (mm)."""
     if len(rotation) < 3:
         return {"rotation_deg": 0.0, "translation_mm": 0.0}
-    ang = np.unwrap(np.radians(rotation_angles_deg(rotation)), axis=0)
+    ang = np.radians(rotation_angles_deg(rotation))
     second = lambda x: np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean()  # noqa: E731
     return {"rotation_deg": round(float(np.degrees(second(ang))), 5),
             "translation_mm": round(float(second(translation * 1000.0)), 5)}
+
+
+def as_written(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Head -> OpenCV camera poses of (N, 4, 4) camera-to-world matrices as the transforms json holds them
+    (float32)."""
+    return cv_poses_from_c2w(c2w.astype(np.float32).astype(np.float64))
+
+
+def transforms_c2w(root: Path) -> np.ndarray:
+    """(N, 4, 4) camera-to-world poses of a dataset folder's ``transforms_train.json`` and ``transforms_val.json``,
+    in frame order."""
+    from synctalk.data.layout import DatasetLayout, Transforms
+
+    layout = DatasetLayout(root)
+    splits = [Transforms.read(layout.transforms(split)) for split in ("train", "val")]
+    ids = np.concatenate([t.img_ids for t in splits])
+    return np.concatenate([t.c2w for t in splits])[np.argsort(ids, kind="stable")].astype(np.float64)
+
+
+def transforms_jitter(root: Path) -> dict:
+    """The jitter of the poses a dataset folder's transforms json files hold (what training reads)."""
+    return jitter(*cv_poses_from_c2w(transforms_c2w(root)))
 
 
 def pose_errors(c2w: np.ndarray, truth_c2w: np.ndarray) -> dict:
@@ -135,6 +173,45 @@ def backproject(keypoints: np.ndarray, landmarks_cam: np.ndarray, landmarks_px: 
     return (cam - translation) @ rotation  # R^T (X - T), row vectors
 
 
+def rotation_difference_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> np.ndarray:
+    """(N,) angle in degrees between two sequences of (N, 3, 3) rotations, frame by frame."""
+    rel = np.einsum("nij,nkj->nik", rot_a, rot_b)
+    return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+
+
+def judge_bundle_adjustment(landmark_c2w: np.ndarray, ba_c2w: np.ndarray, points_per_frame: np.ndarray,
+                            max_drift_deg: float, max_few_point_fraction: float = 0.1) -> dict:
+    """Whether the bundle-adjusted poses are better than the face-model fit, judged on the poses as written
+    (camera-to-world, float32) and the tracks behind them.
+
+    Bundle adjustment is rejected (the face-model poses are written instead) when any of these holds:
+    its rotation jitter is not lower; more than ``max_few_point_fraction`` of the frames have fewer than
+    :data:`MIN_POINTS_PER_FRAME` tracked points; its rotations drift from the face-model fit by more than
+    ``max_drift_deg`` in the median (flow that drifts away carries the whole head with it).
+
+    Args:
+        landmark_c2w, ba_c2w: (N, 4, 4) camera-to-world poses; points_per_frame: (N,) tracked points used.
+    Returns:
+        ``kept`` (bool), ``reasons`` (why it was rejected), the two jitters and the drift.
+    """
+    (rot_lm, trans_lm), (rot_ba, trans_ba) = as_written(landmark_c2w), as_written(ba_c2w)
+    jit_lm, jit_ba = jitter(rot_lm, trans_lm), jitter(rot_ba, trans_ba)
+    drift = rotation_difference_deg(rot_ba, rot_lm)
+    few = int((points_per_frame < MIN_POINTS_PER_FRAME).sum())
+    reasons = []
+    if jit_ba["rotation_deg"] >= jit_lm["rotation_deg"]:
+        reasons.append(f"its rotation jitter ({jit_ba['rotation_deg']:.3f} deg) is not below the face-model fit's "
+                       f"({jit_lm['rotation_deg']:.3f} deg)")
+    if few > max_few_point_fraction * len(points_per_frame):
+        reasons.append(f"{few} of {len(points_per_frame)} frames have fewer than {MIN_POINTS_PER_FRAME} stable "
+                       f"tracked points")
+    if np.median(drift) > max_drift_deg:
+        reasons.append(f"its rotations drift {np.median(drift):.1f} deg (median) from the face-model fit "
+                       f"(limit preprocess.bundle_adjustment.max_drift_deg={max_drift_deg})")
+    return {"kept": not reasons, "reasons": reasons, "jitter_landmarks": jit_lm, "jitter_bundle_adjustment": jit_ba,
+            "drift_median_deg": round(float(np.median(drift)), 3), "drift_p95_deg": round(float(np.percentile(drift, 95)), 3)}
+
+
 def _plot_focal(search, path: Path) -> None:
     fig, ax = subplots(figsize=(6, 3.2))
     ax.plot(search.candidates, search.rms_px, "o-", label="grid")
@@ -191,6 +268,21 @@ def focal_at_range_end(search) -> bool:
     return int(np.argmin(search.refined_rms_px)) == nearest
 
 
+def focal_is_interior(search) -> bool:
+    """Whether the focal search's error curve has its minimum inside the grid (a measured focal), not at an end."""
+    grid = search.candidates
+    return bool(len(grid) >= 3 and grid[0] < search.grid_best < grid[-1])
+
+
+def focal_half_agreement(search, halves: list, limit_pct: float = 10.0) -> dict:
+    """The focal lengths searched on the first and the second half of a video against the whole video's: their
+    difference in % of the whole's focal, and whether it is over ``limit_pct`` (an unstable focal)."""
+    focals = [h.focal for h in halves]
+    spread = abs(focals[0] - focals[1]) / search.focal * 100
+    return {"focal_halves": [round(f, 1) for f in focals], "focal_halves_difference_pct": round(spread, 2),
+            "focal_halves_disagree": bool(spread > limit_pct)}
+
+
 def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
               height: int, fps: float, opts: StabilizerOptions, out_dir: Path, progress: bool = True) -> dict:
     """Focal search and landmark fit, then point tracking + bundle adjustment when
@@ -200,7 +292,8 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
         frames, masks: per-frame paths of the frames and of the masks the head points are chosen in
             (N; :func:`region_masks`); mesh: (N, 478, 3) FaceMesh points; lms68: (N, 68, 2).
     Returns:
-        ``focal``, ``c2w_landmarks`` (N, 4, 4), ``c2w`` (N, 4, 4, the chosen source) and ``report``.
+        ``focal``, ``c2w_landmarks`` (N, 4, 4), ``c2w`` (N, 4, 4: the poses to write: bundle-adjusted unless
+        :func:`judge_bundle_adjustment` rejects them) and ``report``.
     """
     t = opts.tracker
     if t.pose_source not in POSE_SOURCES:
@@ -217,12 +310,17 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
     fm = opts.face_model
     model = build_face_model(fm, mesh)
     to_px = width / 512.0  # the focal range is given for a 512 px wide video, as in the original tools
-    search = search_focal(model, lms68, cx, cy, t.focal.start * to_px, t.focal.stop * to_px, t.focal.step * to_px,
-                          t.every_k, t.steps, t.lr, t.refine_points, fm.id_reg, fm.exp_reg, progress,
-                          t.refine_every_k, t.focal_landmarks, t.min_search_frames)
+
+    def search_fn(lms: np.ndarray):
+        return search_focal(model, lms, cx, cy, t.focal.start * to_px, t.focal.stop * to_px, t.focal.step * to_px,
+                            t.every_k, t.steps, t.lr, t.refine_points, fm.id_reg, fm.exp_reg, progress,
+                            t.refine_every_k, t.focal_landmarks, t.min_search_frames, t.focal_expressions,
+                            t.max_search_frames)
+
+    search = search_fn(lms68)
     write_json(out_dir / "focal_search.json", search.to_dict())
     _plot_focal(search, out_dir / "focal_curve.png")
-    focal = search.focal
+    focal = round(search.focal, 2)  # as written in the transforms json and the report
     fit = fit_landmarks(model, lms68, [focal], cx, cy, t.steps, t.lr, fm.id_reg, fm.exp_reg, progress, "landmark fit")
     rot_lm, trans_lm = fit.rotation[0], fit.translation[0]
     with atomic_path(out_dir / "landmark_fit.npz") as tmp:
@@ -233,13 +331,19 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
     if at_end:
         log.warning("the focal search chose the end of its range (%.0f px): the landmark error keeps falling that "
                     "way, so the focal is not measured. Widen tracker.focal.start/stop, or use a face model with a "
-                    "true 3D shape (preprocess.face_model.backend=template or bfm), or set the focal "
+                    "true 3D shape (preprocess.face_model.backend=canonical, template or bfm), or set the focal "
                     "(tracker.focal.start=stop=<px>)", search.grid_best)
-    report = {"pose_source": t.pose_source, "focal": round(focal, 2), "focal_grid_best": search.grid_best,
-              "focal_at_range_end": at_end,
+    report = {"pose_source": t.pose_source, "focal": focal, "focal_grid_best": search.grid_best,
+              "focal_at_range_end": at_end, "focal_interior": focal_is_interior(search),
               "face_model": model.name,
               "landmark_rms_px": round(float(np.sqrt((fit.error_px[0] ** 2).mean())), 4),
-              "jitter_landmarks": jitter(rot_lm, trans_lm)}
+              "jitter_landmarks": jitter(*as_written(c2w_lm))}
+    if t.check_halves:
+        report.update(focal_half_agreement(search, [search_fn(part) for part in np.array_split(lms68, 2)]))
+        if report["focal_halves_disagree"]:
+            log.warning("the two halves of the video give focal lengths %s px: the focal is not stable on this video "
+                        "(little head motion, or landmarks that do not fit the face model); consider fixing it "
+                        "(tracker.focal.start=stop=<px>)", report["focal_halves"])
     curves = {"landmark fit": (rot_lm, trans_lm)}
     c2w = c2w_lm
     if t.pose_source == "bundle_adjustment":
@@ -254,8 +358,10 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
         lms_cam = shape @ rot_lm[reference].T + trans_lm[reference]
         points3d = backproject(tracks.points[reference], lms_cam, lms68[reference], rot_lm[reference],
                                trans_lm[reference], focal, cx, cy)
+        ba_opts = asdict(opts.bundle_adjustment)
+        max_drift_deg = ba_opts.pop("max_drift_deg")
         ba = run_bundle_adjustment(tracks.points, tracks.visible, points3d, rot_lm, trans_lm, focal, cx, cy,
-                                   reference, progress=progress, **asdict(opts.bundle_adjustment))
+                                   reference, progress=progress, **ba_opts)
         visible = tracks.visible.sum(1)
         with atomic_path(out_dir / "bundle_adjustment.pt") as tmp:
             torch.save({"focal": focal, "rotation": torch.as_tensor(ba.rotation),
@@ -268,9 +374,19 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
             "frames_with_few_points": int((visible < MIN_POINTS_PER_FRAME).sum()),
             "ba_reprojection_px": {k: round(float(v.mean()), 4) for k, v in ba.error_px.items()},
             "ba_inlier_fraction": round(float(ba.inliers.sum() / max(tracks.visible.sum(), 1)), 4),
-            "jitter_bundle_adjustment": jitter(ba.rotation, ba.translation),
         })
+        c2w_ba = c2w_from_cv_poses(ba.rotation, ba.translation)
+        verdict = judge_bundle_adjustment(c2w_lm, c2w_ba, ba.inliers.sum(1), max_drift_deg)
+        report.update({"jitter_landmarks": verdict["jitter_landmarks"],
+                       "jitter_bundle_adjustment": verdict["jitter_bundle_adjustment"],
+                       "ba_drift_median_deg": verdict["drift_median_deg"], "ba_drift_p95_deg": verdict["drift_p95_deg"],
+                       "bundle_adjustment_kept": verdict["kept"], "bundle_adjustment_rejected": verdict["reasons"]})
         curves["bundle adjustment"] = (ba.rotation, ba.translation)
-        c2w = c2w_from_cv_poses(ba.rotation, ba.translation)
+        if verdict["kept"]:
+            c2w = c2w_ba
+        else:
+            log.warning("bundle adjustment is not used: %s. The face-model poses are written instead (see the "
+                        "poses stage report and stabilizer/poses.png)", "; ".join(verdict["reasons"]))
+    report["poses_written"] = "bundle_adjustment" if c2w is not c2w_lm else "landmarks"
     _plot_poses(curves, fps, out_dir / "poses.png")
     return {"focal": focal, "c2w_landmarks": c2w_lm, "c2w": c2w, "report": report}

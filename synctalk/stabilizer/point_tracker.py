@@ -205,12 +205,28 @@ def flow_box(masks: list[Path], margin: int) -> tuple[int, int, int, int]:
             int(min(hi[1] + margin + 1, h)))
 
 
+def score_frame_runs(n: int, score_frames: int, runs: int = 10) -> list[range]:
+    """The frames the keypoint score is computed on: all of them when ``n <= score_frames``, else ``runs``
+    runs of consecutive frames (the score is a temporal Laplacian) spread evenly over the video, ``score_frames``
+    in all."""
+    if n <= score_frames:
+        return [range(n)]
+    length = max(3, score_frames // runs)
+    starts = np.linspace(0, n - length, runs).round().astype(int)
+    return [range(s, s + length) for s in starts]
+
+
 def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, reference: int,
                       rule: str = "stable", window: int = 5, min_distance: float = 5.0, max_points: int = 400,
                       fb_threshold: float = 2.0, min_points: int = 20, erode_px: int = 3, px_scale: float = 1.0,
                       progress: bool = True, backend: str = "opencv", checkpoint: str | None = None,
-                      upper: bool = False) -> Tracks:
+                      upper: bool = False, score_frames: int = 500, workers: int = 0) -> Tracks:
     """Track keypoints of the rigid head region through all frames (see the module docstring).
+
+    Two passes keep memory independent of the video's length: the flow of the score frames
+    (:func:`score_frame_runs`; all frames of a clip up to ``score_frames`` long) is sampled at every
+    candidate pixel to score and choose the keypoints, and the flow of the other frames only at the
+    chosen keypoints. Each frame's flow is computed once, in ``workers`` threads (0: one per core).
 
     Args:
         frames, masks: per-frame image and region-mask paths (N): ``face_mask/<i>.png`` (head with hair) or
@@ -223,6 +239,10 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
         backend: ``opencv`` (DIS flow tracks) or ``cotracker`` (CoTracker tracks of the same keypoints;
             ``checkpoint`` is its weight file; ``fb_error`` is then NaN: not measured).
     """
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     min_distance = max(1.0, min_distance * px_scale)
     erode_px = max(1, round(erode_px * px_scale))
     n = len(frames)
@@ -237,43 +257,70 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
         raise UserError(f"the head region of frame {reference} has {len(xs)} pixels: too small to track points "
                         f"(check parsing/ and face_mask/ in the overlays)")
     candidates = np.stack([xs, ys], -1).astype(np.float64)
-    flow, check_flow = DenseFlow(fine=True), DenseFlow(fine=False)
-    fwd = np.zeros((n, len(candidates), 2), np.float32)
-    fb = np.zeros((n, len(candidates)), np.float32)
-    for t in tqdm(range(n), desc="head point flow", unit="frame", disable=not progress):
+    local = threading.local()
+
+    def flow_at(t: int, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Forward flow (reference -> frame t) at ``at`` (K, 2) crop pixels and the forward-backward error."""
         if t == reference:
-            continue
+            return np.zeros((len(at), 2), np.float32), np.zeros(len(at), np.float32)
+        if not hasattr(local, "flow"):
+            local.flow, local.check = DenseFlow(fine=True), DenseFlow(fine=False)
         img = read_gray(frames[t])
-        f_fwd = flow(ref, img)
-        f_bwd = check_flow(img, ref)
-        fwd[t] = _sample(f_fwd, candidates)
-        moved = candidates + fwd[t]
-        back = moved + _sample(f_bwd, moved)
-        fb[t] = np.linalg.norm(back - candidates, axis=-1)
-    # temporal Laplacian of each candidate's flow, summed over time
-    lap = np.zeros(len(candidates), np.float64)
-    if n >= 3:
-        lap = np.linalg.norm(fwd[1:-1] - 0.5 * (fwd[:-2] + fwd[2:]), axis=-1).sum(0)
-    score = np.zeros((h, w), np.float32)
-    score[ys, xs] = lap
-    chosen = select_keypoints(score, region, rule, window, min_distance, max_points)
-    if len(chosen) < min_points:
-        raise UserError(f"only {len(chosen)} trackable head points (need preprocess.points.min_points="
-                        f"{min_points}): the head region is too small or textureless; lower min_distance, or use "
-                        f"tracker.pose_source=landmarks")
-    index = {(int(x), int(y)): k for k, (x, y) in enumerate(candidates.astype(int))}
-    idx = np.array([index[(int(x), int(y))] for x, y in chosen])
-    keypoints = candidates[idx] + [x0, y0]  # crop -> frame pixels
+        fwd = _sample(local.flow(ref, img), at)
+        moved = at + fwd
+        back = moved + _sample(local.check(img, ref), moved)
+        return fwd.astype(np.float32), np.linalg.norm(back - at, axis=-1).astype(np.float32)
+
+    runs = score_frame_runs(n, score_frames)
+    scored = [t for run in runs for t in run]
+    slot = {t: k for k, t in enumerate(scored)}
+    fwd = np.zeros((len(scored), len(candidates), 2), np.float32)
+    fb = np.zeros((len(scored), len(candidates)), np.float32)
+    pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+    bar = tqdm(total=n, desc="head point flow", unit="frame", disable=not progress)
+
+    def score_job(t: int) -> None:
+        fwd[slot[t]], fb[slot[t]] = flow_at(t, candidates)
+        bar.update()
+
+    with pool:
+        list(pool.map(score_job, scored))
+        # temporal Laplacian of each candidate's flow, summed over the runs' frames
+        lap = np.zeros(len(candidates), np.float64)
+        for run in runs:
+            f = fwd[[slot[t] for t in run]]
+            if len(f) >= 3:
+                lap += np.linalg.norm(f[1:-1] - 0.5 * (f[:-2] + f[2:]), axis=-1).sum(0)
+        score = np.zeros((h, w), np.float32)
+        score[ys, xs] = lap
+        chosen = select_keypoints(score, region, rule, window, min_distance, max_points)
+        if len(chosen) < min_points:
+            raise UserError(f"only {len(chosen)} trackable head points (need preprocess.points.min_points="
+                            f"{min_points}): the head region is too small or textureless; lower min_distance, or use "
+                            f"tracker.pose_source=landmarks")
+        index = {(int(x), int(y)): k for k, (x, y) in enumerate(candidates.astype(int))}
+        idx = np.array([index[(int(x), int(y))] for x, y in chosen])
+        keypoints = candidates[idx] + [x0, y0]  # crop -> frame pixels
+        if backend not in ("opencv", "cotracker"):
+            raise UserError(f"flow.backend={backend} is not one of opencv, cotracker")
+        point_fwd = np.zeros((n, len(idx), 2), np.float32)
+        fb_err = np.zeros((n, len(idx)), np.float32)
+        point_fwd[scored], fb_err[scored] = fwd[:, idx], fb[:, idx]
+        del fwd, fb
+        if backend == "opencv":
+            def track_job(t: int) -> None:
+                point_fwd[t], fb_err[t] = flow_at(t, candidates[idx])
+                bar.update()
+
+            list(pool.map(track_job, [t for t in range(n) if t not in slot]))
+    bar.close()
     if backend == "cotracker":
         points, predicted = track_with_cotracker(frames, keypoints, reference, checkpoint)
         fb_err = np.full(points.shape[:2], np.nan, np.float32)
         visible = predicted
-    elif backend == "opencv":
-        points = keypoints[None] + fwd[:, idx].astype(np.float64)
-        fb_err = fb[:, idx]
-        visible = fb_err < fb_threshold
     else:
-        raise UserError(f"flow.backend={backend} is not one of opencv, cotracker")
+        points = keypoints[None] + point_fwd.astype(np.float64)
+        visible = fb_err < fb_threshold
     visible = visible & inside_masks(points, masks)
     visible[reference] = True
     full_score = np.zeros(reference_mask.shape, np.float32)
