@@ -269,9 +269,10 @@ def focal_at_range_end(search) -> bool:
 
 
 def focal_is_interior(search) -> bool:
-    """Whether the focal search's error curve has its minimum inside the grid (a measured focal), not at an end."""
-    grid = search.candidates
-    return bool(len(grid) >= 3 and grid[0] < search.grid_best < grid[-1])
+    """Whether the focal search's error curve has its minimum inside the range (a measured focal): the grid has
+    at least 3 candidates and the result is not at an end (:func:`focal_at_range_end`; a grid best at the end
+    counts when the refinement finds the minimum inside)."""
+    return bool(len(search.candidates) >= 3 and not focal_at_range_end(search))
 
 
 def focal_half_agreement(search, halves: list, limit_pct: float = 10.0) -> dict:
