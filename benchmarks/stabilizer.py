@@ -160,8 +160,7 @@ def long_poses_stage(root: Path) -> dict:
 
     mesh = np.load(root / "landmarks_mesh.npy")
     layout, n = DatasetLayout(root), len(mesh)
-    opts = StabilizerOptions()
-    opts.tracker = to_dataclass(OmegaConf.load(config_dir() / "tracker" / "synctalk.yaml"), TrackerConfig)
+    opts = preset("synctalk")
     start = time.perf_counter()
     res = stabilize([layout.frame(i) for i in range(n)], region_masks(layout, n, opts.points.region), mesh,
                     to_68(mesh)[..., :2], 512, 512, 25.0, opts, root / "stabilizer", progress=True)

@@ -206,7 +206,8 @@ def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start:
     if not expressions:
         model = model.without_expressions()
     grid = focal_candidates(start, stop, step)
-    every_k = max(1, min(every_k, len(lms) // max(min_frames, 1)), -(-len(lms) // max(max_frames, 1)))
+    min_k = -(-len(lms) // max(max_frames, 1))  # the smallest stride that fits at most max_frames frames
+    every_k = max(1, min(every_k, len(lms) // max(min_frames, 1)), min_k)
     sample = lms[::every_k]
     fit = fit_landmarks(model, sample, grid, cx, cy, steps, lr, id_reg, exp_reg, progress, "focal search")
     rms = fit.rms_px
@@ -216,7 +217,7 @@ def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start:
     if refine_points > 0 and len(grid) > 1:
         lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
         refined = np.linspace(lo, hi, refine_points + 2)[1:-1]
-        refine_k = max(1, refine_every_k, -(-len(lms) // max(max_frames, 1)))
+        refine_k = max(1, refine_every_k, min_k)
         refined_rms = fit_landmarks(model, lms[::refine_k], refined, cx, cy, steps, lr, id_reg,
                                     exp_reg, progress, "focal refinement").rms_px
         j = int(np.argmin(refined_rms))

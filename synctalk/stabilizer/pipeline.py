@@ -113,6 +113,12 @@ def transforms_jitter(root: Path) -> dict:
     return jitter(*cv_poses_from_c2w(transforms_c2w(root)))
 
 
+def rotation_difference_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> np.ndarray:
+    """(N,) angle in degrees between two sequences of (N, 3, 3) rotations, frame by frame."""
+    rel = np.einsum("nij,nkj->nik", rot_a, rot_b)
+    return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+
+
 def pose_errors(c2w: np.ndarray, truth_c2w: np.ndarray) -> dict:
     """Errors of (N, 4, 4) camera-to-world poses against the truth, after removing what a monocular tracker
     cannot know: the choice of the head frame (a fixed rotation and origin) and the global scale.
@@ -128,8 +134,7 @@ def pose_errors(c2w: np.ndarray, truth_c2w: np.ndarray) -> dict:
     r, t, r_true, t_true = est[:, :3, :3], est[:, :3, 3], true[:, :3, :3], true[:, :3, 3]
     u, _, vt = np.linalg.svd(np.einsum("nji,njk->ik", r, r_true))  # sum of R_i^T R_true_i
     g = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
-    rel = np.einsum("nji,njk->nik", r @ g, r_true)
-    angle = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    angle = rotation_difference_deg(r @ g, r_true)
     a = np.concatenate([t[:, :, None], r], 2).reshape(-1, 4)  # unknowns: s and s * o
     x = np.linalg.lstsq(a, t_true.reshape(-1), rcond=None)[0]
     miss = np.linalg.norm((a @ x).reshape(-1, 3) - t_true, axis=1)
@@ -171,12 +176,6 @@ def backproject(keypoints: np.ndarray, landmarks_cam: np.ndarray, landmarks_px: 
     rays = np.stack([(keypoints[:, 0] - cx) / focal, (keypoints[:, 1] - cy) / focal, np.ones(len(keypoints))], -1)
     cam = rays * depth[:, None]
     return (cam - translation) @ rotation  # R^T (X - T), row vectors
-
-
-def rotation_difference_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> np.ndarray:
-    """(N,) angle in degrees between two sequences of (N, 3, 3) rotations, frame by frame."""
-    rel = np.einsum("nij,nkj->nik", rot_a, rot_b)
-    return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
 
 
 def judge_bundle_adjustment(landmark_c2w: np.ndarray, ba_c2w: np.ndarray, points_per_frame: np.ndarray,
@@ -378,8 +377,7 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
         })
         c2w_ba = c2w_from_cv_poses(ba.rotation, ba.translation)
         verdict = judge_bundle_adjustment(c2w_lm, c2w_ba, ba.inliers.sum(1), max_drift_deg)
-        report.update({"jitter_landmarks": verdict["jitter_landmarks"],
-                       "jitter_bundle_adjustment": verdict["jitter_bundle_adjustment"],
+        report.update({"jitter_bundle_adjustment": verdict["jitter_bundle_adjustment"],
                        "ba_drift_median_deg": verdict["drift_median_deg"], "ba_drift_p95_deg": verdict["drift_p95_deg"],
                        "bundle_adjustment_kept": verdict["kept"], "bundle_adjustment_rejected": verdict["reasons"]})
         curves["bundle adjustment"] = (ba.rotation, ba.translation)

@@ -243,6 +243,8 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    if backend not in ("opencv", "cotracker"):
+        raise UserError(f"flow.backend={backend} is not one of opencv, cotracker")
     min_distance = max(1.0, min_distance * px_scale)
     erode_px = max(1, round(erode_px * px_scale))
     n = len(frames)
@@ -301,8 +303,6 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
         index = {(int(x), int(y)): k for k, (x, y) in enumerate(candidates.astype(int))}
         idx = np.array([index[(int(x), int(y))] for x, y in chosen])
         keypoints = candidates[idx] + [x0, y0]  # crop -> frame pixels
-        if backend not in ("opencv", "cotracker"):
-            raise UserError(f"flow.backend={backend} is not one of opencv, cotracker")
         point_fwd = np.zeros((n, len(idx), 2), np.float32)
         fb_err = np.zeros((n, len(idx)), np.float32)
         point_fwd[scored], fb_err[scored] = fwd[:, idx], fb[:, idx]
