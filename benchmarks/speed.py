@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 
 from synctalk.config import config_dir
 from synctalk.config.schema import TrackerConfig
-from synctalk.data.ingest import IngestOptions, run_ingest
+from synctalk.stages import IngestOptions, run_ingest
 from synctalk.runs import build_datamodule, build_system
 from synctalk.stabilizer.pipeline import StabilizerOptions
 

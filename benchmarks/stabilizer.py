@@ -42,7 +42,7 @@ from omegaconf import OmegaConf
 
 from synctalk.config import config_dir, to_dataclass
 from synctalk.config.schema import FaceModelOptions, TrackerConfig
-from synctalk.data.ingest import IngestOptions, run_ingest
+from synctalk.stages import IngestOptions, run_ingest
 from synctalk.data.landmarks import detect_mesh, to_68
 from synctalk.data.layout import DatasetLayout
 from synctalk.data.synthetic import SyntheticSpec, generate

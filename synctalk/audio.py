@@ -141,27 +141,3 @@ def frames_for_audio(samples: np.ndarray, fps: float, sample_rate: int = SAMPLE_
         raise UserError(f"audio is {len(samples) / sample_rate * 1000:.0f} ms long, shorter than one video frame "
                         f"({1000 / fps:.0f} ms at {fps:g} fps)")
     return n
-
-
-def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float, progress: bool = True
-                     ) -> np.ndarray:
-    """Per-frame audio features of ``samples`` for an ``audio_encoder`` config (name, window, checkpoint).
-
-    ``mel`` needs no weights; ``ave`` loads the AVE checkpoint file and ``hu`` a local HuBERT model
-    folder from ``audio_encoder.checkpoint``. DeepSpeech features are imported, not computed.
-
-    Returns:
-        (num_frames, window, dim) float32 (``ave``: window 1, dim 512; ``hu``: window 2, dim 1024).
-    """
-    name = audio_cfg.name
-    if name == "mel":
-        return mel_windows(samples, num_frames, fps, audio_cfg.window)
-    if name == "ave":
-        from synctalk.models.audio_encoders import ave_features
-        return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
-    if name == "hu":
-        from synctalk.models.audio_encoders import hubert_features
-        return hubert_features(samples, num_frames, fps, audio_cfg.checkpoint, progress=progress)
-    raise UserError(f"audio features '{name}' cannot be computed from audio by this platform (the original "
-                    f"DeepSpeech tools compute them): import them with audio_encoder.features_file=/path/to/"
-                    f"aud_{name}.npy, or use audio_encoder=mel|ave|hubert")

@@ -43,7 +43,7 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, mask_blur: int, metrics_cfg: Any,
                    video_path: Path | None = None, fps: float = 25.0, lpips_fallback: str | None = None,
-                   sample_path: Path | None = None) -> dict[str, Any]:
+                   sample_path: Path | None = None, weights_root: str | None = None) -> dict[str, Any]:
     """Render every frame of ``frames`` and compute the metric suite under both GT modes.
 
     Args:
@@ -51,6 +51,7 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
         metrics_cfg: the ``metrics`` config group (weight paths, switches).
         lpips_fallback: AlexNet weights to use when ``metrics_cfg.lpips_backbone`` is unset (the run's loss setting).
         sample_path: where to write the middle frame as render | parsed GT | render pasted on the frame | frame.
+        weights_root: ``paths.root_dir``, where ``metrics.face_landmarker=auto`` also looks (``<root>/weights``).
     Returns:
         ``{"parsed/psnr": ..., "with_hair/psnr": ..., "psnr": ..., "frames": N, "notes": [...], ...}``.
     """
@@ -100,6 +101,11 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
         from synctalk.metrics.motion import AUE_KIND
 
         result["aue_kind"] = AUE_KIND
+    if metrics_cfg.lip_sync:
+        try:
+            result.update(lip_sync_metrics(system, frames, clips, metrics_cfg, fps, weights_root))
+        except ValueError as e:
+            notes.append(f"lip sync skipped: {e}")
     result["psnr"] = result[f"{gt_mode}/psnr"]
     result["frames"] = len(frames)
     result["gt_mode"] = gt_mode
@@ -107,6 +113,15 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
     for n in notes:
         log.warning(n)
     return result
+
+
+def render_with_audio(system: HeadNeRFSystem, frames: SubjectFrames, audio_of: Callable[[int], torch.Tensor],
+                      desc: str) -> list[np.ndarray]:
+    """The split rendered again with frame k driven by the audio features ``audio_of(k)`` (its own pose, eyes and
+    background): (H, W, 3) uint8 per frame."""
+    return [_to_uint8(system.render_view(frames, frames.c2w[k], audio_of(k), frames.eye[k], system.background(frames, k),
+                                         frame=k if frames.split == "train" else None))
+            for k in tqdm(range(len(frames)), desc=desc, leave=False)]
 
 
 def mouth_audio_response(system: HeadNeRFSystem, frames: SubjectFrames, renders: list[np.ndarray]) -> float:
@@ -124,15 +139,50 @@ def mouth_audio_response(system: HeadNeRFSystem, frames: SubjectFrames, renders:
         boxes = [frames.mouth_box(k) for k in range(n)]
     except UserError as e:
         raise ValueError(str(e)) from None
+    smooth = system.inference_net.smooth_frames
+    swapped = render_with_audio(system, frames, lambda k: frames.audio_context((k + n // 2) % n, smooth),
+                                "mouth audio response")
     changes = []
-    for k in tqdm(range(n), desc="mouth audio response", leave=False):
-        other = frames.audio_context((k + n // 2) % n, system.inference_net.smooth_frames)
-        swapped = _to_uint8(system.render_view(frames, frames.c2w[k], other, frames.eye[k], system.background(frames, k),
-                                               frame=k if frames.split == "train" else None))
-        u0, v0, u1, v1 = boxes[k]
-        diff = np.abs(swapped[v0:v1 + 1, u0:u1 + 1].astype(np.float32) - renders[k][v0:v1 + 1, u0:u1 + 1])
+    for k, (u0, v0, u1, v1) in enumerate(boxes):
+        diff = np.abs(swapped[k][v0:v1 + 1, u0:u1 + 1].astype(np.float32) - renders[k][v0:v1 + 1, u0:u1 + 1])
         changes.append(float(diff.mean()))
     return float(np.mean(changes))
+
+
+def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict, metrics_cfg: Any, fps: float,
+                     weights_root: str | None) -> dict[str, Any]:
+    """The mouth of the renders against the ground truth's under both GT modes, the AU errors from the real
+    blendshapes, and the sync test on the parsed renders (see :mod:`synctalk.metrics.lip_sync`).
+
+    Args:
+        clips: {mode: (renders, targets)} lists of (H, W, 3) uint8 frames.
+    """
+    from synctalk.external import find_weight
+    from synctalk.metrics.lip_sync import FaceReader, blendshape_au_errors, correlation, mouth_agreement, sync_gap
+
+    reader = FaceReader(find_weight(metrics_cfg.face_landmarker, "face_landmarker.task", "Face Landmarker model",
+                                    "metrics.face_landmarker", weights_root))
+    out: dict[str, Any] = {"lip_sync_source": reader.source}
+    readings = {mode: (reader.read(np.stack(pred)), reader.read(np.stack(target))) for mode, (pred, target) in clips.items()}
+    for mode, (pred, target) in readings.items():
+        out.update({f"{mode}/{k}": v for k, v in mouth_agreement(pred, target, reader.mouth_names).items()})
+        if reader.landmarker:
+            out.update({f"{mode}/{k}": v for k, v in blendshape_au_errors(pred, target).items()})
+    if reader.landmarker:
+        out["aue_kind"] = ("AU error from the Face Landmarker's blendshapes: mean absolute difference x100 of the "
+                           "brow and eyelid set (upper) and of the jaw and mouth set (lower)")
+    shift = round(metrics_cfg.sync_shift_s * fps)
+    if shift > 0 and len(frames) >= 3:
+        smooth = system.inference_net.smooth_frames
+        gt_mouth = readings["parsed"][1]["mouth"]
+        shifted = [reader.read(np.stack(render_with_audio(system, frames,
+                                                          lambda k, s=s: frames.shifted_audio_context(k, s, smooth),
+                                                          f"sync test, audio {s:+d} frames")))
+                   for s in (shift, -shift)]
+        out.update(sync_gap(out["parsed/mouth_corr"], [correlation(r["mouth"], gt_mouth) for r in shifted], gt_mouth,
+                            shift))
+        out["sync_shift_frames"] = shift
+    return out
 
 
 class ClipScorers:

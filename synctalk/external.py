@@ -60,6 +60,32 @@ def require_file(path: str | None, what: str, config_key: str) -> Path:
     return p
 
 
+#: a folder of weight files searched by ``auto`` settings (e.g. ``preprocess.face_landmarker=auto``)
+WEIGHTS_ENV = "SYNCTALK_WEIGHTS"
+
+
+def weight_search_dirs(root_dir: str | Path | None = None) -> list[Path]:
+    """Where ``auto`` looks for a weight file, in order: ``$SYNCTALK_WEIGHTS``, ``<paths.root_dir>/weights``,
+    ``~/.cache/synctalk``."""
+    import os
+
+    dirs = [Path(os.environ[WEIGHTS_ENV]).expanduser()] if os.environ.get(WEIGHTS_ENV) else []
+    if root_dir is not None:
+        dirs.append(Path(root_dir) / "weights")
+    return dirs + [Path.home() / ".cache" / "synctalk"]
+
+
+def find_weight(configured: str | None, file_name: str, what: str, config_key: str,
+                root_dir: str | Path | None = None) -> Path | None:
+    """A weight file that is optional: ``auto`` finds ``file_name`` in :func:`weight_search_dirs` (None when it
+    is in none of them); None or an empty setting means not used; any other value is a path that must exist."""
+    if not configured:
+        return None
+    if configured == "auto":
+        return next((d / file_name for d in weight_search_dirs(root_dir) if (d / file_name).is_file()), None)
+    return require_file(configured, what, config_key)
+
+
 def load_weights(model, path: str | None, what: str, config_key: str, kind: str, rename=None):
     """Load a user-supplied state-dict file into ``model`` (all keys must match) and return the model.
 

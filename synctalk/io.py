@@ -69,5 +69,44 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 80) -> None:
     plt.close(fig)
 
 
+class StepCache:
+    """Results of the steps of one long computation, kept on disk so that a killed run resumes after its last
+    finished step.
+
+    ``key`` identifies the computation (its inputs and settings): a folder written under another key is
+    cleared (None: nothing is kept, every step is computed). Each step's result is pickled atomically to
+    ``<folder>/<name>.pkl``; call :meth:`clear` when the whole computation has finished.
+    """
+
+    def __init__(self, folder: str | os.PathLike, key: str | None):
+        self.folder, self.key = Path(folder), key
+        stamp = self.folder / "key.txt"
+        if key is None:
+            self.clear()
+        elif not stamp.is_file() or stamp.read_text() != key:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            stamp.write_text(key)
+
+    def __call__(self, name: str, compute):
+        """The result of ``compute()``, from disk when this step already finished under the same key."""
+        import logging
+        import pickle
+
+        if self.key is None:
+            return compute()
+        path = self.folder / f"{name}.pkl"
+        if path.is_file():
+            logging.getLogger(__name__).info("step %s: resumed from %s", name, path)
+            return pickle.loads(path.read_bytes())
+        result = compute()
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(pickle.dumps(result))
+        return result
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())

@@ -29,7 +29,8 @@ from synctalk.io import atomic_path, read_json, save_figure, subplots
 #: metrics shown in the headline table and plots, in this order, when runs have them
 HEADLINE = ("psnr", "parsed/psnr", "with_hair/psnr", "parsed/face_psnr", "parsed/ssim", "parsed/ms_ssim",
             "parsed/lpips", "parsed/fid", "parsed/niqe", "parsed/brisque", "parsed/lmd", "parsed/aue_upper",
-            "parsed/aue_lower", "parsed/face_found", "mouth_audio_response", "parsed/lse_c", "parsed/lse_d",
+            "parsed/aue_lower", "parsed/face_found", "parsed/mouth_corr", "parsed/jaw_corr", "sync_gap",
+            "mouth_audio_response", "parsed/lse_c", "parsed/lse_d",
             "focal", "truth.focal_error_pct", "truth.landmarks.rotation_median_deg",
             "truth.bundle_adjustment.rotation_median_deg", "truth.bundle_adjustment.translation_median_pct",
             "landmark_rms_px", "ba_reprojection_px.joint", "jitter_landmarks.rotation_deg",
@@ -197,7 +198,7 @@ def _as_numbers(values: list[Any]) -> list[float] | None:
 def plot_metrics_per_value(runs: list[dict[str, Any]], keys: list[str], path: Path) -> Path | None:
     """Each headline metric against the swept value (one key swept) or the run (several)."""
     done = [r for r in runs if r["metrics"]]
-    names = [m for m in HEADLINE if sum(m in r["metrics"] for r in done) >= 2][:9]
+    names = [m for m in HEADLINE if sum(m in r["metrics"] for r in done) >= 2][:12]
     if not names:
         return None
     x_name = keys[0] if len(keys) == 1 else "run"

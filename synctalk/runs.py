@@ -24,6 +24,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from synctalk import external
 from synctalk.config import to_dataclass
 from synctalk.config.schema import LossConfig, OccupancyConfig, StageConfig, TrainConfig
+from synctalk.data.blendshapes import MOUTH_BLENDSHAPES
 from synctalk.data.datamodule import SubjectDataModule
 from synctalk.errors import UserError
 from synctalk.io import atomic_path, write_json
@@ -55,9 +56,10 @@ def build_system(cfg: DictConfig, num_train_frames: int, media_dir: str | None =
     ``num_train_frames`` sizes the per-frame latent codes of the head and the torso field.
     """
     check_backends(cfg)
-    net = instantiate(cfg.model.net, num_frames=num_train_frames)
-    torso = instantiate(cfg.model.torso, num_frames=num_train_frames) if cfg.stage.name == "torso" else None
     loss = to_dataclass(cfg.model.loss, LossConfig)
+    mouth_dim = len(MOUTH_BLENDSHAPES) if loss.audio_mouth_weight > 0 else 0
+    net = instantiate(cfg.model.net, num_frames=num_train_frames, mouth_dim=mouth_dim)
+    torso = instantiate(cfg.model.torso, num_frames=num_train_frames) if cfg.stage.name == "torso" else None
     lpips = None
     if cfg.stage.patch_size and loss.patch == "lpips":
         from synctalk.metrics.lpips import load_lpips

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from synctalk.audio import SAMPLE_RATE, compute_features, lipsync_mel, mel_filterbank
+from synctalk.audio import SAMPLE_RATE, lipsync_mel, mel_filterbank
+from synctalk.models.audio_encoders import compute_features
 from synctalk.config.schema import AudioConfig
 from synctalk.errors import UserError
 from synctalk.models.audio_encoders import AVEncoder, ave_windows, hubert_hidden_states, load_ave, load_hubert

@@ -9,11 +9,12 @@ import pytest
 
 from synctalk.audio import load_audio
 from synctalk.config.schema import AudioConfig, FaceModelOptions, TrackerConfig
-from synctalk.data.ingest import IngestOptions, run_ingest
+from synctalk.stages import IngestOptions, run_ingest
 from synctalk.data.landmarks import MESH_TO_68, fill_gaps
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
 from synctalk.stabilizer.pipeline import StabilizerOptions
+from synctalk.stages.crop import CropStage
 from synctalk.video import VideoWriter
 from tests.conftest import latest_run
 
@@ -69,7 +70,7 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
     assert (root / "aud_mel.npy").stat().st_mtime_ns == stamp  # cached
     run_ingest(video, root, IngestOptions(**QUICK_POSES, force=["audio_features"], progress=False))
     assert (root / "aud_mel.npy").stat().st_mtime_ns != stamp
-    assert json.loads((root / ".stages" / "frames.json").read_text())["settings"]["fps"] == 25.0
+    assert json.loads((root / ".stages" / "frames.json").read_text())["key"]["fps"] == 25.0
     parsing_stamp = (root / "parsing" / "0.png").stat().st_mtime_ns
     run_ingest(video, root, IngestOptions(**QUICK_POSES, force=["frames"], progress=False))
     assert (root / "ori_imgs" / "0.lms").is_file()  # redone frames bring their landmarks back
@@ -190,7 +191,7 @@ def test_variable_frame_rate_is_resampled_by_timestamp(tmp_path):
     import av
     from fractions import Fraction
 
-    from synctalk.data.ingest import ingest_frames
+    from synctalk.stages.source import resampled_frames
 
     times_ms = [0, 20, 100, 120, 200, 330, 400, 410, 420, 600, 800, 1000]
     with av.open(str(tmp_path / "vfr.mp4"), "w") as c:
@@ -204,11 +205,11 @@ def test_variable_frame_rate_is_resampled_by_timestamp(tmp_path):
                 c.mux(packet)
         for packet in stream.encode(None):
             c.mux(packet)
-    n = ingest_frames(tmp_path / "vfr.mp4", tmp_path / "frames", 25.0, progress=False)
-    assert n >= 25
+    frames = [frame.to_ndarray(format="bgr24") for _, frame in resampled_frames(tmp_path / "vfr.mp4", 25.0)]
+    assert len(frames) >= 25
     for slot in range(25):  # each output frame shows the source frame on screen at slot / 25 s
         shown = max(k for k, t in enumerate(times_ms) if t <= slot * 40)
-        value = cv2.imread(str(tmp_path / "frames" / f"{slot}.jpg")).mean()
+        value = frames[slot].mean()
         assert abs(value - shown * 20) < 6, (slot, value, shown)
 
 
@@ -218,7 +219,7 @@ def test_overlays_jitter_and_imported_features(face_subject, tmp_path):
     np.save(tmp_path / "aud_ds.npy", ds)
     opts = IngestOptions(**QUICK_POSES, progress=False, overlay_every=10, audio=DS(features_file=str(tmp_path / "aud_ds.npy")))
     report = run_ingest(video, tmp_path / "d", opts)
-    assert sorted(p.name for p in (tmp_path / "d" / "overlays").iterdir()) == ["0.jpg", "10.jpg", "20.jpg"]
+    assert sorted(p.name for p in (tmp_path / "d" / "overlays").iterdir()) == ["0.jpg", "10.jpg", "20.jpg", "crop.jpg"]
     assert 0 <= report["landmarks"]["rigid_jitter_px"] < 1.0  # smooth synthetic motion, 128 px
     np.testing.assert_array_equal(np.load(tmp_path / "d" / "aud_ds.npy"), ds[:30])
     np.save(tmp_path / "bad.npy", ds[:, :, :10])
@@ -249,14 +250,17 @@ def test_frames_without_a_face(face_subject, tmp_path):
 
 def test_a_video_without_any_face_stops_with_a_clear_error(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "empty room.mp4", fps=25, blank=range(30))
-    with pytest.raises(UserError, match="no face was found in any of the 30 frames"):
+    with pytest.raises(UserError, match="no face was found in any of the 30 frames sampled"):
         run_ingest(video, tmp_path / "d", IngestOptions(**QUICK_POSES, progress=False))
-    assert (tmp_path / "d" / "ori_imgs" / "29.jpg").is_file()  # the finished frames stage is kept
-    assert not (tmp_path / "d" / ".stages" / "landmarks.json").exists()
+    assert not (tmp_path / "d" / ".stages" / "crop.json").exists()  # the crop stage finds it first
+    with pytest.raises(UserError, match="no face was found in any of the 30 frames"):  # the landmarks stage, uncropped
+        run_ingest(video, tmp_path / "e", IngestOptions(**QUICK_POSES, progress=False, crop=CropStage(mode="off")))
+    assert (tmp_path / "e" / "ori_imgs" / "29.jpg").is_file()  # the finished frames stage is kept
+    assert not (tmp_path / "e" / ".stages" / "landmarks.json").exists()
 
 
 def test_a_stage_killed_midway_is_redone_on_the_next_run(face_subject, tmp_path, monkeypatch):
-    import synctalk.data.ingest as ingest
+    import synctalk.stages.gt_images as ingest
 
     video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
     real = ingest.compose_gt_and_torso

@@ -25,7 +25,8 @@ def run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     video = out / f"{cfg.split}.mp4" if cfg.render_video else None
     metrics = evaluate_split(system, frames, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
-                             run_cfg.data.fps, run_cfg.model.loss.lpips_backbone, out / "eval_sample.png")
+                             run_cfg.data.fps, run_cfg.model.loss.lpips_backbone, out / "eval_sample.png",
+                             weights_root=cfg.paths.root_dir)
     metrics.update(ckpt=str(Path(cfg.ckpt).resolve()), data_root=str(root), split=cfg.split)
     write_json(out / "metrics.json", metrics)
     for key, value in metrics.items():

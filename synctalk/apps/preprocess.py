@@ -1,7 +1,7 @@
 """``synctalk preprocess``: make a dataset folder.
 
 ``data=synthetic`` generates the synthetic subject (deterministic for its seed).
-``data.video=PATH data.root=DIR`` runs the stages of :mod:`synctalk.data.ingest` and writes a dataset
+``data.video=PATH data.root=DIR`` runs the stages of :mod:`synctalk.stages` and writes a dataset
 that ``synctalk train data=subject`` reads.
 """
 from __future__ import annotations
@@ -12,12 +12,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from synctalk.config import to_dataclass
-from synctalk.config.schema import (AudioConfig, BundleAdjustmentOptions, FaceModelOptions, FlowConfig, PointsOptions,
-                                    PreprocessConfig, TrackerConfig)
-from synctalk.data.ingest import IngestOptions, run_ingest
+from synctalk.config.schema import (AudioConfig, BundleAdjustmentOptions, CropOptions, FaceModelOptions, FlowConfig,
+                                    PointsOptions, PreprocessConfig, TrackerConfig)
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
 from synctalk.stabilizer.pipeline import StabilizerOptions
+from synctalk.stages import IngestOptions, run_ingest
+from synctalk.stages.crop import CropStage
 
 log = logging.getLogger(__name__)
 SCHEMA = PreprocessConfig
@@ -40,15 +41,33 @@ def run(cfg: DictConfig) -> dict:
         points=to_dataclass(p.points, PointsOptions),
         bundle_adjustment=to_dataclass(p.bundle_adjustment, BundleAdjustmentOptions),
         flow=to_dataclass(cfg.flow, FlowConfig))
-    opts = IngestOptions(fps=cfg.data.fps, audio=to_dataclass(cfg.audio_encoder, AudioConfig),
+    crop = CropStage(**vars(to_dataclass(p.crop, CropOptions)))
+    landmarker, note = face_landmarker(p.face_landmarker, cfg.paths.root_dir)
+    opts = IngestOptions(fps=cfg.data.fps, crop=crop, audio=to_dataclass(cfg.audio_encoder, AudioConfig),
                          force=list(p.force), max_gap=p.landmarks.max_gap,
                          max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
-                         stabilizer=stabilizer, overlay_every=p.overlay_every, face_landmarker=p.face_landmarker,
+                         stabilizer=stabilizer, overlay_every=p.overlay_every, face_landmarker=landmarker,
+                         face_landmarker_note=note,
                          parsing_backend=p.parsing.backend, bisenet_checkpoint=p.parsing.bisenet_checkpoint, ground_truth=p.ground_truth)
     report = run_ingest(Path(cfg.data.video), root, opts)
     _keep_stabilizer_results(root, report["poses"])
     log.info("dataset ready in %s: train with 'synctalk train data=subject data.root=%s'", root, root)
     return {"root": str(root), **report}
+
+
+def face_landmarker(configured: str | None, root_dir: str) -> tuple[str | None, str | None]:
+    """The Face Landmarker model file to use (``auto``: found in the weight folders) and, when there is none
+    although one was looked for, a note saying where it was looked for and what is used instead."""
+    from synctalk.external import find_weight, weight_search_dirs
+
+    found = find_weight(configured, "face_landmarker.task", "Face Landmarker model", "preprocess.face_landmarker",
+                        root_dir)
+    if found is not None or configured != "auto":
+        return (str(found) if found else None), None
+    places = ", ".join(str(d) for d in weight_search_dirs(root_dir))
+    return None, (f"face_landmarker.task was not found ({places}): the blendshapes are estimated from landmark "
+                  "geometry, a weaker stand-in for SyncTalk's Facial Animation Capturer; put the file in one of those "
+                  "folders or set preprocess.face_landmarker=/path/to/face_landmarker.task")
 
 
 def _keep_stabilizer_results(root: Path, poses: dict) -> None:

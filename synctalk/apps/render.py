@@ -9,7 +9,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from synctalk.audio import compute_features, frames_for_audio, load_audio
+from synctalk.audio import frames_for_audio, load_audio
+from synctalk.models.audio_encoders import compute_features
 from synctalk.config.schema import RenderConfig
 from synctalk.errors import UserError
 from synctalk.geometry import smooth_poses

@@ -47,7 +47,8 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         video = out / "media" / "val.mp4" if cfg.render_video else None
         metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
-                                 cfg.data.fps, cfg.model.loss.lpips_backbone, out / "media" / "eval_sample.png")
+                                 cfg.data.fps, cfg.model.loss.lpips_backbone, out / "media" / "eval_sample.png",
+                                 weights_root=cfg.paths.root_dir)
         metrics.update(step=int(trainer.global_step), stage=cfg.stage.name,
                        train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))),
                        dataset=dataset_summary(datamodule.root))

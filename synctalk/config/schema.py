@@ -109,6 +109,9 @@ class MetricsConfig:
     audio_response: bool = True  # mouth_audio_response: the mouth box's change when another frame's audio drives it
     syncnet: Optional[str] = None  # syncnet_v2.model for LSE-C / LSE-D
     sync_vshift: int = 15  # audio-video offsets searched by LSE, frames
+    lip_sync: bool = True  # mouth correlation / error against the GT and the sync test (synctalk.metrics.lip_sync)
+    face_landmarker: Optional[str] = "auto"  # face_landmarker.task that reads the mouths (auto: the weight folders; none found: FaceMesh geometry)
+    sync_shift_s: float = 0.5  # the sync test's audio shift, seconds (0: no sync test)
 
 
 @dataclass
@@ -132,6 +135,7 @@ class LossConfig:
     attention_weight: float = 1.0e-4  # masked attention loss, ramped up linearly over training
     patch: str = "ssim"  # patch loss of the lips stage: ssim (weight-free) | lpips (needs AlexNet weights)
     lpips_backbone: Optional[str] = None  # alexnet-owt-7be5be79.pth (default: the torch hub cache)
+    audio_mouth_weight: float = 0.0  # auxiliary target: the audio embedding must predict the frame's mouth blendshapes (bs.npy)
 
 
 @dataclass
@@ -272,13 +276,28 @@ class ParsingOptions:
 
 
 @dataclass
+class CropOptions:
+    mode: str = "auto"  # auto (head box unless a head-centred square) | off (frames as they are) | box (the given box)
+    box: Optional[list] = None  # [x, y, side] in source pixels (mode=box)
+    size: int = 512  # side in pixels of the cropped frames
+    face_scale: float = 2.0  # box side / median face size (the HDTF framing)
+    face_centre: float = 0.55  # face centre from the top of the box, share of its side
+    motion_margin: float = 1.15  # the box holds this many times the face plus its motion
+    full_frame_fraction: float = 0.75  # a square video whose box would be at least this share of it is used whole
+    min_face_px: int = 64  # a smaller face in the source is an error
+    samples: int = 60  # frames spread over the clip in which the face is detected
+    min_seconds: float = 1.0  # a shorter clip is an error
+
+
+@dataclass
 class PreprocessOptions:
     force: list = field(default_factory=list)  # stages to redo even when cached
+    crop: CropOptions = field(default_factory=CropOptions)
     landmarks: LandmarkOptions = field(default_factory=LandmarkOptions)
     parsing: ParsingOptions = field(default_factory=ParsingOptions)
     background_every: int = 20  # every k-th frame is used for the static background
     overlay_every: int = 25  # every k-th frame gets a checking image in overlays/
-    face_landmarker: Optional[str] = None  # face_landmarker.task with blendshapes (None: from landmark geometry)
+    face_landmarker: Optional[str] = "auto"  # face_landmarker.task with blendshapes; auto: found in the weight folders; None: landmark geometry
     face_model: FaceModelOptions = field(default_factory=FaceModelOptions)
     points: PointsOptions = field(default_factory=PointsOptions)
     bundle_adjustment: BundleAdjustmentOptions = field(default_factory=BundleAdjustmentOptions)

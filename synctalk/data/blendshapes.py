@@ -25,6 +25,9 @@ BLENDSHAPE_NAMES = (
     "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
 )
 AU45 = "AU45"  # OpenFace blink intensity (au.csv), the alternative to blendshapes
+#: the jaw and mouth blendshapes (what lip sync moves) and the brow and eyelid ones (the upper face)
+MOUTH_BLENDSHAPES = [n for n in BLENDSHAPE_NAMES if n.startswith(("jaw", "mouth"))]
+UPPER_FACE_BLENDSHAPES = [n for n in BLENDSHAPE_NAMES if n.startswith(("brow", "eyeBlink", "eyeSquint", "eyeWide"))]
 
 
 def column_indices(names: list[str]) -> list[int]:
@@ -68,3 +71,14 @@ def load_eye_features(root: Path, names: list[str], smooth_window: int = 5, smoo
             raise UserError(f"{path} has shape {bs.shape}, expected (frames, {len(BLENDSHAPE_NAMES)})")
         values = bs[:, column_indices(list(names))]
     return np.clip(smooth(values.astype(np.float32), smooth_window, smooth_order), 0.0, 1.0)
+
+
+def load_mouth_targets(root: Path) -> np.ndarray | None:
+    """(N, len(MOUTH_BLENDSHAPES)) mouth blendshapes of a dataset's ``bs.npy`` in [0, 1], or None without one."""
+    path = root / "bs.npy"
+    if not path.is_file():
+        return None
+    bs = np.load(path)
+    if bs.ndim != 2 or bs.shape[1] != len(BLENDSHAPE_NAMES):
+        raise UserError(f"{path} has shape {bs.shape}, expected (frames, {len(BLENDSHAPE_NAMES)})")
+    return np.clip(np.nan_to_num(bs[:, column_indices(MOUTH_BLENDSHAPES)].astype(np.float32)), 0.0, 1.0)

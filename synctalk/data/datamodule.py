@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from synctalk.data.blendshapes import load_eye_features
+from synctalk.data.blendshapes import load_eye_features, load_mouth_targets
 from synctalk.data.layout import DatasetLayout, Transforms
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
@@ -80,11 +80,14 @@ class SubjectFrames:
             raise UserError(f"{feats_path} has shape {feats.shape}; expected (frames, window, dim)")
         if self.aud_ids.max() >= len(feats):
             raise UserError(f"{feats_path} covers {len(feats)} frames but {split} uses frame {self.aud_ids.max()}")
-        self.audio = torch.from_numpy(feats[self.aud_ids].astype(np.float32))
+        self.all_audio = torch.from_numpy(feats.astype(np.float32))  # the whole track's features
+        self.audio = self.all_audio[torch.from_numpy(np.asarray(self.aud_ids, np.int64))]
         eye = load_eye_features(self.layout.root, eye_names, smooth_window, smooth_order)
         if self.img_ids.max() >= len(eye):
             raise UserError(f"eye features cover {len(eye)} frames but {split} uses frame {self.img_ids.max()}")
         self.eye = torch.from_numpy(eye[self.img_ids])
+        mouth = load_mouth_targets(self.layout.root)
+        self.mouth = torch.from_numpy(mouth[self.img_ids]) if mouth is not None and len(mouth) > self.img_ids.max() else None
         self.static_background = torch.from_numpy(_read_rgb(self.layout.background, self.size)).float() / 255
         self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
@@ -168,6 +171,14 @@ class SubjectFrames:
         """Audio features of the ``length`` frames around frame k, (length, window, dim)."""
         return temporal_context(self.audio, k, length)
 
+    def shifted_audio_context(self, k: int, shift: int, length: int) -> torch.Tensor:
+        """Audio features of the ``length`` frames around the audio ``shift`` frames away from frame k's, taken from
+        the dataset's whole track (reflected at its ends), (length, window, dim)."""
+        n = len(self.all_audio)
+        a = int(self.aud_ids[k]) + shift
+        a = abs(a) if a < 0 else (2 * (n - 1) - a if a >= n else a)
+        return temporal_context(self.all_audio, int(np.clip(a, 0, n - 1)), length)
+
     def rays(self, k: int, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rays (origins, dirs) of frame k through pixels (R, 2) (u, v)."""
         return pixel_rays(self.c2w[k], pixels, self.focal, self.cx, self.cy, self.scale)
@@ -242,6 +253,8 @@ class TrainRays(Dataset):
                      "rgb": f.gt(k)[v, u], "background": f.background(k)[v, u],
                      "static_background": f.static_background[v, u], "c2w": f.c2w[k],
                      "audio": f.audio_context(k, self.audio_frames), "eye": f.eye[k], "index": torch.tensor(k)})
+        if f.mouth is not None:
+            item["mouth"] = f.mouth[k]
         if self.regions:
             item["lower_face"] = f.lower_face(k, pixels)
         return item

@@ -6,6 +6,8 @@ Blendshapes: eye openness (lid distance over eye width), brow height and mouth o
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import cv2
 import numpy as np
 
@@ -70,28 +72,38 @@ def blendshapes_from_mesh(mesh: np.ndarray) -> np.ndarray:
     return out
 
 
-def blendshapes_from_face_landmarker(frame_paths: list, model_path, fps: float, progress: bool = True) -> np.ndarray:
-    """Blendshapes from MediaPipe's Face Landmarker model (video mode).
+def face_landmarker_blendshapes(images: Iterable[np.ndarray], count: int, model_path, fps: float | None = None,
+                                progress: bool = True) -> np.ndarray:
+    """Blendshapes from MediaPipe's Face Landmarker model.
 
     Args:
+        images: ``count`` (H, W, 3) RGB uint8 frames.
         model_path: ``face_landmarker.task`` (with blendshapes).
+        fps: the frames' rate: video mode (tracking between frames); None: each frame read alone (image mode,
+            for renders and ground truth compared frame by frame).
     Returns:
-        (N, 52) scores in category order; frames without a face are NaN.
+        (count, 52) scores in category order; frames without a face are NaN.
     """
     import mediapipe as mp
     from tqdm import tqdm
 
     vision = mp.tasks.vision
+    mode = vision.RunningMode.VIDEO if fps else vision.RunningMode.IMAGE
     options = vision.FaceLandmarkerOptions(base_options=mp.tasks.BaseOptions(model_asset_path=str(model_path)),
-                                           running_mode=vision.RunningMode.VIDEO, output_face_blendshapes=True,
-                                           num_faces=1)
-    out = np.full((len(frame_paths), len(BLENDSHAPE_NAMES)), np.nan, np.float32)
+                                           running_mode=mode, output_face_blendshapes=True, num_faces=1)
+    out = np.full((count, len(BLENDSHAPE_NAMES)), np.nan, np.float32)
     with vision.FaceLandmarker.create_from_options(options) as landmarker:
-        for i, path in enumerate(tqdm(frame_paths, desc="blendshapes", unit="frame", disable=not progress)):
-            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-            result = landmarker.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb),
-                                                 int(round(i * 1000 / fps)))
+        for i, rgb in enumerate(tqdm(images, total=count, desc="blendshapes", unit="frame", disable=not progress)):
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+            result = (landmarker.detect_for_video(image, int(round(i * 1000 / fps))) if fps
+                      else landmarker.detect(image))
             if result.face_blendshapes:
                 for category in result.face_blendshapes[0]:
                     out[i, category.index] = category.score
     return out
+
+
+def blendshapes_from_face_landmarker(frame_paths: list, model_path, fps: float, progress: bool = True) -> np.ndarray:
+    """:func:`face_landmarker_blendshapes` of image files in video mode: (N, 52), NaN where no face."""
+    images = (cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for path in frame_paths)
+    return face_landmarker_blendshapes(images, len(frame_paths), model_path, fps, progress)

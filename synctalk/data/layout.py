@@ -123,7 +123,8 @@ POSE_SUMMARY_KEYS = ("face_model", "focal_interior", "landmark_rms_px", "jitter_
 def dataset_summary(root: Path) -> dict:
     """What a trained run should carry of its dataset, so a sweep over datasets can be read in image quality:
     the focal length (pixels, and at 512 px width for comparison across sizes) and, for a preprocessed
-    video, the stabilizer's numbers (:data:`POSE_SUMMARY_KEYS`)."""
+    video, the stabilizer's numbers (:data:`POSE_SUMMARY_KEYS`) and where the blendshapes came from
+    (``blendshape_source``: ``face_landmarker`` or ``landmark geometry``)."""
     layout = DatasetLayout(Path(root))
     if not layout.transforms("train").is_file():
         return {}
@@ -133,6 +134,9 @@ def dataset_summary(root: Path) -> dict:
     if marker.is_file():
         report = read_json(marker).get("report", {})
         out.update({k: report[k] for k in POSE_SUMMARY_KEYS if k in report})
+    marker = layout.root / ".stages" / "blendshapes.json"
+    if marker.is_file():
+        out["blendshape_source"] = read_json(marker).get("report", {}).get("source")
     return out
 
 

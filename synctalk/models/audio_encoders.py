@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from synctalk.audio import SAMPLE_RATE, lipsync_mel
+from synctalk.audio import SAMPLE_RATE, lipsync_mel, mel_windows
 from synctalk.errors import UserError
 from synctalk.external import load_weights, require
 
@@ -168,3 +168,25 @@ def hubert_features(samples: np.ndarray, num_frames: int, fps: float, model_dir:
     first = np.floor(np.arange(num_frames) * steps_per_second / fps + 1e-6).astype(int)
     idx = np.clip(first[:, None] + np.arange(2)[None], 0, len(states) - 1)
     return states[idx]
+
+
+def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float, progress: bool = True
+                     ) -> np.ndarray:
+    """Per-frame audio features of ``samples`` for an ``audio_encoder`` config (name, window, checkpoint).
+
+    ``mel`` needs no weights; ``ave`` loads the AVE checkpoint file and ``hu`` a local HuBERT model
+    folder from ``audio_encoder.checkpoint``. DeepSpeech features are imported, not computed.
+
+    Returns:
+        (num_frames, window, dim) float32 (``ave``: window 1, dim 512; ``hu``: window 2, dim 1024).
+    """
+    name = audio_cfg.name
+    if name == "mel":
+        return mel_windows(samples, num_frames, fps, audio_cfg.window)
+    if name == "ave":
+        return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
+    if name == "hu":
+        return hubert_features(samples, num_frames, fps, audio_cfg.checkpoint, progress=progress)
+    raise UserError(f"audio features '{name}' cannot be computed from audio by this platform (the original "
+                    f"DeepSpeech tools compute them): import them with audio_encoder.features_file=/path/to/"
+                    f"aud_{name}.npy, or use audio_encoder=mel|ave|hubert")

@@ -131,13 +131,15 @@ class HeadNeRF(nn.Module):
         density_bias: added to the raw density before exp(); a negative value starts the
             field nearly transparent (with 0 the box starts opaque and training can collapse
             to an empty field).
+        mouth_dim: size of the mouth read from the audio embedding by a linear head (:meth:`predict_mouth`,
+            the auxiliary target that ties the audio branch to the subject's mouth blendshapes; 0: none).
     """
 
     def __init__(self, encoding: TriPlaneHashEncoding, audio_in_dim: int, audio_window: int, eye_dim: int,
                  num_frames: int = 0, audio_dim: int = 32, smooth_frames: int = 8, latent_dim: int = 4,
                  attention_hidden: int = 32, hidden: int = 64, num_layers: int = 3, geo_feat_dim: int = 64,
                  color_hidden: int = 64, color_layers: int = 2, sh_degree: int = 4, num_samples: int = 32,
-                 bound: float = 1.0, density_bias: float = -2.0):
+                 bound: float = 1.0, density_bias: float = -2.0, mouth_dim: int = 0):
         super().__init__()
         if smooth_frames < 1:
             raise ValueError(f"smooth_frames must be at least 1, got {smooth_frames}")
@@ -157,6 +159,7 @@ class HeadNeRF(nn.Module):
         self.sh_degree = sh_degree
         self.num_samples = num_samples
         self.bound = bound
+        self.mouth_head = nn.Linear(audio_dim, mouth_dim) if mouth_dim else None
 
     def grid_parameters(self) -> list[nn.Parameter]:
         return list(self.encoding.parameters())
@@ -180,6 +183,12 @@ class HeadNeRF(nn.Module):
         if self.audio_att_net is None:
             return embeddings[0]
         return self.audio_att_net(embeddings)
+
+    def predict_mouth(self, audio: torch.Tensor) -> torch.Tensor:
+        """The mouth blendshapes (mouth_dim,) read from the audio embedding of ``audio`` (as :meth:`audio_embedding`)."""
+        if self.mouth_head is None:
+            raise ValueError("this network has no mouth head (mouth_dim=0)")
+        return self.mouth_head(self.audio_embedding(audio))
 
     def latent(self, frame: int | None) -> torch.Tensor:
         """The latent code of a training frame, or the mean code for other frames, (latent_dim,)."""

@@ -19,7 +19,7 @@ from synctalk.config.schema import (BundleAdjustmentOptions, FaceModelOptions, F
                                     TrackerConfig)
 from synctalk.errors import UserError
 from synctalk.geometry import head_pose_to_c2w
-from synctalk.io import atomic_path, save_figure, subplots, write_json
+from synctalk.io import StepCache, atomic_path, save_figure, subplots, write_json
 from synctalk.stabilizer.bundle_adjustment import MIN_POINTS_PER_FRAME, run_bundle_adjustment
 from synctalk.stabilizer.face_model import (FaceModel, bfm_face_model, canonical_face_model, subject_face_model,
                                             template_face_model)
@@ -284,13 +284,17 @@ def focal_half_agreement(search, halves: list, limit_pct: float = 10.0) -> dict:
 
 
 def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
-              height: int, fps: float, opts: StabilizerOptions, out_dir: Path, progress: bool = True) -> dict:
+              height: int, fps: float, opts: StabilizerOptions, out_dir: Path, progress: bool = True,
+              resume_key: str | None = None) -> dict:
     """Focal search and landmark fit, then point tracking + bundle adjustment when
     ``tracker.pose_source=bundle_adjustment``.
 
     Args:
         frames, masks: per-frame paths of the frames and of the masks the head points are chosen in
             (N; :func:`region_masks`); mesh: (N, 478, 3) FaceMesh points; lms68: (N, 68, 2).
+        resume_key: identifies these inputs and options: a run killed midway under the same key resumes after
+            its last finished step (focal search, halves check, landmark fit, point tracking, bundle
+            adjustment), kept in ``<out_dir>/steps/`` until the end. None: every step is computed.
     Returns:
         ``focal``, ``c2w_landmarks`` (N, 4, 4), ``c2w`` (N, 4, 4: the poses to write: bundle-adjusted unless
         :func:`judge_bundle_adjustment` rejects them) and ``report``.
@@ -317,11 +321,13 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
                             t.refine_every_k, t.focal_landmarks, t.min_search_frames, t.focal_expressions,
                             t.max_search_frames)
 
-    search = search_fn(lms68)
+    steps = StepCache(out_dir / "steps", resume_key)
+    search = steps("focal_search", lambda: search_fn(lms68))
     write_json(out_dir / "focal_search.json", search.to_dict())
     _plot_focal(search, out_dir / "focal_curve.png")
     focal = round(search.focal, 2)  # as written in the transforms json and the report
-    fit = fit_landmarks(model, lms68, [focal], cx, cy, t.steps, t.lr, fm.id_reg, fm.exp_reg, progress, "landmark fit")
+    fit = steps("landmark_fit", lambda: fit_landmarks(model, lms68, [focal], cx, cy, t.steps, t.lr, fm.id_reg,
+                                                      fm.exp_reg, progress, "landmark fit"))
     rot_lm, trans_lm = fit.rotation[0], fit.translation[0]
     with atomic_path(out_dir / "landmark_fit.npz") as tmp:
         np.savez(tmp, focal=focal, rotation=rot_lm, translation=trans_lm, id_coeff=fit.id_coeff[0],
@@ -339,7 +345,8 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
               "landmark_rms_px": round(float(np.sqrt((fit.error_px[0] ** 2).mean())), 4),
               "jitter_landmarks": jitter(*as_written(c2w_lm))}
     if t.check_halves:
-        report.update(focal_half_agreement(search, [search_fn(part) for part in np.array_split(lms68, 2)]))
+        halves = steps("focal_halves", lambda: [search_fn(part) for part in np.array_split(lms68, 2)])
+        report.update(focal_half_agreement(search, halves))
         if report["focal_halves_disagree"]:
             log.warning("the two halves of the video give focal lengths %s px: the focal is not stable on this video "
                         "(little head motion, or landmarks that do not fit the face model); consider fixing it "
@@ -348,10 +355,10 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
     c2w = c2w_lm
     if t.pose_source == "bundle_adjustment":
         reference = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot_lm), axis=1)))  # the most frontal frame
-        tracks = track_head_points(frames, masks, lms68, reference, px_scale=to_px, progress=progress,
-                                   backend=opts.flow.backend, checkpoint=opts.flow.checkpoint,
-                                   upper=opts.points.region.startswith("upper"),
-                                   **{k: v for k, v in asdict(opts.points).items() if k != "region"})
+        tracks = steps("tracks", lambda: track_head_points(
+            frames, masks, lms68, reference, px_scale=to_px, progress=progress, backend=opts.flow.backend,
+            checkpoint=opts.flow.checkpoint, upper=opts.points.region.startswith("upper"),
+            **{k: v for k, v in asdict(opts.points).items() if k != "region"}))
         tracks.save(out_dir / "tracks.npz")
         with torch.no_grad():
             shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [reference]]))[0, 0].numpy()
@@ -360,8 +367,9 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
                                trans_lm[reference], focal, cx, cy)
         ba_opts = asdict(opts.bundle_adjustment)
         max_drift_deg = ba_opts.pop("max_drift_deg")
-        ba = run_bundle_adjustment(tracks.points, tracks.visible, points3d, rot_lm, trans_lm, focal, cx, cy,
-                                   reference, progress=progress, **ba_opts)
+        ba = steps("bundle_adjustment", lambda: run_bundle_adjustment(
+            tracks.points, tracks.visible, points3d, rot_lm, trans_lm, focal, cx, cy, reference, progress=progress,
+            **ba_opts))
         visible = tracks.visible.sum(1)
         with atomic_path(out_dir / "bundle_adjustment.pt") as tmp:
             torch.save({"focal": focal, "rotation": torch.as_tensor(ba.rotation),
@@ -388,4 +396,5 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
                         "poses stage report and stabilizer/poses.png)", "; ".join(verdict["reasons"]))
     report["poses_written"] = "bundle_adjustment" if c2w is not c2w_lm else "landmarks"
     _plot_poses(curves, fps, out_dir / "poses.png")
+    steps.clear()
     return {"focal": focal, "c2w_landmarks": c2w_lm, "c2w": c2w, "report": report}

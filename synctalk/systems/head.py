@@ -12,6 +12,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from synctalk.config.schema import LossConfig, OccupancyConfig, StageConfig
+from synctalk.errors import UserError
 from synctalk.data.datamodule import SubjectFrames
 from synctalk.geometry import pixel_rays
 from synctalk.models import losses
@@ -110,6 +111,11 @@ class HeadNeRFSystem(pl.LightningModule):
         if "lower_face" in batch and cfg.attention_weight > 0:
             terms["attention"] = cfg.attention_weight * self.progress * losses.masked_attention(
                 out["audio_att"], out["eye_att"], batch["lower_face"])
+        if self.net.mouth_head is not None:
+            if "mouth" not in batch:
+                raise UserError("model.loss.audio_mouth_weight > 0 needs the dataset's bs.npy (mouth blendshapes)")
+            terms["audio_mouth"] = cfg.audio_mouth_weight * torch.nn.functional.mse_loss(
+                self.net.predict_mouth(batch["audio"]), batch["mouth"])
         if self.stage.patch_size:
             p = self.stage.patch_size
             mouth = bool(batch["patch_region"])

@@ -1,0 +1,72 @@
+"""The ``audio`` stage (``aud.wav``, 16 kHz mono) and the ``audio_features`` stage (``aud_<encoder>.npy``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from synctalk.audio import SAMPLE_RATE, load_audio, write_wav
+from synctalk.config.schema import AudioConfig
+from synctalk.errors import UserError
+from synctalk.io import atomic_path
+from synctalk.models.audio_encoders import compute_features
+from synctalk.stages.base import Stage, StageContext
+
+
+@dataclass
+class AudioStage(Stage):
+    name = "audio"
+    reads_source = True
+    outputs = ("aud.wav",)
+
+    def run(self, ctx: StageContext) -> dict:
+        samples = load_audio(ctx.video)
+        with atomic_path(ctx.layout.audio) as tmp:
+            write_wav(tmp, samples)
+        return {"seconds": len(samples) / SAMPLE_RATE}
+
+
+def import_features(path: Path, num_frames: int, window: int, dim: int) -> np.ndarray:
+    """Precomputed per-frame audio features (frames, window, dim), e.g. the original tools' aud_ds.npy.
+
+    A count off by a couple of frames (rounding of the audio length) is padded or cut at the end.
+    """
+    if not path.is_file():
+        raise UserError(f"audio_encoder.features_file={path} does not exist")
+    feats = np.load(path)
+    if feats.ndim == 2 and window == 1:  # one vector per frame, e.g. aud_ave.npy
+        feats = feats[:, None]
+    if feats.ndim != 3 or feats.shape[1:] != (window, dim):
+        raise UserError(f"{path} has shape {feats.shape}; expected (frames, {window}, {dim})")
+    if abs(len(feats) - num_frames) > 2:
+        raise UserError(f"{path} has features for {len(feats)} frames but the video has {num_frames}")
+    idx = np.minimum(np.arange(num_frames), len(feats) - 1)
+    return feats[idx].astype(np.float32)
+
+
+@dataclass
+class AudioFeaturesStage(Stage):
+    """Features of the ``audio_encoder`` config for every frame: computed (mel, ave, hubert) or imported from
+    ``audio.features_file``."""
+
+    name = "audio_features"
+    needs = ("frames", "audio")
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (f"aud_{self.audio.name}.npy",)
+
+    def run(self, ctx: StageContext) -> dict:
+        n, cfg = ctx.frame_count(), self.audio
+        if cfg.features_file:
+            feats = import_features(Path(cfg.features_file), n, cfg.window, cfg.feature_dim)
+        else:
+            feats = compute_features(cfg, load_audio(ctx.layout.audio), n, ctx.fps, ctx.progress)
+        if cfg.window == 1:  # one vector per frame is stored 2-D, as the original's aud_ave.npy
+            feats = feats[:, 0]
+        with atomic_path(ctx.layout.audio_features(cfg.name)) as tmp:
+            np.save(tmp, feats)
+        return {"shape": list(feats.shape)}

@@ -1,0 +1,43 @@
+"""The ``landmarks`` stage: FaceMesh on every frame, gaps interpolated, ``ori_imgs/<i>.lms`` (68 points) and
+``landmarks_mesh.npy`` (N, 478, 3)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from synctalk.data.landmarks import detect_mesh, fill_gaps, jitter, to_68
+from synctalk.io import atomic_path
+from synctalk.stages.base import Stage, StageContext
+
+log = logging.getLogger(__name__)
+RIGID_68 = [36, 39, 42, 45, 27, 28]  # eye corners and nose bridge
+
+
+@dataclass
+class LandmarksStage(Stage):
+    """``max_gap``: the longest run of faceless frames that is interpolated; above ``max_missing_fraction``
+    of faceless frames the stage stops and lists them."""
+
+    name = "landmarks"
+    needs = ("frames",)
+    outputs = ("landmarks_mesh.npy", "ori_imgs/*.lms")
+
+    max_gap: int = 5
+    max_missing_fraction: float = 0.1
+
+    def run(self, ctx: StageContext) -> dict:
+        layout, n = ctx.layout, ctx.frame_count()
+        mesh = detect_mesh(ctx.frame_paths(), ctx.progress)
+        mesh, filled = fill_gaps(mesh, self.max_gap, self.max_missing_fraction)
+        if filled:
+            log.warning("no face in %d frame(s) (%s): interpolated from their neighbours", len(filled),
+                        ", ".join(map(str, filled[:20])))
+        lms = to_68(mesh)
+        for i in range(n):
+            with atomic_path(layout.landmarks(i)) as tmp:
+                np.savetxt(tmp, lms[i], fmt="%.2f")
+        with atomic_path(ctx.root / "landmarks_mesh.npy") as tmp:
+            np.save(tmp, mesh)
+        return {"frames": n, "interpolated": filled, "rigid_jitter_px": round(jitter(lms[:, RIGID_68]), 3)}

@@ -1,0 +1,60 @@
+"""Lip-sync measures: the mouth read alike from render and ground truth, and the sync test."""
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from synctalk.metrics.lip_sync import FaceReader, blendshape_au_errors, correlation, mouth_agreement, sync_gap
+
+
+def test_correlation_weights_the_coefficients_that_move():
+    t = np.linspace(0, 6, 100)
+    gt = np.stack([np.sin(t), 0.1 * np.cos(3 * t), np.full_like(t, 0.3)], 1)
+    assert correlation(gt, gt) == pytest.approx(1.0)
+    assert correlation(-gt, gt) == pytest.approx(-1.0)
+    flat = gt.copy()
+    flat[:, 0] = 0.5  # the render's mouth does not move: the coefficient that moves most scores 0
+    assert correlation(flat, gt) == pytest.approx(0.1 / 1.1 * 1.0, abs=0.05)
+    assert np.isnan(correlation(gt[:, 2:], gt[:, 2:]))  # nothing moves in the ground truth: no verdict
+    gaps = gt.copy()
+    gaps[::3] = np.nan  # frames without a face are left out
+    assert correlation(gaps, gt) == pytest.approx(1.0)
+
+
+def test_mouth_agreement_au_errors_and_sync_gap():
+    rng = np.random.default_rng(0)
+    gt = {"mouth": rng.uniform(0, 1, (50, 3)), "upper": rng.uniform(0, 1, (50, 2))}
+    pred = {"mouth": gt["mouth"] + 0.1, "upper": gt["upper"] - 0.2}
+    out = mouth_agreement(pred, gt, ["jawOpen", "mouthClose", "mouthFunnel"])
+    assert out["mouth_corr"] == pytest.approx(1) and out["jaw_corr"] == pytest.approx(1)
+    assert out["mouth_error"] == pytest.approx(10) and out["mouth_face_found"] == 1
+    assert blendshape_au_errors(pred, gt) == pytest.approx({"aue_upper": 20.0, "aue_lower": 10.0})
+    gap = sync_gap(0.8, [0.1, 0.3], gt["mouth"], 5)
+    assert gap["sync_gap"] == pytest.approx(0.6) and gap["mouth_corr_shifted"] == pytest.approx(0.2)
+    assert 0.5 < gap["sync_gap_gt"] < 1.5  # white noise: the shifted ground truth is uncorrelated
+    with pytest.raises(ValueError, match="no frame"):
+        mouth_agreement({"mouth": np.full((50, 3), np.nan)}, gt, ["jawOpen"])
+
+
+def _frames(clip, count):
+    with av.open(str(clip)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(count), c.decode(video=0))])
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("landmarker", [True, False], ids=["face_landmarker", "facemesh"])
+def test_the_sync_test_tells_a_mouth_in_sync_from_one_half_a_second_off(real_data, request, landmarker):
+    """A 'renderer' that shows the real frames is in sync; one that shows the frames 0.5 s early or late is
+    not: the sync gap must say so on a real talking face, with either face reader."""
+    model = request.getfixturevalue("face_landmarker_task") if landmarker else None
+    reader = FaceReader(model)
+    video = _frames(real_data / "WDA_KatieHill_000.mp4", 200)
+    shift, keep = 12, slice(12, 188)
+    gt = reader.read(video[keep])
+    in_sync = mouth_agreement(gt, gt, reader.mouth_names)["mouth_corr"]
+    off = [correlation(reader.read(video[keep.start + s:keep.stop + s])["mouth"], gt["mouth"]) for s in (shift, -shift)]
+    gap = sync_gap(in_sync, off, gt["mouth"], shift)
+    assert in_sync == pytest.approx(1.0)
+    assert gap["sync_gap"] > 0.5, gap  # measured 0.9 (Face Landmarker) and 0.9 (FaceMesh) on this clip
+    assert gap["sync_gap_gt"] > 0.5
