@@ -58,3 +58,22 @@ def test_the_sync_test_tells_a_mouth_in_sync_from_one_half_a_second_off(real_dat
     assert in_sync == pytest.approx(1.0)
     assert gap["sync_gap"] > 0.5, gap  # measured 0.9 (Face Landmarker) and 0.9 (FaceMesh) on this clip
     assert gap["sync_gap_gt"] > 0.5
+
+
+def test_training_with_the_auxiliary_mouth_target_and_the_mouth_condition(run_cli, monkeypatch):
+    import json
+
+    from tests.conftest import latest_run
+
+    monkeypatch.delenv("SYNCTALK_WEIGHTS", raising=False)
+    assert run_cli("train", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false",
+                   "model.net.mouth_condition=true") == 2  # needs the mouth head: a one-line error
+    assert run_cli("train", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false",
+                   "model.loss.audio_mouth_weight=0.1", "model.net.mouth_condition=true") == 0
+    run = latest_run(run_cli.root)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["step"] == 20
+    # a 20-step head may show no face at all: then the notes say why there are no lip-sync numbers
+    assert metrics.get("lip_sync_source") == "facemesh geometry" or any(
+        n.startswith("lip sync skipped") for n in metrics["notes"])
+    assert run_cli("evaluate", f"ckpt={run}/checkpoints/last.ckpt") == 0  # the checkpoint loads with its mouth head

@@ -185,3 +185,29 @@ def test_ms_ssim_uses_the_scales_that_fit_and_ranks_noise():
     clean = torch.rand(1, 3, 64, 64)
     light, heavy = [(clean + s * torch.randn_like(clean)).clamp(0, 1) for s in (0.02, 0.2)]
     assert ms_ssim(clean, clean) > 0.999 and ms_ssim(light, clean) > ms_ssim(heavy, clean)
+
+
+def test_the_mouth_head_reads_the_mouth_from_the_audio_and_can_condition_the_density(tiny_dataset):
+    from synctalk.data.blendshapes import BLENDSHAPE_NAMES, MOUTH_BLENDSHAPES
+
+    audio = torch.randn(8, 16, 80)
+    net = small_net(mouth_dim=len(MOUTH_BLENDSHAPES))
+    assert net.predict_mouth(audio).shape == (len(MOUTH_BLENDSHAPES),)
+    assert net.condition(audio, torch.zeros(7))["audio"].shape == (32,)
+    conditioned = small_net(mouth_dim=len(MOUTH_BLENDSHAPES), mouth_condition=True)
+    cond = conditioned.condition(audio, torch.zeros(7))
+    assert cond["audio"].shape == (32 + len(MOUTH_BLENDSHAPES),)
+    assert torch.equal(cond["audio"][32:], conditioned.predict_mouth(audio))  # the density sees the predicted mouth
+    o, d = rays(16)
+    out = conditioned.render(o, d, torch.zeros(16, 3), audio, torch.zeros(7))
+    assert out["rgb"].shape == (16, 3)
+    with pytest.raises(ValueError, match="mouth_condition needs the mouth head"):
+        small_net(mouth_condition=True)
+    with pytest.raises(ValueError, match="no mouth head"):
+        small_net().predict_mouth(audio)
+    # the training items carry the frame's mouth blendshapes from bs.npy
+    f = SubjectFrames(tiny_dataset, "train", "mel", ["eyeBlinkLeft"])
+    item = TrainRays(f, 64, audio_frames=8)[3]
+    bs = np.load(tiny_dataset / "bs.npy")
+    cols = [BLENDSHAPE_NAMES.index(n) for n in MOUTH_BLENDSHAPES]
+    assert torch.allclose(item["mouth"], torch.from_numpy(np.clip(bs[f.img_ids[3], cols], 0, 1)).float())

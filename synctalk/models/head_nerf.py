@@ -133,13 +133,15 @@ class HeadNeRF(nn.Module):
             to an empty field).
         mouth_dim: size of the mouth read from the audio embedding by a linear head (:meth:`predict_mouth`,
             the auxiliary target that ties the audio branch to the subject's mouth blendshapes; 0: none).
+        mouth_condition: the density network also sees that predicted mouth (mouth_dim values, read from the
+            audio alone, so new audio drives it the same way), beside the audio embedding.
     """
 
     def __init__(self, encoding: TriPlaneHashEncoding, audio_in_dim: int, audio_window: int, eye_dim: int,
                  num_frames: int = 0, audio_dim: int = 32, smooth_frames: int = 8, latent_dim: int = 4,
                  attention_hidden: int = 32, hidden: int = 64, num_layers: int = 3, geo_feat_dim: int = 64,
                  color_hidden: int = 64, color_layers: int = 2, sh_degree: int = 4, num_samples: int = 32,
-                 bound: float = 1.0, density_bias: float = -2.0, mouth_dim: int = 0):
+                 bound: float = 1.0, density_bias: float = -2.0, mouth_dim: int = 0, mouth_condition: bool = False):
         super().__init__()
         if smooth_frames < 1:
             raise ValueError(f"smooth_frames must be at least 1, got {smooth_frames}")
@@ -149,9 +151,13 @@ class HeadNeRF(nn.Module):
         self.smooth_frames = smooth_frames
         self.audio_att_net = AudioAttNet(audio_dim, smooth_frames) if smooth_frames > 1 else None
         enc_dim = encoding.output_dim
-        self.audio_spatial_att = mlp(enc_dim, attention_hidden, audio_dim, 2)
+        if mouth_condition and not mouth_dim:
+            raise ValueError("mouth_condition needs the mouth head (mouth_dim > 0: model.loss.audio_mouth_weight > 0)")
+        self.mouth_condition = mouth_condition
+        cond_dim = audio_dim + (mouth_dim if mouth_condition else 0)  # what the density network sees of the audio
+        self.audio_spatial_att = mlp(enc_dim, attention_hidden, cond_dim, 2)
         self.eye_att = mlp(enc_dim, attention_hidden, eye_dim, 2) if eye_dim else None
-        self.density_net = mlp(enc_dim + audio_dim + eye_dim, hidden, 1 + geo_feat_dim, num_layers)
+        self.density_net = mlp(enc_dim + cond_dim + eye_dim, hidden, 1 + geo_feat_dim, num_layers)
         self.latent_dim = latent_dim
         self.latent_codes = nn.Parameter(torch.randn(max(num_frames, 1), latent_dim) * 0.1) if latent_dim else None
         self.color_net = mlp(geo_feat_dim + sh_degree ** 2 + latent_dim, color_hidden, 3, color_layers)
@@ -199,8 +205,12 @@ class HeadNeRF(nn.Module):
         return self.latent_codes[frame]
 
     def condition(self, audio: torch.Tensor, eye: torch.Tensor, frame: int | None = None) -> dict[str, torch.Tensor]:
-        """The frame condition: audio embedding (audio_dim,), eye values (eye_dim,), latent (latent_dim,)."""
-        return {"audio": self.audio_embedding(audio), "eye": eye, "latent": self.latent(frame)}
+        """The frame condition: audio embedding (audio_dim,), followed by the predicted mouth (mouth_dim,) when
+        ``mouth_condition``; eye values (eye_dim,); latent (latent_dim,)."""
+        embedding = self.audio_embedding(audio)
+        if self.mouth_condition:
+            embedding = torch.cat([embedding, self.mouth_head(embedding)])
+        return {"audio": embedding, "eye": eye, "latent": self.latent(frame)}
 
     # ------------------------------------------------------------------ field
     def _trunk(self, points: torch.Tensor, cond: dict[str, torch.Tensor]):
