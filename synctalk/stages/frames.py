@@ -11,7 +11,7 @@ from synctalk.errors import UserError
 from synctalk.io import atomic_path, read_json
 from synctalk.stages.base import Stage, StageContext
 from synctalk.stages.crop import crop_and_resize
-from synctalk.stages.source import expected_frames, probe_video, resampled_frames
+from synctalk.stages.source import expected_frames, resampled_frames
 
 
 @dataclass
@@ -29,7 +29,7 @@ class FramesStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         crop = read_json(ctx.root / "crop.json")
-        info = probe_video(ctx.video)
+        info = crop["source"]  # the crop stage's probe of this video (its key holds the video's identity)
         bar = tqdm(total=expected_frames(info, ctx.fps), desc="frames", unit="frame", disable=not ctx.progress)
         n = 0
         with atomic_path(ctx.root / "ori_imgs") as out:
