@@ -57,8 +57,13 @@ def real_dataset(clip: Path, cache: Path) -> Path:
     return root
 
 
-def measure(subject: str, size: int, steps: int, work: Path, real_root: Path | None) -> dict:
-    overrides = ["experiment=demo", f"paths.root_dir={work}", f"paths.output_dir={work}/out", "logger=none"]
+def measure(subject: str, size: int, steps: int, work: Path, real_root: Path | None, extra: tuple = (),
+            precision: str = "32-true", prepare=None, render_frames: int = 3) -> dict:
+    """Train ``steps`` steps of the demo model and render ``render_frames`` validation frames.
+
+    ``extra``: more config overrides; ``precision``: the Trainer's; ``prepare(system)``: called on the built
+    system before training (e.g. to compile it). On CUDA the peak GPU memory is reported too."""
+    overrides = ["experiment=demo", f"paths.root_dir={work}", f"paths.output_dir={work}/out", "logger=none", *extra]
     if subject == "synthetic":
         overrides += [f"data.synthetic.size={size}", "data.synthetic.num_frames=40"]
     else:
@@ -71,24 +76,32 @@ def measure(subject: str, size: int, steps: int, work: Path, real_root: Path | N
     dm.setup()
     system = build_system(cfg, len(dm.train_frames))
     system.hparams.max_steps = steps
+    if prepare is not None:
+        prepare(system)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     warmup = min(cfg.model.occupancy.start_step + 1, steps // 2)
     timer = StepTimer(warmup)
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, callbacks=[timer], accelerator="auto")
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[timer], accelerator="auto",
+                         precision=precision)
     trainer.fit(system, datamodule=dm)
     system.eval()
     system.render_frame(dm.val, 0)
-    frames = 3
+    frames = render_frames
     start = time.perf_counter()
     for k in range(frames):
         system.render_frame(dm.val, k % len(dm.val))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     render_s = (time.perf_counter() - start) / frames
     occupied = system.occupancy.occupied_fraction if system.occupancy is not None else 1.0
     return {"subject": subject, "size": size, "rays_per_step": cfg.data.rays_per_step,
             "samples_per_ray": cfg.model.net.num_samples, "levels": cfg.encoding.num_levels,
             "timed_steps": timer.steps, "train_steps_per_s": timer.steps / timer.seconds,
             "render_fps": 1 / render_s, "render_rays_per_s": size * size / render_s,
-            "occupied_fraction": occupied}
+            "occupied_fraction": occupied, "precision": precision,
+            "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None}
 
 
 def main() -> None:

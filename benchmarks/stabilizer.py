@@ -12,8 +12,14 @@ Synthetic subject (512 px, focal 1350, +-10 deg yaw), two protocols:
   accuracy targets of the stabilizer are stated for this case: it measures the focal search, the
   landmark fit and bundle adjustment, not a landmark detector or a face model's shape error. Every
   tracker preset.
-- ``facemesh``: as a user runs it: FaceMesh landmarks and the default face model (``canonical``), and the
-  ``subject`` model beside it.
+- ``facemesh``: FaceMesh landmarks and the default face model (``canonical``), and the ``subject`` model
+  beside it, on the rendered frames.
+- ``user``: as a user runs it: the subject's ``video.mp4`` through ``synctalk preprocess`` with its defaults
+  (crop, FaceMesh, ``canonical`` face model, bundle adjustment), errors against the truth.
+
+The subject's face is a human face (MediaPipe's canonical mesh with an identity of its own: wider, shorter, a
+longer nose, a random shape; :mod:`synctalk.data.human_face`), so the default face model meets a real identity
+mismatch.
 
 For each: the focal on the grid and after refinement, the pose errors of the landmark fit and of bundle
 adjustment (rotation and translation after the alignment of ``pose_errors``: the head frame and the
@@ -108,7 +114,23 @@ def synthetic(frames: int, work: Path, presets: list[str]) -> dict:
         out["facemesh"][backend] = run_preset(name, paths, masks, mesh, to_68(mesh)[..., :2], spec, truth,
                                               work / f"facemesh_{backend}", FaceModelOptions(backend=backend))
         print("facemesh", backend, json.dumps(out["facemesh"][backend]), flush=True)
+    out["user"] = as_a_user(root, work / "user")
+    print("as a user", json.dumps(out["user"]), flush=True)
     return out
+
+
+def as_a_user(subject: Path, root: Path) -> dict:
+    """The subject's video.mp4 through ``synctalk preprocess`` with its defaults (the halves check on): the focal
+    and pose errors against its ground truth, and the self-checks a user sees."""
+    opts = IngestOptions(progress=False, ground_truth=str(subject / "ground_truth.npz"))
+    opts.stabilizer.tracker.check_halves = True
+    start = time.perf_counter()
+    full = run_ingest(subject / "video.mp4", root, opts)
+    report = full["poses"]
+    return {"seconds": round(time.perf_counter() - start, 1), "crop_applied": full["crop"].get("applied"),
+            **{k: report.get(k) for k in ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct",
+                                          "face_model", "poses_written", "bundle_adjustment_rejected")},
+            "truth": report["truth"], "jitter_written": transforms_jitter(root)}
 
 
 REAL_KEYS = ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct", "jitter_landmarks",

@@ -195,8 +195,8 @@ def git_revision() -> str:
         return "unknown"
 
 
-def write_run_info(out_dir: Path, cfg: DictConfig) -> None:
-    """Record what produced this run: resolved config, git revision, versions, command line."""
+def write_run_info(out_dir: Path, cfg: DictConfig, torch_threads: int | None = None) -> None:
+    """Record what produced this run: resolved config, git revision, versions, command line, torch threads."""
     import pytorch_lightning
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,7 @@ def write_run_info(out_dir: Path, cfg: DictConfig) -> None:
         "git_revision": git_revision(), "command": [Path(sys.argv[0]).name] + sys.argv[1:],
         "python": platform.python_version(), "torch": torch.__version__,
         "pytorch_lightning": pytorch_lightning.__version__, "cuda_available": torch.cuda.is_available(),
-        "optional_packages": external.report(),
+        "optional_packages": external.report(), "torch_threads": torch_threads or torch.get_num_threads(),
     })
 
 
@@ -220,7 +220,7 @@ class LearningCurve(Callback):
         self.path = Path(path)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
         row = [str(trainer.global_step)] + [f"{float(metrics[k]):.5g}" if k in metrics else "" for k in self.COLUMNS[1:]]

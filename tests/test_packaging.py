@@ -53,7 +53,7 @@ def test_the_wheel_installed_in_a_fresh_environment_preprocesses_and_trains(tmp_
         names = set(z.namelist())
     packages = {p.relative_to(REPO).as_posix() for p in (REPO / "synctalk").rglob("__init__.py")}
     assert packages <= names, f"packages missing from the wheel: {sorted(packages - names)}"
-    assert "synctalk/stabilizer/canonical_face_68.txt" in names
+    assert "synctalk/stabilizer/canonical_face_68.txt" in names and "synctalk/data/canonical_face.obj" in names
     shipped = {n for n in names if n.startswith("synctalk/conf/") and n.endswith(".yaml")}
     assert shipped == {f"synctalk/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")}
     modules = {n for n in names if n.startswith("synctalk/") and n.endswith(".py")}

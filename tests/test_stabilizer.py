@@ -77,7 +77,13 @@ def test_focal_search_on_short_clips_and_rigid_landmarks():
     short = search_focal(model, lms, CX, CY, 600, 1000, 100, steps=300, min_frames=20, landmarks="rigid",
                          refine_points=3)
     assert short.grid_best == 1000 and focal_at_range_end(short)  # the truth (1300) is beyond the range
-    with pytest.raises(UserError, match="focal_landmarks"):
+    # a jaw contour that slides (as a silhouette does) pulls the focal off; "inner" leaves the contour out
+    sliding = lms.copy()
+    sliding[:, :17] += np.random.default_rng(4).normal(0, 4.0, (40, 17, 2))
+    inner = search_focal(model, sliding, CX, CY, 800, 1800, 100, every_k=10, steps=300, min_frames=20,
+                         landmarks="inner")
+    assert abs(inner.grid_best - FOCAL) <= 100
+    with pytest.raises(UserError, match="focal_landmarks=lips is not one of all, rigid, inner"):
         search_focal(model, lms, CX, CY, 800, 1800, 100, landmarks="lips")
     with pytest.raises(UserError, match="68-point"):
         search_focal(model.subset(list(range(30))), lms[:, :30], CX, CY, 800, 1800, 100, landmarks="rigid")
@@ -435,6 +441,22 @@ def test_shipped_canonical_face_is_derived_from_the_face_landmarker(face_landmar
     assert "Apache License" in CANONICAL_FACE.read_text()
     with pytest.raises(UserError, match="not a Face Landmarker model"):
         write_canonical_template(tmp_path / "canonical.txt", tmp_path / "x.txt")
+
+
+def test_shipped_face_mesh_is_derived_from_the_face_landmarker(face_landmarker_task, tmp_path):
+    """The synthetic subject's mesh (canonical_face.obj) is the task file's canonical mesh, vertices, texture
+    coordinates and triangles, with its licence notice."""
+    from synctalk.data.human_face import MESH_FILE, read_obj
+    from synctalk.stabilizer.face_model import canonical_mesh_from_task, write_canonical_mesh
+
+    write_canonical_mesh(face_landmarker_task, tmp_path / "face.obj")
+    shipped, derived = read_obj(MESH_FILE), read_obj(tmp_path / "face.obj")
+    for a, b in zip(shipped, derived):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    vertices, uv, triangles = canonical_mesh_from_task(face_landmarker_task, with_uv=True)
+    np.testing.assert_allclose(shipped[0], vertices, atol=1e-5)
+    assert shipped[2].shape == (898, 3) and (shipped[2] == triangles).all()
+    assert "Apache License" in MESH_FILE.read_text()
 
 
 def test_bundle_adjustment_is_rejected_when_it_does_not_help():

@@ -11,6 +11,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from synctalk.config.schema import TrainConfig
 from synctalk.data.layout import dataset_summary
+from synctalk.distributed import global_rank, join_ranks, share_cores, start_ranks
 from synctalk.evaluation import evaluate_split
 from synctalk.io import write_json
 from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system, check_resume,
@@ -21,19 +22,34 @@ SCHEMA = TrainConfig
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train, evaluate the validation split, write ``metrics.json``; returns the metrics."""
+    """Train, evaluate the validation split, write ``metrics.json``; returns the metrics (rank 0; the other
+    ranks of ``trainer=ddp`` only train and return {})."""
     out = Path(cfg.paths.output_dir)
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, cfg)
-    write_run_info(out, cfg)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    threads = share_cores(cfg)
     datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
+    rank = global_rank()
+    if rank == 0:
+        write_run_info(out, cfg, torch_threads=threads)
+        datamodule.prepare_data()  # generates the synthetic subject before any other rank reads it
+    ranks = start_ranks(cfg)
+    try:
+        return _train(cfg, out, datamodule, rank)
+    except BaseException:
+        join_ranks(ranks, failed=True)
+        raise
+    finally:
+        join_ranks(ranks, failed=False)
+
+
+def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule.setup()
     system = build_system(cfg, len(datamodule.train_frames), media_dir=str(out / "media"))
     if cfg.stage.init_from:
         load_stage_weights(system, cfg.stage.init_from, cfg)
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg) if rank == 0 else []
     failed = True
     try:
         if loggers:
@@ -45,6 +61,9 @@ def run(cfg: DictConfig) -> dict:
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint, LearningCurve(out / "learning_curve.csv")],
                               plugins=[AtomicCheckpointIO()], default_root_dir=str(out))
         trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if not trainer.is_global_zero:
+            failed = False
+            return {}
         video = out / "media" / "val.mp4" if cfg.render_video else None
         metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
                                  cfg.data.fps, cfg.model.loss.lpips_backbone, out / "media" / "eval_sample.png",

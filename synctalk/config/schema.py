@@ -68,7 +68,7 @@ class TrackerConfig:
     lr: float = 0.3
     refine_points: int = 9  # focals tried between the winner's grid neighbours (0: no refinement)
     refine_every_k: int = 1  # frames used for the refinement
-    focal_landmarks: str = "all"  # all | rigid (only landmarks expressions hardly move) for the focal search
+    focal_landmarks: str = "all"  # all | rigid (only landmarks expressions hardly move) | inner (no jaw contour)
     check_halves: bool = False  # also search the focal on each half of the video and report their agreement
     focal_expressions: bool = False  # score focal candidates with the expression components (default: a rigid face)
     pose_source: str = "bundle_adjustment"  # landmarks (face-model fit) | bundle_adjustment (+ tracking, BA)

@@ -22,25 +22,27 @@ from tqdm import tqdm
 
 from synctalk.audio import SAMPLE_RATE, mel_windows, write_wav
 from synctalk.data.blendshapes import BLENDSHAPE_NAMES
+from synctalk.data.human_face import (EYES, INNER_LIPS, MOUTH_COLOR, SKIN, HAIR, TEETH_COLOR, TEXTURE_SIZE, IRIS,
+                                      PUPIL, SCLERA, human_face, rasterize, vertex_normals)
+from synctalk.data.landmarks import MESH_TO_68
 from synctalk.data.layout import PARSING_COLORS, DatasetLayout, Transforms, split_train_val
 from synctalk.errors import UserError
 from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, project_points
 from synctalk.io import atomic_path
 
-# Head geometry in the head frame (metres; x to the subject's left, y up, z out of the face).
-HEAD_CENTER, HEAD_RADII = np.array([0.0, 0.0, 0.0]), np.array([0.075, 0.10, 0.09])
-NOSE_CENTER, NOSE_RADII = np.array([0.0, -0.012, 0.078]), np.array([0.013, 0.027, 0.024])
-EYE_X, EYE_Y, EYE_HALF_W, EYE_HALF_H = 0.028, 0.018, 0.014, 0.007
-BROW_Y, BROW_RAISE = 0.036, 0.007
-MOUTH_Y, MOUTH_HALF_W, MOUTH_GAP, LIP = -0.05, 0.026, 0.011, 0.0042
-HAIRLINE_Y = 0.052
+# Head geometry in the head frame (metres; x to the subject's left, y up, z out of the face). The face is the
+# textured mesh of synctalk.data.human_face; the skull (hair on top and behind), the eyeballs and the mouth
+# cavity are ellipsoids behind it.
+SKULL_CENTER, SKULL_RADII = np.array([0.0, 0.012, -0.04]), np.array([0.074, 0.106, 0.08])
+EYEBALL_RADIUS = 0.012
+HAIRLINE_Y = 0.074
 # Static body in the camera frame (metres; depths relative to the camera distance).
 NECK_RADIUS, NECK_Y, NECK_DEPTH = 0.042, (-0.2, 0.0), 0.005
 TORSO_Y, TORSO_DEPTH, TORSO_RADII = -0.235, 0.03, np.array([0.19, 0.13, 0.09])
 HEAD_HEIGHT = 0.03  # head centre above the optical axis
 SKIN_DETAIL = 0.06  # amplitude of the skin's fine texture
-RENDERER_VERSION = 3  # part of the cache key: subjects rendered by an older version are made again
-SKIN, HAIR, SHIRT = np.array([0.86, 0.66, 0.55]), np.array([0.24, 0.15, 0.1]), np.array([0.2, 0.34, 0.6])
+RENDERER_VERSION = 4  # part of the cache key: subjects rendered by an older version are made again
+SHIRT = np.array([0.2, 0.34, 0.6])
 LIGHT = np.array([0.35, 0.45, 1.0]) / np.linalg.norm([0.35, 0.45, 1.0])
 LABEL_BG, LABEL_HEAD, LABEL_NECK, LABEL_TORSO = 0, 1, 2, 3
 
@@ -194,53 +196,45 @@ def _value_noise(p: np.ndarray, cell: float) -> np.ndarray:
     return out
 
 
-def _face_texture(p: np.ndarray, skin_shade: np.ndarray, blink: float, brow: float, mouth: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Albedo of head points (head frame) and whether each is face skin (not hair)."""
+def _skull_texture(p: np.ndarray, shade: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Albedo of skull points (head frame) and whether each is skin (not hair)."""
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
-    color = np.broadcast_to(SKIN, p.shape).copy()
-    color *= (1 + 0.04 * np.sin(180 * x) * np.sin(160 * y))[..., None]
-    # skin detail (pores, blemishes) a few pixels wide at 512 px: trackable texture, as on real skin
-    color *= (1 + SKIN_DETAIL * (_value_noise(p, 0.0015) + 0.6 * _value_noise(p, 0.004)))[..., None]
-    front = z > 0.02
-    hair = (y > HAIRLINE_Y - 0.25 * np.maximum(z - 0.04, 0)) | ((z < 0.0) & (y > -0.045))
+    hair = (y > HAIRLINE_Y - 0.3 * np.maximum(z - 0.0, 0)) | ((z < -0.045) & (y > -0.06))
     # strands, with tufts and locks varying along them (pure stripes would give flow nothing to lock on along them)
     strands = 1 + 0.25 * np.sin(900 * x + 40 * np.sin(30 * y)) + 0.2 * _value_noise(p, 0.003)
-    color[hair] = (HAIR[None] * strands[hair][:, None])
-    # eyes
-    for side in (-1, 1):
-        ex = (x - side * EYE_X) / EYE_HALF_W
-        ey = (y - EYE_Y) / EYE_HALF_H
-        in_eye = front & (ex ** 2 + ey ** 2 < 1)
-        open_h = (1 - blink) * np.sqrt(np.clip(1 - ex ** 2, 0, 1))
-        ball = in_eye & (np.abs(ey) < open_h)
-        color[in_eye & ~ball] = SKIN * 0.78
-        iris = np.hypot(x - side * EYE_X, y - EYE_Y) < 0.0055
-        color[ball] = (0.95, 0.95, 0.92)
-        color[ball & iris] = (0.25, 0.16, 0.1)
-        color[ball & (np.hypot(x - side * EYE_X, y - EYE_Y) < 0.0022)] = (0.03, 0.03, 0.03)
-        # brow
-        bx = x - side * 0.03
-        by = BROW_Y + BROW_RAISE * brow + 0.004 - 12 * bx ** 2
-        color[front & (np.abs(bx) < 0.017) & (np.abs(y - by) < 0.0028)] = (0.2, 0.13, 0.09)
-    # mouth
-    mx = x / MOUTH_HALF_W
-    profile = np.sqrt(np.clip(1 - mx ** 2, 0, 1))
-    gap = mouth * MOUTH_GAP * profile
-    dy = y - MOUTH_Y
-    in_mouth_x = front & (np.abs(mx) < 1)
-    inner = in_mouth_x & (np.abs(dy) < gap)
-    lips = in_mouth_x & ~inner & (np.abs(dy) < gap + LIP * profile + 0.0008)
-    color[lips] = (0.74, 0.34, 0.36)
-    color[inner] = (0.28, 0.05, 0.07)
-    color[inner & (dy > gap - 0.0025) & (mouth > 0.25)] = (0.92, 0.9, 0.85)
-    face = ~hair
-    return color * skin_shade[..., None], face
+    skin = SKIN[None] * (1 + SKIN_DETAIL * _value_noise(p, 0.002))[..., None]
+    color = np.where(hair[..., None], HAIR[None] * strands[..., None], skin)
+    return color * shade[..., None], ~hair
+
+
+def _eye_and_mouth(p: np.ndarray, part: np.ndarray, eye_centres: np.ndarray, teeth_y: float) -> np.ndarray:
+    """Albedo of points on the eyeballs (part 0, 1: looking along +z) and in the mouth cavity (part 2)."""
+    color = np.broadcast_to(MOUTH_COLOR, p.shape).copy()
+    color[(part == 2) & (p[..., 1] > teeth_y) & (np.abs(p[..., 0]) < 0.02)] = TEETH_COLOR
+    for k in (0, 1):
+        on = part == k
+        q = p[on] - eye_centres[k]
+        angle = np.arccos(np.clip(q[:, 2] / EYEBALL_RADIUS, -1, 1))
+        c = np.where((angle < 0.45)[:, None], IRIS, SCLERA)
+        color[on] = np.where((angle < 0.2)[:, None], PUPIL, c)
+    return color
+
+
+def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, C) sampled at pixel positions ``xy`` (N, 2), bilinearly, clamped at the border."""
+    h, w = image.shape[:2]
+    x = np.clip(xy[:, 0], 0, w - 1.001)
+    y = np.clip(xy[:, 1], 0, h - 1.001)
+    x0, y0 = x.astype(np.int64), y.astype(np.int64)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
+    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray, translation: np.ndarray, blink: float,
                  brow: float, mouth: float, antialias: int = 2) -> dict[str, np.ndarray]:
-    """Ray-cast one frame.
+    """Render one frame: the face mesh rasterised, the rest of the head and the body ray-cast.
 
     Args:
         distance: mean camera-to-head distance (places the static body), metres.
@@ -256,21 +250,51 @@ def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray,
     v, u = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
     d = np.stack([(u - s / 2) / f, -(v - s / 2) / f, -np.ones_like(u)], -1)
     d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    # head, in the head frame
+    # the face mesh, rasterised
+    face = human_face()
+    verts = face.pose(blink, brow, mouth)
+    cam = verts @ rotation.T + translation
+    px = np.stack([f * cam[:, 0] / -cam[:, 2] + s / 2, -f * cam[:, 1] / -cam[:, 2] + s / 2], -1) - 0.5
+    ids, bary = rasterize(px, -cam[:, 2], face.triangles, s)
+    on_mesh = ids >= 0
+    tri = face.triangles[ids[on_mesh]]
+    w = bary[on_mesh][..., None]
+    t_mesh = np.full((s, s), np.inf)
+    t_mesh[on_mesh] = np.linalg.norm((cam[tri] * w).sum(1), axis=-1)
+    uv = (face.uv[tri] * w).sum(1) * TEXTURE_SIZE - 0.5
+    albedo = _bilinear(face.texture, uv)
+    normals = (vertex_normals(verts, face.triangles)[tri] * w).sum(1) @ rotation.T
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True) + 1e-12
+    mesh_rgb = albedo * (0.35 + 0.65 * np.clip(normals @ LIGHT, 0, 1))[:, None]
+    # skull, eyeballs and mouth cavity, in the head frame
     o_h = -rotation.T @ translation
     d_h = d @ rotation  # == (R^T d^T)^T
-    t_skull = _ray_ellipsoid(o_h, d_h, HEAD_CENTER, HEAD_RADII)
-    t_nose = _ray_ellipsoid(o_h, d_h, NOSE_CENTER, NOSE_RADII)
-    t_head = np.minimum(t_skull, t_nose)
-    hit_nose = t_nose < t_skull
-    p_h = o_h + d_h * np.where(np.isfinite(t_head), t_head, 0)[..., None]
-    n_h = np.where(hit_nose[..., None], (p_h - NOSE_CENTER) / NOSE_RADII ** 2, (p_h - HEAD_CENTER) / HEAD_RADII ** 2)
-    n_c = n_h @ rotation.T
+    rest = face.vertices
+    eye_centres = np.array([rest[eye].mean(0) - [0, 0, EYEBALL_RADIUS + 0.0004] for eye in EYES])
+    eye_centres[:, 2] = np.array([min(rest[eye[4], 2], rest[eye[12], 2]) for eye in EYES]) - EYEBALL_RADIUS - 0.0005
+    lips = rest[INNER_LIPS]
+    corner = np.abs(lips[[0, 10], 0]).mean()
+    cavity_c = np.array([0.0, lips[:, 1].mean() - 0.004, lips[:, 2].min() - 0.02])
+    cavity_r = np.array([corner * 1.4, 0.028, 0.02])
+    t_parts = np.stack([_ray_ellipsoid(o_h, d_h, c, np.full(3, EYEBALL_RADIUS)) for c in eye_centres]
+                       + [_ray_ellipsoid(o_h, d_h, cavity_c, cavity_r)])
+    part = t_parts.argmin(0)
+    t_part = t_parts.min(0)
+    t_skull = _ray_ellipsoid(o_h, d_h, SKULL_CENTER, SKULL_RADII)
+    t_head = np.minimum(np.minimum(t_mesh, t_part), t_skull)
+    hit = np.isfinite(t_head)
+    p_h = o_h + d_h * np.where(hit, t_head, 0)[..., None]
+    head_rgb, skin = np.zeros(p_h.shape), np.zeros(hit.shape, bool)
+    sel = hit & (t_skull <= t_head) & ~(t_mesh <= t_head) & ~(t_part <= t_head)
+    n_c = ((p_h[sel] - SKULL_CENTER) / SKULL_RADII ** 2) @ rotation.T
     n_c /= np.linalg.norm(n_c, axis=-1, keepdims=True) + 1e-12
-    shade_h = 0.35 + 0.65 * np.clip(n_c @ LIGHT, 0, 1)
-    hit = np.isfinite(t_head)  # texture only where the head is
-    head_rgb, face = np.zeros(p_h.shape), np.zeros(hit.shape, bool)
-    head_rgb[hit], face[hit] = _face_texture(p_h[hit], shade_h[hit], blink, brow, mouth)
+    head_rgb[sel], skin[sel] = _skull_texture(p_h[sel], 0.35 + 0.65 * np.clip(n_c @ LIGHT, 0, 1))
+    sel = hit & (t_part <= t_head) & ~(t_mesh <= t_head)
+    head_rgb[sel] = 0.85 * _eye_and_mouth(p_h[sel], part[sel], eye_centres, rest[13, 1] - 0.0025)
+    skin[sel] = True
+    sel = on_mesh & (t_mesh <= t_head)
+    head_rgb[sel], skin[sel] = mesh_rgb[t_mesh[on_mesh] <= t_head[on_mesh]], True
+    t_head = np.where(hit, t_head, np.inf)
     # body, in the camera frame
     neck_z = -distance - NECK_DEPTH
     torso_center = np.array([0.0, TORSO_Y, -distance - TORSO_DEPTH])
@@ -288,7 +312,7 @@ def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray,
     body_rgb = body_rgb * shade_b[..., None]
     labels = np.full((s, s), LABEL_BG, np.int64)
     labels[np.isfinite(t_body)] = np.where(t_neck < t_torso, LABEL_NECK, LABEL_TORSO)[np.isfinite(t_body)]
-    head_front = np.isfinite(t_head) & (t_head <= t_body)
+    head_front = hit & (t_head <= t_body)
     labels[head_front] = LABEL_HEAD
     person = np.where(head_front[..., None], head_rgb, body_rgb)
     body_alpha = np.isfinite(t_body).astype(np.float64)
@@ -302,48 +326,16 @@ def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray,
         "person_alpha": down((labels != LABEL_BG).astype(np.float64)),
         "torso": np.concatenate([down(body_rgb * body_alpha[..., None]), down(body_alpha)[..., None]], -1),
         "labels": down(onehot).argmax(-1),
-        "face": down((head_front & face).astype(np.float64)) > 0.5,
+        "face": down((head_front & skin).astype(np.float64)) > 0.5,
     }
 
 
 # ----------------------------------------------------------------------------- landmarks
 
-def _on_surface(xy: np.ndarray) -> np.ndarray:
-    """Lift face-plane points (K, 2) onto the skull or nose surface (front side)."""
-    x, y = xy[:, 0], xy[:, 1]
-    zs = HEAD_RADII[2] * np.sqrt(np.clip(1 - (x / HEAD_RADII[0]) ** 2 - (y / HEAD_RADII[1]) ** 2, 0, 1))
-    q = 1 - ((x - NOSE_CENTER[0]) / NOSE_RADII[0]) ** 2 - ((y - NOSE_CENTER[1]) / NOSE_RADII[1]) ** 2
-    zn = NOSE_CENTER[2] + NOSE_RADII[2] * np.sqrt(np.clip(q, 0, 1))
-    z = np.where(q > 0, np.maximum(zs, zn), zs)
-    return np.stack([x, y, z], -1)
-
-
 def landmarks_3d(blink: float, brow: float, mouth: float) -> np.ndarray:
-    """The 68 landmarks (iBUG 300-W order) of the synthetic head, (68, 3) in the head frame."""
-    pts = []
-    phi = np.linspace(0, np.pi, 17)
-    pts += list(zip(-0.068 * np.cos(phi), 0.012 - 0.104 * np.sin(phi)))  # 0-16 jaw, subject's right to left
-    for side in (-1, 1):  # 17-21 right brow, 22-26 left brow (outer to inner, then inner to outer)
-        xs = np.linspace(-0.046, -0.014, 5) if side < 0 else np.linspace(0.014, 0.046, 5)
-        pts += [(x, BROW_Y + BROW_RAISE * brow + 0.004 - 12 * (x - side * 0.03) ** 2) for x in xs]
-    pts += [(0.0, y) for y in (0.016, 0.004, -0.008, -0.02)]  # 27-30 nose bridge
-    pts += [(x, -0.03 + 0.003 * (abs(x) < 1e-9)) for x in (-0.012, -0.006, 0.0, 0.006, 0.012)]  # 31-35
-    for side in (-1, 1):  # 36-41 right eye, 42-47 left eye, clockwise in the image
-        def lid(ex, up):
-            h = (1 - blink) * EYE_HALF_H * np.sqrt(1 - ex ** 2)
-            return (side * EYE_X + ex * EYE_HALF_W, EYE_Y + (h if up else -h))
-        pts += [lid(-1, True), lid(-0.4, True), lid(0.4, True), lid(1, True), lid(0.4, False), lid(-0.4, False)]
-
-    def lip(mx, up, inner):
-        prof = np.sqrt(max(1 - mx ** 2, 0))
-        h = mouth * MOUTH_GAP * prof + (0 if inner else LIP * prof)
-        return (mx * MOUTH_HALF_W, MOUTH_Y + (h if up else -h))
-    outer_up = [lip(m, True, False) for m in (-1, -0.6, -0.25, 0, 0.25, 0.6)]  # 48-53
-    outer_down = [lip(m, False, False) for m in (1, 0.6, 0.25, 0, -0.25, -0.6)]  # 54-59
-    inner_up = [lip(m, True, True) for m in (-0.9, -0.4, 0, 0.4)]  # 60-63
-    inner_down = [lip(m, False, True) for m in (0.9, 0.4, 0, -0.4)]  # 64-67
-    pts += outer_up + outer_down + inner_up + inner_down
-    return _on_surface(np.array(pts, dtype=np.float64))
+    """The 68 landmarks (iBUG 300-W order) of the synthetic face, (68, 3) in the head frame: its mesh vertices
+    at :data:`synctalk.data.landmarks.MESH_TO_68`."""
+    return human_face().pose(blink, brow, mouth)[MESH_TO_68]
 
 
 # ----------------------------------------------------------------------------- the subject

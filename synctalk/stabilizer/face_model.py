@@ -37,6 +37,13 @@ CANONICAL_NOTICE = """MediaPipe's canonical metric face mesh (468 vertices, cent
 frontal face, y up, z out of the face. Regenerate: python -m synctalk.stabilizer.face_model face_landmarker.task
 Copyright 2020-2023 The MediaPipe Authors. Licensed under the Apache License, Version 2.0
 (http://www.apache.org/licenses/LICENSE-2.0); derived work: vertex subset and unit change only."""
+CANONICAL_MESH = Path(__file__).parents[1] / "data" / "canonical_face.obj"  # the synthetic subject's face
+CANONICAL_MESH_NOTICE = """MediaPipe's canonical metric face mesh (468 vertices in centimetres, 898 triangles, texture coordinates)
+from the Face Landmarker model (face_landmarker.task: geometry_pipeline_metadata_landmarks.binarypb), head axes:
+x to the image's right for a frontal face, y up, z out of the face. Regenerate:
+python -m synctalk.stabilizer.face_model face_landmarker.task
+Copyright 2020-2023 The MediaPipe Authors. Licensed under the Apache License, Version 2.0
+(http://www.apache.org/licenses/LICENSE-2.0); derived work: format change only."""
 CANONICAL_ID_STEP = 0.05  # one identity unit of the canonical model: 5% of the face's width, height or depth
 CANONICAL_ID_BOUND = 2.0  # identity units: at most +-10% per axis
 HEAD_DEPTH_M = 0.05  # the head-frame origin sits this far behind the face's rigid points
@@ -203,9 +210,11 @@ def canonical_face_model(mesh: np.ndarray, num_exp: int = 10) -> FaceModel:
     return FaceModel(mean, id_basis, _expression_basis(shapes, num_exp), "canonical", CANONICAL_ID_BOUND)
 
 
-def canonical_mesh_from_task(task_file: str | Path) -> np.ndarray:
+def canonical_mesh_from_task(task_file: str | Path, with_uv: bool = False
+                             ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(468, 3) MediaPipe's canonical face mesh in centimetres (head axes), read from a Face Landmarker model
-    file (a zip holding ``geometry_pipeline_metadata_landmarks.binarypb``)."""
+    file (a zip holding ``geometry_pipeline_metadata_landmarks.binarypb``); with ``with_uv`` also its texture
+    coordinates (468, 2; OBJ convention, v up) and triangles (898, 3)."""
     import zipfile
 
     from mediapipe.tasks.cc.vision.face_geometry.proto import geometry_pipeline_metadata_pb2
@@ -218,7 +227,10 @@ def canonical_mesh_from_task(task_file: str | Path) -> np.ndarray:
     metadata = geometry_pipeline_metadata_pb2.GeometryPipelineMetadata()
     metadata.ParseFromString(raw)
     vertices = np.asarray(metadata.canonical_mesh.vertex_buffer, np.float64).reshape(-1, 5)  # x, y, z, u, v
-    return vertices[:, :3]
+    if not with_uv:
+        return vertices[:, :3]
+    uv = np.stack([vertices[:, 3], 1.0 - vertices[:, 4]], 1)
+    return vertices[:, :3], uv, np.asarray(metadata.canonical_mesh.index_buffer, np.int64).reshape(-1, 3)
 
 
 def write_canonical_template(task_file: str | Path, path: str | Path = CANONICAL_FACE) -> np.ndarray:
@@ -227,6 +239,17 @@ def write_canonical_template(task_file: str | Path, path: str | Path = CANONICAL
     with atomic_path(Path(path)) as tmp:
         np.savetxt(tmp, points, fmt="%.4f", header=CANONICAL_NOTICE)
     return points
+
+
+def write_canonical_mesh(task_file: str | Path, path: str | Path = CANONICAL_MESH) -> None:
+    """Write the canonical face mesh of ``task_file`` as an OBJ file (cm, texture coordinates), with its notice."""
+    vertices, uv, triangles = canonical_mesh_from_task(task_file, with_uv=True)
+    lines = ["# " + line for line in CANONICAL_MESH_NOTICE.splitlines()]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices]
+    lines += [f"vt {u:.6f} {v:.6f}" for u, v in uv]
+    lines += ["f " + " ".join(f"{i + 1}/{i + 1}" for i in tri) for tri in triangles]
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
 
 
 def _read_exp_pca(path: Path, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
@@ -287,4 +310,5 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m synctalk.stabilizer.face_model /path/to/face_landmarker.task")
     write_canonical_template(sys.argv[1])
-    print(f"wrote {CANONICAL_FACE}")
+    write_canonical_mesh(sys.argv[1])
+    print(f"wrote {CANONICAL_FACE} and {CANONICAL_MESH}")

@@ -20,6 +20,9 @@ from tqdm import tqdm
 from synctalk.errors import UserError
 from synctalk.stabilizer.face_model import RIGID_68, FaceModel
 
+#: the landmarks the focal search may score (68-point indices; None: all of the model's points)
+FOCAL_LANDMARKS = {"all": None, "rigid": RIGID_68, "inner": list(range(17, 68))}
+
 # head axes (x right, y up, z out of the face) -> OpenCV object axes used by solvePnP
 _HEAD_TO_CV = np.diag([1.0, -1.0, -1.0])
 
@@ -191,18 +194,19 @@ def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start:
     With ``refine_points`` > 0 the winner is refined on that many focals spread between its two
     grid neighbours, fitted to every ``refine_every_k``-th frame, and a parabola through the best three
     gives the final value. ``landmarks="rigid"`` scores only the landmarks expressions hardly move
-    (:data:`RIGID_68`), for face models whose expression components do not fit the subject.
+    (:data:`RIGID_68`), for face models whose expression components do not fit the subject; ``"inner"`` all
+    but the jaw contour (a silhouette that slides over the face as it turns).
 
     With ``expressions=False`` (the default) the candidates are scored with a rigid face (the model's
     identity freedom only): per-frame expression components can bend the face to mimic a wrong
     perspective, and on real clips the rigid score is the stable one (the two halves of a clip agree).
     """
-    if landmarks not in ("all", "rigid"):
-        raise UserError(f"tracker.focal_landmarks={landmarks} is not one of all, rigid")
-    if landmarks == "rigid":
+    if landmarks not in FOCAL_LANDMARKS:
+        raise UserError(f"tracker.focal_landmarks={landmarks} is not one of {', '.join(FOCAL_LANDMARKS)}")
+    if FOCAL_LANDMARKS[landmarks] is not None:
         if model.mean.shape[0] != 68:
-            raise UserError("tracker.focal_landmarks=rigid needs a 68-point face model")
-        model, lms = model.subset(RIGID_68), lms[:, RIGID_68]
+            raise UserError(f"tracker.focal_landmarks={landmarks} needs a 68-point face model")
+        model, lms = model.subset(FOCAL_LANDMARKS[landmarks]), lms[:, FOCAL_LANDMARKS[landmarks]]
     if not expressions:
         model = model.without_expressions()
     grid = focal_candidates(start, stop, step)

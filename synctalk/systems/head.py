@@ -248,7 +248,7 @@ class HeadNeRFSystem(pl.LightningModule):
         gt = frames.gt(int(k))
         self.val_psnr(pred.permute(2, 0, 1)[None].to(self.device), gt.permute(2, 0, 1)[None].to(self.device))
         self.log("val/psnr", self.val_psnr, prog_bar=True)
-        if batch_idx == 0:
+        if batch_idx == 0 and self.trainer.is_global_zero:
             self._save_image(torch.cat([pred, gt], 1), f"val_step{self.global_step:06d}.png")
 
     def _save_image(self, image: torch.Tensor, name: str) -> None:

@@ -1,0 +1,106 @@
+"""Processes and cores: multi-process training (``trainer=ddp``) and a sweep job's share of the cores.
+
+``trainer=ddp`` with ``trainer.devices=N``: the ``synctalk train`` process is rank 0 and starts ranks 1..N-1
+itself, as ``python -m synctalk train <this job's overrides> hydra.run.dir=<this run folder>``, with the
+torch.distributed variables set (``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``NODE_RANK``,
+``LOCAL_RANK``). Lightning then finds its processes already created and joins them (gloo on CPUs, NCCL on
+GPUs). Every rank draws the rays of its own frame each step; rank 0 alone writes the run folder (run info,
+checkpoints, logs, media, evaluation, ``metrics.json``); the other ranks log to ``train_rank<k>.log`` in the
+same folder. The same command works inside a multirun job: each job trains its own group of processes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from synctalk.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def global_rank() -> int:
+    """This process's rank in a multi-process run (0 when there is none)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def wants_ddp(cfg: DictConfig) -> int:
+    """The number of processes ``cfg.trainer`` asks for (1 without a DDP strategy)."""
+    strategy = cfg.trainer.get("strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    devices = cfg.trainer.get("devices", 1)
+    if "ddp" not in name.lower():
+        return 1
+    if not isinstance(devices, int) or devices < 1:
+        raise UserError(f"trainer.devices={devices}: trainer=ddp needs a number of processes, e.g. trainer.devices=2")
+    return devices
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(cfg: DictConfig, job: str = "train") -> list[subprocess.Popen]:
+    """Start ranks 1..N-1 of a DDP run (in rank 0, once); returns their processes ([] when not needed)."""
+    world = wants_ddp(cfg)
+    if world <= 1 or "LOCAL_RANK" in os.environ:
+        return []
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    hydra_cfg = HydraConfig.get()
+    out = Path(cfg.paths.output_dir)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world), "NODE_RANK": "0"}
+    procs = []
+    for rank in range(1, world):
+        command = [sys.executable, "-m", "synctalk", job, *hydra_cfg.overrides.task, f"hydra.run.dir={out}",
+                   "hydra.output_subdir=null", f"hydra.job.name={job}_rank{rank}"]
+        procs.append(subprocess.Popen(command, cwd=get_original_cwd(),
+                                      env={**os.environ, **env, "LOCAL_RANK": str(rank), "RANK": str(rank)},
+                                      stdout=subprocess.DEVNULL, stderr=open(out / f"rank{rank}.stderr", "w")))
+    os.environ.update(env, LOCAL_RANK="0", RANK="0")
+    log.info("trainer=ddp: %d processes (ranks 1..%d started; their logs: %s/%s_rank*.log)", world, world - 1, out, job)
+    return procs
+
+
+def join_ranks(procs: list[subprocess.Popen], failed: bool, timeout_s: float = 600) -> None:
+    """Wait for the ranks :func:`start_ranks` started (stop them when rank 0 failed); an error when one failed."""
+    for p in procs:
+        if failed:
+            p.kill()
+        try:
+            code = p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            code = p.wait()
+        if code != 0 and not failed:
+            raise UserError(f"a training process (rank {procs.index(p) + 1}) failed with exit code {code}: "
+                            f"see rank{procs.index(p) + 1}.stderr in the run folder")
+
+
+def share_cores(cfg: DictConfig) -> int | None:
+    """In a job of ``hydra/launcher=joblib``, use this job's share of the cores (cores // parallel jobs) for
+    torch's thread pool; returns the threads set (None outside a joblib sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher
+    except ValueError:  # not inside a Hydra job
+        return None
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    import torch
+
+    jobs = launcher.get("n_jobs", -1)
+    cores = os.cpu_count() or 1
+    jobs = cores if jobs is None or jobs < 1 else jobs
+    threads = max(1, cores // jobs)
+    torch.set_num_threads(threads)
+    return threads
