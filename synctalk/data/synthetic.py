@@ -1,7 +1,7 @@
-"""The synthetic subject: a procedurally ray-cast talking head with known ground truth.
+"""The synthetic subject: a rendered talking head with known ground truth.
 
-No downloaded assets. A head (ellipsoid skull and nose, hair, eyes that blink, brows
-that rise, a mouth that opens with a generated speech-like audio track) moves with a
+No downloaded assets. A head (a human face mesh from :mod:`synctalk.data.human_face` whose eyes blink,
+brows rise and mouth opens with a generated speech-like audio track, on a ray-cast skull with hair) moves with a
 known rotation and translation in front of a pinhole camera of known focal length; a
 static neck and torso sit in front of a static background. The result is written in
 the same dataset layout as real preprocessing (:mod:`synctalk.data.layout`) plus
