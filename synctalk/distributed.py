@@ -15,7 +15,9 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from omegaconf import DictConfig
 
@@ -47,32 +49,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(cfg: DictConfig, job: str = "train") -> list[subprocess.Popen]:
-    """Start ranks 1..N-1 of a DDP run (in rank 0, once); returns their processes ([] when not needed)."""
+@contextmanager
+def ddp_ranks(cfg: DictConfig, job: str = "train") -> Iterator[None]:
+    """In rank 0 of a DDP run: start ranks 1..N-1 for the body, then wait for them (stop them when the body
+    failed; an error when one of them failed), and restore the environment, so the next job of a sweep that
+    runs in this process starts its own ranks. Does nothing without trainer=ddp or in the other ranks."""
     world = wants_ddp(cfg)
     if world <= 1 or "LOCAL_RANK" in os.environ:
-        return []
+        yield
+        return
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 
-    hydra_cfg = HydraConfig.get()
     out = Path(cfg.paths.output_dir)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world), "NODE_RANK": "0"}
+    saved = {k: os.environ.get(k) for k in (*env, "LOCAL_RANK", "RANK")}
     procs = []
     for rank in range(1, world):
-        command = [sys.executable, "-m", "synctalk", job, *hydra_cfg.overrides.task, f"hydra.run.dir={out}",
+        command = [sys.executable, "-m", "synctalk", job, *HydraConfig.get().overrides.task, f"hydra.run.dir={out}",
                    "hydra.output_subdir=null", f"hydra.job.name={job}_rank{rank}"]
-        procs.append(subprocess.Popen(command, cwd=get_original_cwd(),
-                                      env={**os.environ, **env, "LOCAL_RANK": str(rank), "RANK": str(rank)},
-                                      stdout=subprocess.DEVNULL, stderr=open(out / f"rank{rank}.stderr", "w")))
+        with open(out / f"rank{rank}.stderr", "w") as stderr:
+            procs.append(subprocess.Popen(command, cwd=get_original_cwd(), stdout=subprocess.DEVNULL, stderr=stderr,
+                                          env={**os.environ, **env, "LOCAL_RANK": str(rank), "RANK": str(rank)}))
     os.environ.update(env, LOCAL_RANK="0", RANK="0")
     log.info("trainer=ddp: %d processes (ranks 1..%d started; their logs: %s/%s_rank*.log)", world, world - 1, out, job)
-    return procs
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # the next job of a sweep makes its own group
+            dist.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _join(procs, failed)
 
 
-def join_ranks(procs: list[subprocess.Popen], failed: bool, timeout_s: float = 600) -> None:
-    """Wait for the ranks :func:`start_ranks` started (stop them when rank 0 failed); an error when one failed."""
-    for p in procs:
+def _join(procs: list[subprocess.Popen], failed: bool, timeout_s: float = 600) -> None:
+    """Wait for ranks 1..N-1 (kill them first when rank 0 failed); an error when one of them failed."""
+    for rank, p in enumerate(procs, start=1):
         if failed:
             p.kill()
         try:
@@ -81,8 +101,8 @@ def join_ranks(procs: list[subprocess.Popen], failed: bool, timeout_s: float = 6
             p.kill()
             code = p.wait()
         if code != 0 and not failed:
-            raise UserError(f"a training process (rank {procs.index(p) + 1}) failed with exit code {code}: "
-                            f"see rank{procs.index(p) + 1}.stderr in the run folder")
+            raise UserError(f"a training process (rank {rank}) failed with exit code {code}: "
+                            f"see rank{rank}.stderr in the run folder")
 
 
 def share_cores(cfg: DictConfig) -> int | None:

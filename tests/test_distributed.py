@@ -57,6 +57,12 @@ def test_ddp_trains_with_two_processes_into_one_run_folder_and_resumes(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = latest_run(tmp_path)
     assert json.loads((again / "metrics.json").read_text())["step"] == 16
+    # a plain sweep runs its jobs one after another in one process: each job starts its own ranks and group
+    sweep = synctalk(*args[:1], "-m", *args[1:], "trainer.max_steps=4", "model.lr_net=1e-3,3e-3", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    _, jobs = _sweep_jobs(tmp_path)
+    assert [json.loads((j / "metrics.json").read_text())["step"] for j in jobs] == [4, 4]
+    assert all((j / "train_rank1.log").is_file() for j in jobs)
 
 
 def test_gpu_benchmark_runs_in_its_tiny_mode_and_writes_json(tmp_path):

@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from synctalk.config.schema import TrainConfig
 from synctalk.data.layout import dataset_summary
-from synctalk.distributed import global_rank, join_ranks, share_cores, start_ranks
+from synctalk.distributed import ddp_ranks, global_rank, share_cores
 from synctalk.evaluation import evaluate_split
 from synctalk.io import write_json
 from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system, check_resume,
@@ -33,14 +33,8 @@ def run(cfg: DictConfig) -> dict:
     if rank == 0:
         write_run_info(out, cfg, torch_threads=threads)
         datamodule.prepare_data()  # generates the synthetic subject before any other rank reads it
-    ranks = start_ranks(cfg)
-    try:
+    with ddp_ranks(cfg):
         return _train(cfg, out, datamodule, rank)
-    except BaseException:
-        join_ranks(ranks, failed=True)
-        raise
-    finally:
-        join_ranks(ranks, failed=False)
 
 
 def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:

@@ -270,8 +270,9 @@ def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray,
     o_h = -rotation.T @ translation
     d_h = d @ rotation  # == (R^T d^T)^T
     rest = face.vertices
-    eye_centres = np.array([rest[eye].mean(0) - [0, 0, EYEBALL_RADIUS + 0.0004] for eye in EYES])
-    eye_centres[:, 2] = np.array([min(rest[eye[4], 2], rest[eye[12], 2]) for eye in EYES]) - EYEBALL_RADIUS - 0.0005
+    # eyeballs centred behind each eye opening, their front just behind the lids' middle
+    eye_centres = np.array([[*rest[eye, :2].mean(0), min(rest[eye[4], 2], rest[eye[12], 2]) - EYEBALL_RADIUS - 0.0005]
+                            for eye in EYES])
     lips = rest[INNER_LIPS]
     corner = np.abs(lips[[0, 10], 0]).mean()
     cavity_c = np.array([0.0, lips[:, 1].mean() - 0.004, lips[:, 2].min() - 0.02])
