@@ -347,16 +347,22 @@ def generate(spec: SyntheticSpec, root: Path, progress: bool = True) -> Path:
     Returns:
         ``root``.
     """
+    import fcntl
+
     root = Path(root)
     marker = root / "synthetic_spec.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == spec.key():
-        return root
-    if root.exists() and any(root.iterdir()) and not marker.is_file():
-        raise UserError(f"{root} exists and is not a synthetic subject: refusing to replace it "
-                        f"(choose another data.root for data=synthetic)")
-    with atomic_path(root) as tmp:
-        _write(spec, tmp, progress)
-        write_video(tmp, spec.fps)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # runs started in parallel (a joblib sweep) share the subject: one makes it while the others wait
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file() and json.loads(marker.read_text()).get("key") == spec.key():
+            return root
+        if root.exists() and any(root.iterdir()) and not marker.is_file():
+            raise UserError(f"{root} exists and is not a synthetic subject: refusing to replace it "
+                            f"(choose another data.root for data=synthetic)")
+        with atomic_path(root) as tmp:
+            _write(spec, tmp, progress)
+            write_video(tmp, spec.fps)
     return root
 
 
