@@ -76,6 +76,27 @@ def test_gradients_reach_only_the_touched_table_rows():
     assert 0 < touched <= 3 * 3 * 4
 
 
+@pytest.mark.parametrize("features", [1, 2])
+def test_gradients_of_the_table_and_the_positions_are_right(features):
+    """The hand-written backward (a scatter-add into the table; the interpolation weights for the positions,
+    which need gradients where the torso warps its pixels): table gradients against autograd through the
+    loop-by-loop reference, positions against finite differences (float64; random points lie away from cell edges)."""
+    torch.manual_seed(1)
+    enc = TriPlaneHashEncoding(num_levels=4, features_per_level=features, log2_hashmap_size=8, base_resolution=4,
+                               max_resolution=40)
+    with torch.no_grad():
+        enc.grid.embeddings.uniform_(-1, 1)
+    points = torch.rand(12, 3) * 1.8 - 0.9
+    weights = torch.randn(12, enc.output_dim)
+    (enc(points) * weights).sum().backward()
+    table_grad = enc.grid.embeddings.grad.clone()
+    enc.grid.embeddings.grad = None
+    (reference_encoding(enc, points) * weights).sum().backward()
+    torch.testing.assert_close(table_grad, enc.grid.embeddings.grad, rtol=1e-4, atol=1e-5)
+    enc = enc.double()
+    assert torch.autograd.gradcheck(enc, (points.double()[:4].requires_grad_(),), eps=1e-7, atol=1e-5)
+
+
 def test_spherical_harmonics_are_orthonormal_on_the_sphere():
     torch.manual_seed(0)
     dirs = torch.nn.functional.normalize(torch.randn(200000, 3), dim=-1)

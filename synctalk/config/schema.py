@@ -28,7 +28,7 @@ class DataConfig:
     downscale: int = 1  # train and render at 1/downscale of the dataset resolution
     rays_per_step: int = 1024
     val_frames: int = 4  # validation frames rendered during training (0: all)
-    chunk: int = 8192  # rays rendered at once at inference
+    chunk: int = 2048  # rays rendered at once at inference
     cache_mb: int = 2048  # decoded images kept in memory per split (least recently used dropped)
     synthetic: Optional[SyntheticSpec] = None  # set: the folder is generated from this spec
 

@@ -92,6 +92,7 @@ class SubjectFrames:
         self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
         self._landmarks: dict[int, np.ndarray] = {}
+        self._has_torso: dict[int, bool] = {}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -100,8 +101,8 @@ class SubjectFrames:
     def __len__(self) -> int:
         return len(self.img_ids)
 
-    def _image(self, kind: str, k: int) -> torch.Tensor:
-        """Decoded image (H, W, C) as float in [0, 1]; kept as uint8 in a bounded LRU cache."""
+    def _image_u8(self, kind: str, k: int) -> torch.Tensor:
+        """Decoded image (H, W, C) uint8, kept in a bounded LRU cache."""
         key = (kind, k)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -115,23 +116,34 @@ class SubjectFrames:
             while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
                 _, dropped = self._cache.popitem(last=False)
                 self._cache_bytes -= dropped.numel()
-        return self._cache[key].float() / 255
+        return self._cache[key]
 
-    def gt(self, k: int) -> torch.Tensor:
-        """Parsed ground truth (H, W, 3): the frame over the static background."""
-        return self._image("gt", k)
+    def _image(self, kind: str, k: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded image (H, W, C) as float in [0, 1], or its values (R, C) at ``pixels`` (R, 2) (u, v)."""
+        image = self._image_u8(kind, k)
+        if pixels is not None:
+            image = image[pixels[:, 1], pixels[:, 0]]
+        return image.float() / 255
+
+    def gt(self, k: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Parsed ground truth (H, W, 3): the frame over the static background; (R, 3) at ``pixels`` (R, 2)."""
+        return self._image("gt", k, pixels)
 
     def original(self, k: int) -> torch.Tensor:
         """The original frame (H, W, 3), hair and real background included."""
         return self._image("original", k)
 
-    def background(self, k: int) -> torch.Tensor:
-        """What the head is rendered over (H, W, 3): the frame's torso on the static background."""
-        if not self.layout.torso_image(int(self.img_ids[k])).is_file():
-            return self.static_background
-        torso = self._image("torso", k)
+    def background(self, k: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head is rendered over (H, W, 3): the frame's torso on the static background;
+        (R, 3) at ``pixels`` (R, 2) (u, v)."""
+        static = self.static_background if pixels is None else self.static_background[pixels[:, 1], pixels[:, 0]]
+        if k not in self._has_torso:
+            self._has_torso[k] = self.layout.torso_image(int(self.img_ids[k])).is_file()
+        if not self._has_torso[k]:
+            return static
+        torso = self._image("torso", k, pixels)
         alpha = torso[..., 3:]
-        return torso[..., :3] * alpha + self.static_background * (1 - alpha)
+        return torso[..., :3] * alpha + static * (1 - alpha)
 
     def face_mask(self, k: int) -> torch.Tensor:
         """Face-only mask (H, W) in [0, 1]."""
@@ -250,7 +262,7 @@ class TrainRays(Dataset):
         u, v = pixels[:, 0], pixels[:, 1]
         origins, dirs = f.rays(k, pixels)
         item.update({"pixels": pixels, "xy": f.normalised(pixels), "origins": origins, "dirs": dirs,
-                     "rgb": f.gt(k)[v, u], "background": f.background(k)[v, u],
+                     "rgb": f.gt(k, pixels), "background": f.background(k, pixels),
                      "static_background": f.static_background[v, u], "c2w": f.c2w[k],
                      "audio": f.audio_context(k, self.audio_frames), "eye": f.eye[k], "index": torch.tensor(k)})
         if f.mouth is not None:

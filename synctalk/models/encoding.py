@@ -28,6 +28,54 @@ def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int
     return [int(math.floor(base_resolution * growth ** level)) for level in range(num_levels)]
 
 
+class _TableInterpolation(torch.autograd.Function):
+    """``sum_c weights[c] * table[index[c]]`` with a scatter-add backward.
+
+    The generic backward of an embedding lookup (sort, then reduce) is the largest cost of a
+    hash-grid training step on a CPU; here the table gradient is one scatter-add of the
+    weighted output gradient, and the corner features are not kept for backward. Corners
+    come first (corner-major), so the weighted sum runs over contiguous slices.
+    """
+
+    @staticmethod
+    def forward(ctx, table, index, weights):
+        ctx.save_for_backward(table if ctx.needs_input_grad[2] else None, index, weights)
+        ctx.rows = table.shape[0]
+        return (_gather(table, index) * weights[..., None]).sum(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        table, index, weights = ctx.saved_tensors
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            width = grad.shape[-1]
+            spread = (grad[None] * weights[..., None]).reshape(-1, width)  # (C * M, F)
+            flat = index.reshape(-1).long()
+            if width == 1:
+                grad_table = grad.new_zeros(ctx.rows).scatter_add_(0, flat, spread[:, 0])[:, None]
+            else:
+                grad_table = grad.new_zeros(ctx.rows, width).index_add_(0, flat, spread)
+        if ctx.needs_input_grad[2]:
+            grad_weights = (_gather(table, index) * grad[None]).sum(-1)
+        return grad_table, None, grad_weights
+
+
+def _gather(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table`` (T, F) at ``index`` (...), (..., F); one-wide tables are gathered flat (faster)."""
+    if table.shape[1] == 1:
+        return table.view(-1).index_select(0, index.reshape(-1)).view(*index.shape, 1)
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
+
+
+def interpolate_table(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of table rows over corners.
+
+    Args: table (T, F); index (C, ...) integer rows; weights (C, ...). Returns (..., F).
+    Differentiable in ``table`` and ``weights``.
+    """
+    return _TableInterpolation.apply(table, index, weights)
+
+
 class TorchPlaneHashGrids(nn.Module):
     """``num_planes`` 2D multiresolution hash grids in pure PyTorch, sharing one table.
 
@@ -54,8 +102,6 @@ class TorchPlaneHashGrids(nn.Module):
         self.num_dense = num_dense
         self.register_buffer("resolution", torch.tensor(res, dtype=torch.float32), persistent=False)
         self.register_buffer("offsets", offsets.to(torch.int32), persistent=False)
-        # index steps to the 4 cell corners (0,0), (1,0), (0,1), (1,1) on dense levels
-        self.register_buffer("dense_corner_steps", torch.stack([0 * side, 0 * side + 1, side, side + 1], -1), persistent=False)
         self.register_buffer("dense_side", side, persistent=False)
         self.table_mask = table - 1
         self.embeddings = nn.Parameter(torch.empty(num_planes * per_plane, features_per_level).uniform_(-1e-4, 1e-4))
@@ -66,25 +112,25 @@ class TorchPlaneHashGrids(nn.Module):
 
     def forward(self, uv: torch.Tensor) -> torch.Tensor:
         """Args: uv (N, planes, 2) in [0, 1]. Returns (N, planes * levels * features), plane-major."""
-        res = self.resolution.view(1, 1, -1, 1)
-        pos = uv[:, :, None, :] * res  # (N, P, L, 2)
-        cell = torch.minimum(pos.floor(), res - 1).clamp(min=0)
-        frac = pos - cell
-        cell = cell.to(torch.int32)
-        x0, y0 = cell[..., 0], cell[..., 1]  # (N, P, L)
+        res = self.resolution
+        px, py = uv[..., 0, None] * res, uv[..., 1, None] * res  # (N, P, L) grid coordinates
+        x0f = torch.minimum(px.floor(), res - 1).clamp_(min=0)
+        y0f = torch.minimum(py.floor(), res - 1).clamp_(min=0)
+        fx, fy = px - x0f, py - y0f
+        x0, y0 = x0f.to(torch.int32), y0f.to(torch.int32)
         nd = self.num_dense
-        # dense levels: row-major vertex index
-        dense = (x0[..., :nd] + y0[..., :nd] * self.dense_side)[..., None] + self.dense_corner_steps  # (N, P, nd, 4)
-        # hashed levels: x ^ (y * prime) in wrapping int32; the masked low bits are exact
+        # dense levels: row-major vertex index; hashed levels: x ^ (y * prime) in wrapping int32 (the masked
+        # low bits are exact); masking leaves dense indices (< table size) unchanged
+        side = self.dense_side
+        base = x0[..., :nd] + y0[..., :nd] * side
         xh, hy0 = x0[..., nd:], y0[..., nd:] * _HASH_PRIME_I32
         xh1, hy1 = xh + 1, hy0 + _HASH_PRIME_I32
-        hashed = torch.stack([xh ^ hy0, xh1 ^ hy0, xh ^ hy1, xh1 ^ hy1], -1) & self.table_mask
-        idx = torch.cat([dense, hashed], 2) + self.offsets.view(1, self.num_planes, -1, 1)  # (N, P, L, 4)
-        feats = F.embedding(idx, self.embeddings)  # (N, P, L, 4, F)
-        fx, fy = frac[..., 0], frac[..., 1]
+        idx = torch.stack([torch.cat([base, xh ^ hy0], -1), torch.cat([base + 1, xh1 ^ hy0], -1),
+                           torch.cat([base + side, xh ^ hy1], -1), torch.cat([base + side + 1, xh1 ^ hy1], -1)])
+        idx = (idx & self.table_mask) + self.offsets  # (4, N, P, L): corners (0,0), (1,0), (0,1), (1,1)
         gx, gy = 1 - fx, 1 - fy
-        weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1)  # (N, P, L, 4)
-        out = (feats * weights[..., None]).sum(-2)  # (N, P, L, F)
+        weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy])  # (4, N, P, L)
+        out = interpolate_table(self.embeddings, idx, weights)  # (N, P, L, F)
         return out.flatten(1)
 
 

@@ -213,16 +213,25 @@ class HeadNeRF(nn.Module):
         return {"audio": embedding, "eye": eye, "latent": self.latent(frame)}
 
     # ------------------------------------------------------------------ field
-    def _trunk(self, points: torch.Tensor, cond: dict[str, torch.Tensor]):
-        """Position encoding (P, E), density-network output (P, 1 + geo), attentions (P, audio_dim), (P, eye_dim)."""
+    def _position_features(self, points: torch.Tensor):
+        """What depends on position only: encoding (P, E), audio attention (P, cond), eye attention (P, eye_dim)."""
         enc = self.encoding(points)
         audio_att = torch.sigmoid(self.audio_spatial_att(enc))
+        eye_att = torch.sigmoid(self.eye_att(enc)) if self.eye_att is not None else None
+        return enc, audio_att, eye_att
+
+    def _density_net(self, enc: torch.Tensor, audio_att: torch.Tensor, eye_att: torch.Tensor | None,
+                     cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Density-network output (P, 1 + geo) of position features under one frame condition."""
         parts = [enc, cond["audio"] * audio_att]
-        eye_att = None
-        if self.eye_att is not None:
-            eye_att = torch.sigmoid(self.eye_att(enc))
+        if eye_att is not None:
             parts.append(cond["eye"] * eye_att)
-        return enc, self.density_net(torch.cat(parts, -1)), audio_att, eye_att
+        return self.density_net(torch.cat(parts, -1))
+
+    def _trunk(self, points: torch.Tensor, cond: dict[str, torch.Tensor]):
+        """Position encoding (P, E), density-network output (P, 1 + geo), attentions (P, audio_dim), (P, eye_dim)."""
+        enc, audio_att, eye_att = self._position_features(points)
+        return enc, self._density_net(enc, audio_att, eye_att, cond), audio_att, eye_att
 
     def field(self, points: torch.Tensor, dirs: torch.Tensor, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Everything the field says about points (P, 3) seen along dirs (P, 3) under ``cond``.
@@ -240,9 +249,13 @@ class HeadNeRF(nn.Module):
                 "audio_att": audio_att.mean(-1),
                 "eye_att": eye_att.mean(-1) if eye_att is not None else torch.zeros_like(h[:, 0])}
 
-    def density(self, points: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Density (P,) only (for the occupancy grid)."""
-        return TruncExp.apply(self._trunk(points, cond)[1][:, 0] + self.density_bias)
+    def density(self, points: torch.Tensor, conds: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """The largest density (P,) of points (P, 3) over several frame conditions (for the occupancy grid).
+
+        The position encoding and attentions are computed once for all conditions."""
+        enc, audio_att, eye_att = self._position_features(points)
+        raw = torch.stack([self._density_net(enc, audio_att, eye_att, c)[:, 0] for c in conds]).amax(0)
+        return TruncExp.apply(raw + self.density_bias)
 
     def render(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, audio: torch.Tensor,
                eye: torch.Tensor, frame: int | None = None, perturb: bool = False,

@@ -58,7 +58,7 @@ class OccupancyGrid(nn.Module):
         return (ijk + torch.rand_like(ijk)) / r * (2 * self.bound) - self.bound
 
     @torch.no_grad()
-    def update(self, density_fn: Callable[[torch.Tensor], torch.Tensor], chunk: int = 65536) -> None:
+    def update(self, density_fn: Callable[[torch.Tensor], torch.Tensor], chunk: int = 16384) -> None:
         """Re-measure a random subset of cells with ``density_fn(points (P, 3)) -> (P,)`` and re-threshold."""
         total = self.density.numel()
         if 0 < self.cells_per_update < total:

@@ -53,7 +53,7 @@ class HeadNeRFSystem(pl.LightningModule):
     """
 
     def __init__(self, net: HeadNeRF, optimizer: partial, lr_grid: float = 1e-2, lr_net: float = 1e-3,
-                 lr_decay: float = 0.1, max_steps: int = 1000, chunk: int = 8192, media_dir: str | None = None,
+                 lr_decay: float = 0.1, max_steps: int = 1000, chunk: int = 2048, media_dir: str | None = None,
                  config: dict | None = None, torso: TorsoField | None = None, torso_deform_weight: float = 1e-5,
                  torso_entropy_weight: float = 1e-4, num_train_frames: int | None = None,
                  loss: LossConfig | None = None, stage: StageConfig | None = None, ema_decay: float = 0.0,
@@ -80,7 +80,7 @@ class HeadNeRFSystem(pl.LightningModule):
         self.lpips = lpips
         self.optimizer_factory = optimizer
         self.media_dir = Path(media_dir) if media_dir else None
-        self.train_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self._train_window: dict[str, torch.Tensor] = {}  # sums since the last training log (see _log_training)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
 
     @property
@@ -125,11 +125,8 @@ class HeadNeRFSystem(pl.LightningModule):
                                           self.lpips)
                 terms["lips_patch" if mouth else "patch"] = weight * patch
         loss = sum(terms.values())
-        self.train_psnr(rgb.detach().clamp(0, 1), target)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/psnr", self.train_psnr, prog_bar=True)
-        self.log_dict({f"train/loss_{k}": v.detach() for k, v in terms.items()})
-        self.log("train/samples_per_ray", out["samples"].float() / len(rgb))
+        self._log_training(loss, rgb, target, {**{f"train/loss_{k}": v for k, v in terms.items()},
+                                               "train/samples_per_ray": out["samples"] / len(rgb)})
         return loss
 
     def _torso_step(self, batch: dict[str, torch.Tensor], frame: int) -> torch.Tensor:
@@ -143,10 +140,31 @@ class HeadNeRFSystem(pl.LightningModule):
         error = losses.photometric_error(rgb, batch["rgb"], self.loss_cfg.photometric).mean()
         loss = (error + self.hparams.torso_deform_weight * torso["offset"].pow(2).sum(-1).mean()
                 + self.hparams.torso_entropy_weight * losses.opacity_entropy(torso["alpha"]))
-        self.train_psnr(rgb.detach().clamp(0, 1), batch["rgb"])
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/psnr", self.train_psnr, prog_bar=True)
+        self._log_training(loss, rgb, batch["rgb"])
         return loss
+
+    def _log_training(self, loss: torch.Tensor, rgb: torch.Tensor, target: torch.Tensor,
+                      extra: dict[str, torch.Tensor] | None = None) -> None:
+        """Sum the step's loss, squared error and ``extra`` values; every ``trainer.log_every_n_steps`` steps
+        (and at the last) log their means over those steps: ``train/loss``, ``train/psnr`` (of the summed
+        squared error) and the extras. Logging every step costs more than a step's hash-grid lookups."""
+        window = self._train_window
+        values = {"train/loss": loss.detach(), "sse": (rgb.detach().clamp(0, 1) - target).pow(2).sum(),
+                  "count": torch.tensor(float(target.numel())), **{k: v.detach().float() for k, v in (extra or {}).items()}}
+        for key, value in values.items():
+            window[key] = window[key] + value if key in window else value
+        window["steps"] = window.get("steps", 0) + 1
+        trainer = self._trainer
+        if trainer is not None:
+            every, last = trainer.log_every_n_steps, trainer.max_steps
+            if (self.global_step + 1) % every and self.global_step + 1 != last:
+                return
+        steps, sse, count = window.pop("steps"), window.pop("sse"), window.pop("count")
+        psnr = -10 * torch.log10((sse / count).clamp(min=1e-10))
+        self.log_dict({"train/loss": window.pop("train/loss") / steps, "train/psnr": psnr}, prog_bar=True)
+        if window:
+            self.log_dict({k: v / steps for k, v in window.items()})
+        window.clear()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.torso is not None:
@@ -165,7 +183,7 @@ class HeadNeRFSystem(pl.LightningModule):
         picks = torch.randint(0, len(frames), (max(self.occupancy_cfg.frames_per_update, 1),)).tolist()
         conds = [net.condition(frames.audio_context(k, net.smooth_frames).to(self.device),
                                frames.eye[k].to(self.device), k) for k in picks]
-        self.occupancy.update(lambda p: torch.stack([net.density(p, c) for c in conds]).amax(0))
+        self.occupancy.update(lambda p: net.density(p, conds))
         self.log("train/occupied_fraction", self.occupancy.occupied_fraction)
 
     def configure_optimizers(self):
