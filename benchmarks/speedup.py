@@ -8,6 +8,7 @@ The baseline revision is exported with ``git archive`` into a temporary folder a
 the cores and slow each other down):
 
 1. training speed: each tree's own ``benchmarks/speed.py --sizes 128 --subjects synthetic --steps N``
+   (``--size`` changes the 128)
    (the demo model; steps/s timed after the occupancy grid's first update);
 2. with the demo (default): ``python -m synctalk demo`` of each tree in a fresh folder, timed from start to
    exit, and its ``metrics.json`` (held-out PSNR, face PSNR, LMD, mouth correlation).
@@ -56,10 +57,10 @@ def run_in(tree: Path, args: list[str], cwd: Path, log: Path) -> float:
     return seconds
 
 
-def training_speed(tree: Path, steps: int, work: Path) -> dict:
-    """steps/s and render fps of the demo model at 128 px, from the tree's own speed benchmark."""
+def training_speed(tree: Path, steps: int, size: int, work: Path) -> dict:
+    """steps/s and render fps of the demo model at ``size`` px, from the tree's own speed benchmark."""
     out = work / "speed.json"
-    run_in(tree, [str(tree / "benchmarks" / "speed.py"), "--sizes", "128", "--subjects", "synthetic",
+    run_in(tree, [str(tree / "benchmarks" / "speed.py"), "--sizes", str(size), "--subjects", "synthetic",
                   "--steps", str(steps), "--out", str(out)], work, work / "speed.log")
     result = json.loads(out.read_text())["results"][0]
     return {"train_steps_per_s": result["train_steps_per_s"], "render_fps": result["render_fps"],
@@ -81,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="git revision to compare with (e.g. a commit hash)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps of the speed measurement")
+    parser.add_argument("--size", type=int, default=128, help="image size of the speed measurement (px)")
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each tree (alternating order)")
     parser.add_argument("--no-demo", dest="demo", action="store_false", help="skip the timed demo runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speedup.json")
@@ -94,7 +96,7 @@ def main() -> None:
             for name in order:
                 work = Path(tmp) / f"{name}{round_}"
                 work.mkdir()
-                entry = training_speed(trees[name], args.steps, work)
+                entry = training_speed(trees[name], args.steps, args.size, work)
                 if args.demo:
                     entry.update(demo(trees[name], work))
                 runs[name].append(entry)
@@ -110,7 +112,7 @@ def main() -> None:
             if all(values.values()):
                 summary[f"{key}_baseline"] = statistics.median(values["baseline"])
                 summary[f"{key}_current"] = statistics.median(values["current"])
-    report = {"benchmark": "speedup", "baseline": commit, "steps": args.steps, "rounds": args.rounds,
+    report = {"benchmark": "speedup", "baseline": commit, "steps": args.steps, "size": args.size, "rounds": args.rounds,
               "cpu": platform.processor() or platform.machine(), "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -79,3 +79,25 @@ def test_gpu_benchmark_runs_in_its_tiny_mode_and_writes_json(tmp_path):
     torch_eager = report["results"]["torch"]
     assert "error" not in torch_eager, torch_eager
     assert torch_eager["train_steps_per_s"] > 0 and torch_eager["render_fps"] > 0 and torch_eager["size"] == 32
+
+
+def test_speedup_benchmark_times_a_git_revision_beside_the_working_tree(tmp_path):
+    """benchmarks/speedup.py exports a revision with git archive and runs its own speed benchmark beside this
+    tree's (tiny sizes here; the real measurement is 128 px, 1000 steps and the demo)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
+        pytest.skip("not a git checkout: there is no revision to compare with")
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "speedup.py"), "--baseline", "HEAD", "--no-demo",
+                          "--size", "32", "--steps", "20", "--rounds", "1", "--out", str(tmp_path / "speedup.json")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "SYNCTALK_ROOT": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "speedup.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert report["baseline"] == head and report["size"] == 32
+    assert len(report["runs"]["baseline"]) == len(report["runs"]["current"]) == 1
+    assert report["summary"]["train_steps_per_s_ratio"] > 0
