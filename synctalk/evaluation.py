@@ -182,6 +182,11 @@ def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict,
         out.update(sync_gap(out["parsed/mouth_corr"], [correlation(r["mouth"], gt_mouth) for r in shifted], gt_mouth,
                             shift))
         out["sync_shift_frames"] = shift
+        # what the rest of the condition explains: the audio of the middle frame throughout, true poses and eyes
+        still = reader.read(np.stack(render_with_audio(system, frames,
+                                                       lambda k: frames.audio_context(len(frames) // 2, smooth),
+                                                       "sync test, still audio")))
+        out["mouth_corr_still_audio"] = correlation(still["mouth"], gt_mouth)
     return out
 
 

@@ -91,6 +91,26 @@ def pixel_rays(c2w: torch.Tensor, pixels: torch.Tensor, focal: float, cx: float,
     return origins, dirs
 
 
+def nearest_point_to_rays(origins: np.ndarray, dirs: np.ndarray, prior: np.ndarray, prior_weight: float = 1e-3
+                          ) -> np.ndarray:
+    """The point closest to a bundle of rays in the least-squares sense (a landmark seen from many cameras).
+
+    Along directions the rays do not constrain (a head that hardly turns gives nearly parallel rays) the point
+    stays near ``prior``: the system is ``sum_i (I - d_i d_i^T) x + w N x0 = sum_i (I - d_i d_i^T) o_i + w N x0``.
+
+    Args:
+        origins, dirs: (N, 3) ray origins and directions (any units); prior: (3,) fallback point.
+    Returns:
+        (3,) the point, in the rays' units.
+    """
+    d = dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
+    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # (N, 3, 3) projections orthogonal to each ray
+    w = prior_weight * len(d)
+    a = proj.sum(0) + w * np.eye(3)
+    b = np.einsum("nij,nj->i", proj, origins) + w * prior
+    return np.linalg.solve(a, b)
+
+
 def ray_box_intersection(origins: torch.Tensor, dirs: torch.Tensor, bound: float,
                          min_near: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
     """Entry and exit distances of rays through the box ``[-bound, bound]^3``.

@@ -23,6 +23,8 @@ def test_demo_trains_renders_and_evaluates(run_cli):
     assert {"parsed/aue_upper", "parsed/aue_lower", "parsed/brisque", "with_hair/lmd"} <= set(metrics)
     assert "not OpenFace" in metrics["aue_kind"]
     assert metrics["mouth_audio_response"] > 2  # the mouth follows the audio (measured 9/255; 0.6 without mouth rays)
+    # the sync test: true audio, audio shifted by 0.5 s, and the audio held still (what needs no audio)
+    assert all(-1 <= metrics[k] <= 1 for k in ("parsed/mouth_corr", "mouth_corr_shifted", "mouth_corr_still_audio"))
     skipped = {n.split(" ")[0] for n in metrics["notes"]}
     assert {"niqe", "lse"} <= skipped and "parsed/niqe" not in metrics  # their weight files are not configured
     assert ("parsed/fid" in metrics) != ("fid" in skipped)  # FID runs when the Inception weights are cached

@@ -4,6 +4,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+import torch
 
 from synctalk.metrics.lip_sync import FaceReader, blendshape_au_errors, correlation, mouth_agreement, sync_gap
 
@@ -77,3 +78,11 @@ def test_training_with_the_auxiliary_mouth_target_and_the_mouth_condition(run_cl
     assert metrics.get("lip_sync_source") == "facemesh geometry" or any(
         n.startswith("lip sync skipped") for n in metrics["notes"])
     assert run_cli("evaluate", f"ckpt={run}/checkpoints/last.ckpt") == 0  # the checkpoint loads with its mouth head
+    # expression values kept above the nose base: the plane comes from the training landmarks and is saved
+    assert run_cli("train", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false",
+                   "model.net.expression_region=upper_face") == 0
+    run = latest_run(run_cli.root)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state["net.upper_face_plane"][4] > 0 and torch.equal(state["net.upper_face_plane"],
+                                                                   state["ema.module.upper_face_plane"])
+    assert run_cli("evaluate", f"ckpt={run}/checkpoints/last.ckpt") == 0

@@ -9,7 +9,7 @@ import torch
 
 from synctalk.data.datamodule import SubjectFrames, TrainRays
 from synctalk.errors import UserError
-from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, smooth_poses
+from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, nearest_point_to_rays, smooth_poses
 from synctalk.metrics.image import GtModeMetrics
 from synctalk.models import losses
 from synctalk.models.encoding import TriPlaneHashEncoding
@@ -211,3 +211,43 @@ def test_the_mouth_head_reads_the_mouth_from_the_audio_and_can_condition_the_den
     bs = np.load(tiny_dataset / "bs.npy")
     cols = [BLENDSHAPE_NAMES.index(n) for n in MOUTH_BLENDSHAPES]
     assert torch.allclose(item["mouth"], torch.from_numpy(np.clip(bs[f.img_ids[3], cols], 0, 1)).float())
+
+
+def test_nearest_point_to_rays_finds_the_point_and_falls_back_to_the_prior_along_parallel_rays():
+    rng = np.random.default_rng(0)
+    point = np.array([0.1, -0.2, 0.3])
+    origins = rng.normal(size=(20, 3)) * 2 + [0, 0, 4]
+    np.testing.assert_allclose(nearest_point_to_rays(origins, point - origins, np.zeros(3), 1e-9), point, atol=1e-6)
+    parallel = nearest_point_to_rays(origins * [1, 1, 0] + [0, 0, 4], np.tile([0.0, 0.0, -1.0], (20, 1)), np.zeros(3))
+    assert abs(parallel[2]) < 1e-6  # the depth the rays cannot tell stays at the prior's
+    np.testing.assert_allclose(parallel[:2], origins[:, :2].mean(0), rtol=1e-2)
+
+
+def test_the_upper_face_plane_lies_through_the_nose_base_of_the_synthetic_subject(tiny_dataset):
+    f = SubjectFrames(tiny_dataset, "train", "mel", ["eyeBlinkLeft"])
+    plane = f.upper_face_plane().numpy()
+    truth = np.load(tiny_dataset / "ground_truth.npz")["landmarks_3d"] * f.scale  # NeRF units, head frame
+    up = truth[:, 19:25].mean((0, 1)) - truth[:, 8].mean(0)
+    assert plane[:3] @ up / np.linalg.norm(up) > 0.99  # normal from the chin towards the brows
+    nose_base = truth[:, 33].mean(0)
+    assert abs(plane[:3] @ nose_base - plane[3]) < 0.004 * f.scale  # through the nose base, within 4 mm
+    assert 0 < plane[4] < 0.01 * f.scale
+
+
+def test_upper_face_expressions_cannot_move_the_lower_face():
+    torch.manual_seed(0)
+    net = small_net(expression_region="upper_face")
+    points = torch.tensor([[0.0, -0.3, 0.2], [0.05, -0.2, 0.1], [0.0, 0.3, 0.2], [-0.05, 0.2, 0.1]])
+    cond = [net.condition(torch.randn(8, 16, 80), eye) for eye in (torch.zeros(7), torch.ones(7))]
+    with pytest.raises(RuntimeError, match="plane is not set"):
+        net.density(points, cond[:1])
+    with pytest.raises(ValueError, match="upper_face"):
+        small_net().set_upper_face_plane(torch.zeros(5))
+    net.set_upper_face_plane(torch.tensor([0.0, 1.0, 0.0, 0.0, 0.01]))
+    cond[1]["audio"] = cond[0]["audio"]  # the same audio, other expression values
+    closed, open_ = (net.field(points, torch.zeros_like(points), c) for c in cond)
+    torch.testing.assert_close(closed["density"][:2], open_["density"][:2])  # below the nose base: only the audio
+    torch.testing.assert_close(closed["rgb"][:2], open_["rgb"][:2])
+    assert not torch.allclose(closed["density"][2:], open_["density"][2:])  # above it the expression acts
+    with pytest.raises(ValueError, match="expression_region must be one of"):
+        small_net(expression_region="eyes")

@@ -41,6 +41,8 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule.setup()
     system = build_system(cfg, len(datamodule.train_frames), media_dir=str(out / "media"))
+    if system.net.expression_region == "upper_face":
+        system.set_upper_face_plane(datamodule.train_frames.upper_face_plane())
     if cfg.stage.init_from:
         load_stage_weights(system, cfg.stage.init_from, cfg)
     loggers = build_loggers(cfg) if rank == 0 else []

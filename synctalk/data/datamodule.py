@@ -18,11 +18,13 @@ from synctalk.data.blendshapes import load_eye_features, load_mouth_targets
 from synctalk.data.layout import DatasetLayout, Transforms
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
-from synctalk.geometry import pixel_rays
+from synctalk.geometry import nearest_point_to_rays, pixel_rays
 from synctalk.models.head_nerf import temporal_context
 
 MOUTH = slice(48, 68)  # 68-point layout
 NOSE_TIP = 30
+NOSE_BASE, CHIN, BROWS = 33, 8, slice(17, 27)
+UPPER_FACE_EDGE = 0.03  # half the upper-face boundary's soft width, as a fraction of the chin-to-brow distance
 
 
 def _read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
@@ -154,7 +156,8 @@ class SubjectFrames:
         if k not in self._landmarks:
             path = self.layout.landmarks(int(self.img_ids[k]))
             if not path.is_file():
-                raise UserError(f"{path} not found: the lips stage, the attention losses and the patch losses "
+                raise UserError(f"{path} not found: the lips stage, the attention and patch losses and "
+                                f"model.net.expression_region=upper_face "
                                 f"need the landmarks that 'synctalk preprocess' writes")
             self._landmarks[k] = np.loadtxt(path)[:, :2] / self.downscale  # stored at full resolution
         return self._landmarks[k]
@@ -178,6 +181,36 @@ class SubjectFrames:
         u0, v0, u1, v1 = self.face_box(k)
         u, v = pixels[:, 0], pixels[:, 1]
         return (u >= u0) & (u <= u1) & (v <= v1) & (v > float(self.landmarks(k)[NOSE_TIP, 1]))
+
+    def landmark_point(self, ids, frames: np.ndarray) -> np.ndarray:
+        """The 3D point (3,) in NeRF units closest to the rays through the mean of landmarks ``ids`` in ``frames``
+        (the landmark triangulated over the head's motion; the head origin where the motion cannot tell)."""
+        uv = np.stack([self.landmarks(int(k))[ids].reshape(-1, 2).mean(0) for k in frames])
+        c2w = self.c2w[frames].numpy().astype(np.float64)
+        cam = np.stack([(uv[:, 0] - self.cx) / self.focal, -(uv[:, 1] - self.cy) / self.focal, -np.ones(len(uv))], -1)
+        dirs = np.einsum("nij,nj->ni", c2w[:, :3, :3], cam)
+        return nearest_point_to_rays(c2w[:, :3, 3] * self.scale, dirs, np.zeros(3))
+
+    def upper_face_plane(self, max_frames: int = 200) -> torch.Tensor:
+        """The plane through the nose base (landmark 33) and the mean viewing direction, normal towards the
+        brows: (5,) float32, normal (3), offset and the soft boundary's half-width in NeRF units
+        (``normal . x - offset`` > 0 above the nose base).
+
+        The landmarks are triangulated over up to ``max_frames`` frames of this split. The plane contains the mean
+        viewing direction: a ray through the lips stays below it at every depth, and the depths the landmarks'
+        rays hardly fix cannot tilt it."""
+        frames = np.unique(np.linspace(0, len(self) - 1, min(max_frames, len(self))).round().astype(int))
+        nose, chin, brows = (self.landmark_point(ids, frames) for ids in (NOSE_BASE, CHIN, BROWS))
+        views = nose - self.c2w[frames, :3, 3].numpy().astype(np.float64) * self.scale
+        view = (views / np.linalg.norm(views, axis=1, keepdims=True)).mean(0)
+        view /= np.linalg.norm(view)
+        up = brows - chin - ((brows - chin) @ view) * view
+        length = float(np.linalg.norm(up))
+        if not np.isfinite(length) or length < 1e-6:
+            raise UserError(f"cannot place the upper face of {self.layout.root}: the chin and brow landmarks "
+                            f"coincide; check the landmark overlays of the dataset")
+        normal = up / length
+        return torch.tensor([*normal, normal @ nose, UPPER_FACE_EDGE * length], dtype=torch.float32)
 
     def audio_context(self, k: int, length: int) -> torch.Tensor:
         """Audio features of the ``length`` frames around frame k, (length, window, dim)."""

@@ -111,6 +111,9 @@ class TruncExp(torch.autograd.Function):
         return grad * torch.exp(x.clamp(-15, 15))
 
 
+EXPRESSION_REGIONS = ("face", "upper_face")
+
+
 class HeadNeRF(nn.Module):
     """Audio- and expression-conditioned radiance field of the head.
 
@@ -141,8 +144,14 @@ class HeadNeRF(nn.Module):
                  num_frames: int = 0, audio_dim: int = 32, smooth_frames: int = 8, latent_dim: int = 4,
                  attention_hidden: int = 32, hidden: int = 64, num_layers: int = 3, geo_feat_dim: int = 64,
                  color_hidden: int = 64, color_layers: int = 2, sh_degree: int = 4, num_samples: int = 32,
-                 bound: float = 1.0, density_bias: float = -2.0, mouth_dim: int = 0, mouth_condition: bool = False):
+                 bound: float = 1.0, density_bias: float = -2.0, mouth_dim: int = 0, mouth_condition: bool = False,
+                 expression_region: str = "face"):
         super().__init__()
+        if expression_region not in EXPRESSION_REGIONS:
+            raise ValueError(f"expression_region must be one of {', '.join(EXPRESSION_REGIONS)}, got {expression_region}")
+        self.expression_region = expression_region
+        if expression_region == "upper_face":  # set from the training data before training (set_upper_face_plane)
+            self.register_buffer("upper_face_plane", torch.zeros(5))
         if smooth_frames < 1:
             raise ValueError(f"smooth_frames must be at least 1, got {smooth_frames}")
         self.density_bias = density_bias
@@ -212,12 +221,30 @@ class HeadNeRF(nn.Module):
             embedding = torch.cat([embedding, self.mouth_head(embedding)])
         return {"audio": embedding, "eye": eye, "latent": self.latent(frame)}
 
+    def set_upper_face_plane(self, plane: torch.Tensor) -> None:
+        """The upper face's boundary (5,): unit normal towards the brows (3), offset and half-width (NeRF units);
+        see :meth:`SubjectFrames.upper_face_plane <synctalk.data.datamodule.SubjectFrames.upper_face_plane>`."""
+        if self.expression_region != "upper_face":
+            raise ValueError("only a network with expression_region=upper_face has an upper-face plane")
+        self.upper_face_plane.copy_(plane.to(self.upper_face_plane))
+
+    def upper_face_weight(self, points: torch.Tensor) -> torch.Tensor:
+        """(P, 1) in [0, 1]: a smooth step across the plane through the nose base, from exactly 0 one width below it
+        (the lips and the jaw: no leak the network could amplify) to 1 one width above it."""
+        plane = self.upper_face_plane
+        if plane[4] <= 0:
+            raise RuntimeError("the upper-face plane is not set: call set_upper_face_plane with the training data's")
+        t = ((points @ plane[:3] - plane[3]) / plane[4] * 0.5 + 0.5).clamp(0, 1)
+        return (t * t * (3 - 2 * t))[:, None]
+
     # ------------------------------------------------------------------ field
     def _position_features(self, points: torch.Tensor):
         """What depends on position only: encoding (P, E), audio attention (P, cond), eye attention (P, eye_dim)."""
         enc = self.encoding(points)
         audio_att = torch.sigmoid(self.audio_spatial_att(enc))
         eye_att = torch.sigmoid(self.eye_att(enc)) if self.eye_att is not None else None
+        if eye_att is not None and self.expression_region == "upper_face":
+            eye_att = eye_att * self.upper_face_weight(points)
         return enc, audio_att, eye_att
 
     def _density_net(self, enc: torch.Tensor, audio_att: torch.Tensor, eye_att: torch.Tensor | None,

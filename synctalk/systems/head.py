@@ -83,6 +83,12 @@ class HeadNeRFSystem(pl.LightningModule):
         self._train_window: dict[str, torch.Tensor] = {}  # sums since the last training log (see _log_training)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
 
+    def set_upper_face_plane(self, plane: torch.Tensor) -> None:
+        """Give the head (and its EMA copy) the training data's upper-face plane (``expression_region=upper_face``)."""
+        for net in (self.net, self.ema.module if self.ema is not None else None):
+            if net is not None:
+                net.set_upper_face_plane(plane)
+
     @property
     def inference_net(self) -> HeadNeRF:
         """The weights that render: the EMA copy when there is one."""
