@@ -1,15 +1,17 @@
 """Training and rendering speed of the demo head model on a GPU: one script, a few minutes.
 
     python benchmarks/gpu.py                 # on a CUDA machine: 512 px, every variant (about 5 minutes)
-    python benchmarks/gpu.py --tiny          # anywhere (CPU too): 32 px, a few steps, eager only (a smoke test)
+    python benchmarks/gpu.py --tiny          # anywhere (CPU too): 32 px, a few steps, eager fp32 and bf16 (a smoke test)
 
 Variants, each a real Lightning training run of ``--steps`` steps on the synthetic subject (timed after the
 occupancy grid's first update) followed by whole validation frames rendered with the EMA weights:
 
-- ``torch``: the pure-torch tri-plane hash encoding, eager, fp32;
-- ``torch_compiled``: the same with the field (encoding + MLPs) under ``torch.compile`` (Triton kernels on GPUs);
-- ``torch_bf16``: eager with bf16 autocast (``precision=bf16-mixed``);
-- ``tcnn``: tiny-cuda-nn's hash grid, when ``tinycudann`` imports.
+- ``torch``: the pure-torch tri-plane hash encoding, eager, MLPs in float32 (``model.net.mlp_precision=fp32``);
+- ``torch_bf16``: the same with the MLPs in bfloat16 (``model.net.mlp_precision=bf16``, what ``auto`` picks on
+  Ampere and later GPUs);
+- ``torch_compiled``: bf16 MLPs, the field (encoding + MLPs) under ``torch.compile`` (Triton kernels on GPUs);
+- ``torch_autocast``: float32 MLPs under Lightning's bf16 autocast (``precision=bf16-mixed``), for comparison;
+- ``tcnn``: tiny-cuda-nn's hash grid (bf16 MLPs), when ``tinycudann`` imports.
 
 Each gives training steps/s, rays/s, rendering fps at the chosen size and the peak GPU memory. A variant that
 fails (no compiler, no bf16, no tcnn) is recorded with its error instead of stopping the script.
@@ -32,6 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from speed import measure  # noqa: E402
 
+from synctalk.models.head_nerf import native_bf16  # noqa: E402
+
 
 def compile_field(system) -> None:
     """Put the head's field (encoding and MLPs, called per batch of samples) and density under torch.compile."""
@@ -40,11 +44,13 @@ def compile_field(system) -> None:
         net.density = torch.compile(net.density, dynamic=True)
 
 
+FP32, BF16 = "model.net.mlp_precision=fp32", "model.net.mlp_precision=bf16"
 VARIANTS = {
-    "torch": {},
-    "torch_compiled": {"prepare": compile_field},
-    "torch_bf16": {"precision": "bf16-mixed"},
-    "tcnn": {"extra": ("encoding=tcnn",)},
+    "torch": {"extra": (FP32,)},
+    "torch_bf16": {"extra": (BF16,)},
+    "torch_compiled": {"extra": (BF16,), "prepare": compile_field},
+    "torch_autocast": {"extra": (FP32,), "precision": "bf16-mixed"},
+    "tcnn": {"extra": ("encoding=tcnn", BF16)},
 }
 
 
@@ -53,11 +59,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--tiny", action="store_true", help="32 px, 30 steps, eager torch only (runs on a CPU)")
+    parser.add_argument("--tiny", action="store_true", help="32 px, 30 steps, eager float32 and bf16 MLPs only (runs on a CPU)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu.json")
     args = parser.parse_args()
     if args.tiny:
-        args.size, args.steps, args.variants = 32, 30, ["torch"]
+        args.size, args.steps, args.variants = 32, 30, ["torch", "torch_bf16"]
     cuda = torch.cuda.is_available()
     report = {"benchmark": "gpu", "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()})",
               "torch": torch.__version__, "cuda": torch.version.cuda, "size": args.size, "steps": args.steps,
@@ -69,8 +75,8 @@ def main() -> None:
             if name == "tcnn" and not report["tcnn_installed"]:
                 report["results"][name] = {"skipped": "tinycudann does not import"}
                 continue
-            if name == "torch_bf16" and not (cuda and torch.cuda.is_bf16_supported()):
-                report["results"][name] = {"skipped": "no CUDA device with bf16"}
+            if name != "torch" and not native_bf16("cuda" if cuda else "cpu"):
+                report["results"][name] = {"skipped": "the device has no native bf16"}
                 continue
             opts = VARIANTS[name]
             t0 = time.perf_counter()

@@ -79,6 +79,12 @@ def test_gpu_benchmark_runs_in_its_tiny_mode_and_writes_json(tmp_path):
     torch_eager = report["results"]["torch"]
     assert "error" not in torch_eager, torch_eager
     assert torch_eager["train_steps_per_s"] > 0 and torch_eager["render_fps"] > 0 and torch_eager["size"] == 32
+    bf16 = report["results"]["torch_bf16"]  # runs where the CPU multiplies bf16 natively, else says why not
+    from synctalk.models.head_nerf import native_bf16
+    if native_bf16("cpu"):
+        assert "error" not in bf16 and "skipped" not in bf16 and bf16["train_steps_per_s"] > 0, bf16
+    else:
+        assert bf16 == {"skipped": "the device has no native bf16"}
 
 
 def test_speedup_benchmark_times_a_git_revision_beside_the_working_tree(tmp_path):

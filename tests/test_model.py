@@ -13,7 +13,7 @@ from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, nearest_point_t
 from synctalk.metrics.image import GtModeMetrics
 from synctalk.models import losses
 from synctalk.models.encoding import TriPlaneHashEncoding
-from synctalk.models.head_nerf import AudioAttNet, HeadNeRF, temporal_context
+from synctalk.models.head_nerf import MLP, AudioAttNet, HeadNeRF, mlp, native_bf16, temporal_context
 from synctalk.models.occupancy import OccupancyGrid
 from synctalk.models.rendering import render_rays
 
@@ -61,6 +61,77 @@ def test_head_nerf_outputs_attention_uncertainty_and_uses_latent_codes():
     assert single["rgb"].shape == (64, 3)
     with pytest.raises(ValueError, match="8 frames"):
         net.render(o, d, torch.rand(64, 3), audio[:3], eye)
+
+
+def test_bf16_mlp_matches_float32_and_trains_float32_parameters():
+    """The bf16 path pads the rows to a cached kernel size, returns float32 rows in order and gives float32
+    gradients of the right shape; its output is the float32 one within bf16 rounding."""
+    torch.manual_seed(0)
+    net = mlp(52, 64, 65, 3, precision="fp32")
+    x = torch.randn(1000, 52, requires_grad=True)  # 1000 rows: padded to 1024 inside
+    reference = net(x)
+    reference.square().sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()] + [x.grad.clone()]
+    net.zero_grad()
+    x.grad = None
+    net.precision = "bf16"
+    out = net(x)
+    assert out.dtype == torch.float32 and out.shape == (1000, 65)
+    assert (out - reference).abs().max() < 0.03 * reference.abs().max()
+    out.square().sum().backward()
+    for got, want in zip([p.grad for p in net.parameters()] + [x.grad], grads):
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert (got - want).norm() < 0.05 * want.norm()  # bf16 rounding through three layers (measured 0.2-3%)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert net(x[:0]).shape == (0, 65)  # an empty batch (every sample skipped) still works
+
+
+def test_bf16_mlp_reads_out_its_first_outputs_in_float32():
+    """``fp32_outputs=1`` (the raw density): that output keeps float32 resolution, the others are bf16 values."""
+    torch.manual_seed(0)
+    net = mlp(16, 32, 5, 2, precision="bf16", fp32_outputs=1)
+    with torch.no_grad():
+        net[-1].weight.mul_(40)  # outputs of about 10, where bf16 steps are 0.06
+    out = net(torch.randn(300, 16))
+    on_bf16_grid = out == out.bfloat16().float()
+    assert on_bf16_grid[:, 1:].all() and on_bf16_grid[:, 0].float().mean() < 0.1
+    out[:, 0].sum().backward()
+    assert net[-1].weight.grad[0].abs().sum() > 0 and net[-1].weight.grad[1:].abs().sum() == 0
+
+
+def test_mlp_precision_auto_follows_the_hardware_and_typos_are_refused():
+    auto = MLP(torch.nn.Linear(4, 4), precision="auto")
+    want = torch.bfloat16 if native_bf16("cpu") else torch.float32
+    assert auto.compute_dtype(torch.device("cpu")) == want
+    assert MLP(torch.nn.Linear(4, 4), precision="fp32").compute_dtype(torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="auto, bf16, fp32"):
+        MLP(torch.nn.Linear(4, 4), precision="half")
+    with pytest.raises(ValueError, match="mlp precision"):
+        small_net(mlp_precision="fp16")
+    net = small_net(mlp_precision="fp32")  # checkpoints do not depend on the precision
+    assert set(net.state_dict()) == set(small_net(mlp_precision="bf16").state_dict())
+
+
+def test_the_ema_copy_starts_at_the_trained_weights_then_moves_by_one_minus_decay():
+    from functools import partial
+
+    from synctalk.systems.head import HeadNeRFSystem
+
+    torch.manual_seed(0)
+    system = HeadNeRFSystem(small_net(), partial(torch.optim.AdamW), ema_decay=0.9)
+    weights = lambda net: torch.cat([p.detach().flatten() for p in net.parameters()])  # noqa: E731
+    with torch.no_grad():
+        for p in system.net.parameters():
+            p.add_(1.0)
+    system._update_ema()
+    torch.testing.assert_close(weights(system.inference_net), weights(system.net))
+    before = weights(system.inference_net)
+    with torch.no_grad():
+        for p in system.net.parameters():
+            p.add_(1.0)
+    system._update_ema()
+    torch.testing.assert_close(weights(system.inference_net), 0.9 * before + 0.1 * weights(system.net))
+    assert int(system.ema.n_averaged) == 2
 
 
 def sphere_field(points: torch.Tensor, dirs: torch.Tensor) -> dict[str, torch.Tensor]:

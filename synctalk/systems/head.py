@@ -72,6 +72,7 @@ class HeadNeRFSystem(pl.LightningModule):
         if ema_decay > 0 and torso is None:
             self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
             self.ema.requires_grad_(False)
+        self._ema_started: bool | None = None
         self.occupancy = None
         if self.occupancy_cfg.enabled:
             c = self.occupancy_cfg
@@ -176,11 +177,25 @@ class HeadNeRFSystem(pl.LightningModule):
         if self.torso is not None:
             return
         if self.ema is not None:
-            self.ema.update_parameters(self.net)
+            self._update_ema()
         c = self.occupancy_cfg
         step = self.global_step
         if self.occupancy is not None and step >= c.start_step and (step - c.start_step) % c.interval == 0:
             self.update_occupancy(self.trainer.datamodule.train_frames)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema = decay * ema + (1 - decay) * weights, all parameters in one fused update (the EMA copy starts as the
+        first trained weights, as ``AveragedModel.update_parameters`` does)."""
+        ema, trained = list(self.ema.module.parameters()), list(self.net.parameters())
+        if self._ema_started is None:  # read once per run (a resumed run's EMA has started)
+            self._ema_started = int(self.ema.n_averaged) > 0
+        if self._ema_started:
+            torch._foreach_lerp_(ema, trained, 1.0 - self.hparams.ema_decay)
+        else:
+            torch._foreach_copy_(ema, trained)
+            self._ema_started = True
+        self.ema.n_averaged += 1
 
     @torch.no_grad()
     def update_occupancy(self, frames: SubjectFrames) -> None:
