@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from synctalk.config.schema import LossConfig, OccupancyConfig, StageConfig
@@ -70,7 +70,7 @@ class HeadNeRFSystem(pl.LightningModule):
             self.net.requires_grad_(False)
         self.ema = None
         if ema_decay > 0 and torso is None:
-            self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            self.ema = AveragedModel(net)  # the copy and its update count; _update_ema averages
             self.ema.requires_grad_(False)
         self._ema_started: bool | None = None
         self.occupancy = None
