@@ -8,6 +8,7 @@ import torch
 
 from synctalk.errors import UserError
 from synctalk.external import is_available
+from synctalk.models import encoding
 from synctalk.models.encoding import TriPlaneHashEncoding, level_resolutions, spherical_harmonics
 
 
@@ -47,11 +48,12 @@ def test_level_resolutions_grow_geometrically_from_base_to_max():
     assert res[0] == 64 and res[-1] == 512 and res == sorted(res)
 
 
+@pytest.mark.parametrize("cpu_kernel", [True, False], ids=["fused", "tensor_ops"])
 @pytest.mark.parametrize("features", [1, 2])
-def test_torch_backend_matches_reference(features):
+def test_torch_backend_matches_reference(features, cpu_kernel):
     torch.manual_seed(0)
     enc = TriPlaneHashEncoding(num_levels=5, features_per_level=features, log2_hashmap_size=8, base_resolution=4,
-                               max_resolution=40, bound=1.0)
+                               max_resolution=40, bound=1.0, cpu_kernel=cpu_kernel)
     with torch.no_grad():
         enc.grid.embeddings.uniform_(-1, 1)  # make every entry distinct
     assert 0 < enc.grid.num_dense < 5  # both dense and hashed levels are exercised
@@ -76,14 +78,15 @@ def test_gradients_reach_only_the_touched_table_rows():
     assert 0 < touched <= 3 * 3 * 4
 
 
+@pytest.mark.parametrize("cpu_kernel", [True, False], ids=["fused", "tensor_ops"])
 @pytest.mark.parametrize("features", [1, 2])
-def test_gradients_of_the_table_and_the_positions_are_right(features):
+def test_gradients_of_the_table_and_the_positions_are_right(features, cpu_kernel):
     """The hand-written backward (a scatter-add into the table; the interpolation weights for the positions,
     which need gradients where the torso warps its pixels): table gradients against autograd through the
     loop-by-loop reference, positions against finite differences (float64; random points lie away from cell edges)."""
     torch.manual_seed(1)
     enc = TriPlaneHashEncoding(num_levels=4, features_per_level=features, log2_hashmap_size=8, base_resolution=4,
-                               max_resolution=40)
+                               max_resolution=40, cpu_kernel=cpu_kernel)
     with torch.no_grad():
         enc.grid.embeddings.uniform_(-1, 1)
     points = torch.rand(12, 3) * 1.8 - 0.9
@@ -95,6 +98,46 @@ def test_gradients_of_the_table_and_the_positions_are_right(features):
     torch.testing.assert_close(table_grad, enc.grid.embeddings.grad, rtol=1e-4, atol=1e-5)
     enc = enc.double()
     assert torch.autograd.gradcheck(enc, (points.double()[:4].requires_grad_(),), eps=1e-7, atol=1e-5)
+
+
+def test_fused_cpu_lookup_gives_the_tensor_ops_numbers_at_the_model_size():
+    """The default encoding (12 levels, 2^14 rows per level, 4 dense levels) on many points, both paths: the same
+    features (the same float32 arithmetic) and table gradients equal up to the order of the sums."""
+    assert encoding.cpu_kernel() is not None, "the C++ compiler is part of the supported setup"
+    torch.manual_seed(2)
+    fused, ops = TriPlaneHashEncoding(), TriPlaneHashEncoding(cpu_kernel=False)
+    with torch.no_grad():
+        fused.grid.embeddings.uniform_(-1, 1)
+    ops.load_state_dict(fused.state_dict())
+    points = torch.cat([torch.rand(5000, 3) * 2.4 - 1.2, torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])])
+    out_fused, out_ops = fused(points), ops(points)
+    assert type(out_fused.grad_fn.next_functions[0][0]).__name__ == "_FusedPlaneLookupBackward"
+    assert torch.equal(out_fused, out_ops)
+    upstream = torch.randn_like(out_ops)
+    (out_fused * upstream).sum().backward()
+    (out_ops * upstream).sum().backward()
+    torch.testing.assert_close(fused.grid.embeddings.grad, ops.grid.embeddings.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_compiler_the_encoding_warns_once_and_uses_tensor_ops(monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(encoding, "_cpu_kernel_cache", [])
+    enc = TriPlaneHashEncoding(num_levels=3, base_resolution=4, max_resolution=16)
+    points = torch.rand(10, 3) * 2 - 1
+    with caplog.at_level("WARNING"):
+        got = enc(points)
+        enc(points)
+    assert [r.message for r in caplog.records if "could not be built" in r.message] == [
+        caplog.records[0].message], "one warning"
+    assert "Ninja is required" in caplog.records[0].message
+    reference = TriPlaneHashEncoding(num_levels=3, base_resolution=4, max_resolution=16, cpu_kernel=False)
+    reference.load_state_dict(enc.state_dict())
+    assert torch.equal(got, reference(points))
 
 
 def test_spherical_harmonics_are_orthonormal_on_the_sphere():

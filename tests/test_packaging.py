@@ -1,6 +1,7 @@
 """The built wheel is complete: installed into a fresh environment, it preprocesses a video and trains."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -82,6 +83,8 @@ def test_the_wheel_installed_in_a_fresh_environment_preprocesses_and_trains(tmp_
                            cwd=work, env=run_env, capture_output=True, text=True, timeout=900)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
     assert list((work / "outputs" / "train" / "runs").glob("*/checkpoints/last.ckpt"))
+    metrics = json.loads(next((work / "outputs" / "train" / "runs").glob("*/metrics.json")).read_text())
+    assert metrics["encoding_lookup"] == "fused_cpu"  # the kernel's source ships in the wheel and builds there
 
 
 def test_no_import_cycles_between_modules():

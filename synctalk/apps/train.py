@@ -67,6 +67,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
         metrics.update(step=int(trainer.global_step), stage=cfg.stage.name,
                        train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))),
                        mlp_dtype=str(system.net.density_net.compute_dtype(system.device)).removeprefix("torch."),
+                       encoding_lookup=system.net.encoding.grid.lookup(system.device),
                        dataset=dataset_summary(datamodule.root))
         for logger in loggers:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},

@@ -124,6 +124,7 @@ class EncodingConfig:
     base_resolution: int = 64
     max_resolution: int = 512
     bound: float = 1.0  # half-size of the scene box, NeRF units
+    cpu_kernel: bool = True  # torch backend on a CPU: the fused C++ lookup (built on first use); false: tensor ops
 
 
 @dataclass

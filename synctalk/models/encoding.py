@@ -7,7 +7,9 @@ plane-major (xy, yz, xz), then level (coarse to fine), then feature.
 """
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,44 @@ from synctalk import external
 _HASH_PRIME = 2654435761
 _HASH_PRIME_I32 = _HASH_PRIME - 2 ** 32  # same low 32 bits, fits int32
 _PLANES = ((0, 1), (1, 2), (0, 2))  # xy, yz, xz
+_KERNEL_SOURCE = Path(__file__).with_name("csrc") / "plane_hash_grid.cpp"
+log = logging.getLogger(__name__)
+_cpu_kernel_cache: list = []  # [module or None] once the first build was tried
+
+
+def cpu_kernel():
+    """The fused CPU lookup of :class:`TorchPlaneHashGrids` (``csrc/plane_hash_grid.cpp``), compiled with the
+    system's C++ compiler on first use (about 20 s, then cached by torch in ``~/.cache/torch_extensions``);
+    None, with one warning, where it cannot be built (the tensor-op path is used then)."""
+    if not _cpu_kernel_cache:
+        try:
+            from torch.utils import cpp_extension
+            module = cpp_extension.load(name="synctalk_plane_hash_grid", sources=[str(_KERNEL_SOURCE)],
+                                        extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        except Exception as error:  # no compiler, no ninja, headers missing: the slower path still works
+            log.warning("the fused CPU hash-grid kernel could not be built (%s); using tensor ops "
+                        "(encoding.cpu_kernel=false hides this)", str(error).splitlines()[0] if str(error) else error)
+            module = None
+        _cpu_kernel_cache.append(module)
+    return _cpu_kernel_cache[0]
+
+
+class _FusedPlaneLookup(torch.autograd.Function):
+    """:meth:`TorchPlaneHashGrids.forward`'s lookup in the fused CPU kernel; gradient for the table only."""
+
+    @staticmethod
+    def forward(ctx, uv, table, grids):
+        kernel = cpu_kernel()
+        ctx.save_for_backward(uv)
+        ctx.grids, ctx.rows = grids, table.shape[0]
+        return kernel.forward(uv, table, grids.resolution, grids.offsets, grids.dense_side, grids.table_mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (uv,) = ctx.saved_tensors
+        g = ctx.grids
+        grad_table = cpu_kernel().backward(grad, uv, ctx.rows, g.resolution, g.offsets, g.dense_side, g.table_mask)
+        return None, grad_table, None
 
 
 def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int) -> list[int]:
@@ -82,11 +122,15 @@ class TorchPlaneHashGrids(nn.Module):
     Coarse levels whose ``(res + 1)^2`` vertices fit in the table are stored densely;
     finer levels hash vertex coordinates into ``2**log2_hashmap_size`` entries.
     Features are bilinearly interpolated from the four surrounding vertices.
+    ``cpu_kernel``: on a CPU, look up in one fused C++ pass (:func:`cpu_kernel`; the same numbers, about 3x less
+    time for the lookup and its backward) instead of tensor ops; positions that need a gradient always use the
+    tensor ops.
     """
 
     def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int,
-                 base_resolution: int, max_resolution: int, num_planes: int = 3):
+                 base_resolution: int, max_resolution: int, num_planes: int = 3, cpu_kernel: bool = True):
         super().__init__()
+        self.use_cpu_kernel = cpu_kernel
         self.num_levels = num_levels
         self.features_per_level = features_per_level
         self.num_planes = num_planes
@@ -110,8 +154,19 @@ class TorchPlaneHashGrids(nn.Module):
     def output_dim(self) -> int:
         return self.num_planes * self.num_levels * self.features_per_level
 
+    def fused_on(self, device: torch.device) -> bool:
+        """Whether lookups on ``device`` (of positions without gradient) run in the fused CPU kernel."""
+        return (self.use_cpu_kernel and device.type == "cpu" and self.embeddings.dtype == torch.float32
+                and cpu_kernel() is not None)
+
+    def lookup(self, device: torch.device) -> str:
+        """How the grid is read on ``device``: ``fused_cpu`` or ``tensor_ops``."""
+        return "fused_cpu" if self.fused_on(device) else "tensor_ops"
+
     def forward(self, uv: torch.Tensor) -> torch.Tensor:
         """Args: uv (N, planes, 2) in [0, 1]. Returns (N, planes * levels * features), plane-major."""
+        if self.fused_on(uv.device) and uv.dtype == torch.float32 and not uv.requires_grad:
+            return _FusedPlaneLookup.apply(uv, self.embeddings, self).flatten(1)
         res = self.resolution
         px, py = uv[..., 0, None] * res, uv[..., 1, None] * res  # (N, P, L) grid coordinates
         x0f = torch.minimum(px.floor(), res - 1).clamp_(min=0)
@@ -154,6 +209,9 @@ class TcnnPlaneHashGrids(nn.Module):
     def output_dim(self) -> int:
         return self.num_planes * self.num_levels * self.features_per_level
 
+    def lookup(self, device: torch.device) -> str:
+        return "tcnn"
+
     def forward(self, uv: torch.Tensor) -> torch.Tensor:
         """Args: uv (N, planes, 2) in [0, 1]. Returns (N, planes * levels * features), plane-major."""
         return torch.cat([enc(uv[:, i]).float() for i, enc in enumerate(self.planes)], -1)
@@ -175,15 +233,19 @@ class TriPlaneHashEncoding(nn.Module):
     Args:
         backend: "torch" (default, runs everywhere) or "tcnn" (needs tiny-cuda-nn).
         bound: half-size of the scene box, NeRF units.
+        cpu_kernel: torch backend on a CPU: the fused C++ lookup (:func:`cpu_kernel`) instead of tensor ops.
     """
 
     def __init__(self, backend: str = "torch", num_levels: int = 12, features_per_level: int = 1,
                  log2_hashmap_size: int = 14, base_resolution: int = 64, max_resolution: int = 512,
-                 bound: float = 1.0):
+                 bound: float = 1.0, cpu_kernel: bool = True):
         super().__init__()
-        self.grid = plane_grids(backend, num_levels=num_levels, features_per_level=features_per_level,
-                                log2_hashmap_size=log2_hashmap_size, base_resolution=base_resolution,
-                                max_resolution=max_resolution, num_planes=3)
+        sizes = dict(num_levels=num_levels, features_per_level=features_per_level,
+                     log2_hashmap_size=log2_hashmap_size, base_resolution=base_resolution,
+                     max_resolution=max_resolution, num_planes=3)
+        if backend == "torch":
+            sizes["cpu_kernel"] = cpu_kernel
+        self.grid = plane_grids(backend, **sizes)
         self.bound = bound
 
     @property
