@@ -101,6 +101,7 @@ def measure(subject: str, size: int, steps: int, work: Path, real_root: Path | N
             "timed_steps": timer.steps, "train_steps_per_s": timer.steps / timer.seconds,
             "render_fps": 1 / render_s, "render_rays_per_s": size * size / render_s,
             "occupied_fraction": occupied, "precision": precision,
+            "encoding_lookup": system.net.encoding.grid.lookup(system.device),
             "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None}
 
 
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps per measurement (timed after the "
                         "occupancy grid's first update)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "synctalk_bench")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides of the demo model, e.g. encoding.cpu_kernel=false")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
     args = parser.parse_args()
     real_root = real_dataset(args.clip, args.cache) if "real" in args.subjects else None
@@ -119,9 +122,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for subject in args.subjects:
             for size in args.sizes:
-                results.append(measure(subject, size, args.steps, Path(tmp) / f"{subject}{size}", real_root))
+                results.append(measure(subject, size, args.steps, Path(tmp) / f"{subject}{size}", real_root,
+                                       tuple(args.set)))
                 print(json.dumps(results[-1]))
-    report = {"benchmark": "speed", "experiment": "demo", "device": "cuda" if torch.cuda.is_available() else "cpu",
+    report = {"benchmark": "speed", "experiment": "demo", "overrides": args.set, "device": "cuda" if torch.cuda.is_available() else "cpu",
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "clip": args.clip.name if real_root else None, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

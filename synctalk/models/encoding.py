@@ -31,7 +31,15 @@ def cpu_kernel():
     None, with one warning, where it cannot be built (the tensor-op path is used then)."""
     if not _cpu_kernel_cache:
         try:
-            from torch.utils import cpp_extension
+            # importing cpp_extension warns on a CUDA build of torch without a GPU ("No CUDA runtime is found"),
+            # which says nothing about this CPU-only kernel
+            extension_log = logging.getLogger("torch.utils.cpp_extension")
+            level = extension_log.level
+            extension_log.setLevel(logging.ERROR)
+            try:
+                from torch.utils import cpp_extension
+            finally:
+                extension_log.setLevel(level)
             module = cpp_extension.load(name="synctalk_plane_hash_grid", sources=[str(_KERNEL_SOURCE)],
                                         extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
         except Exception as error:  # no compiler, no ninja, headers missing: the slower path still works
