@@ -40,6 +40,7 @@ def cpu_kernel():
                 from torch.utils import cpp_extension
             finally:
                 extension_log.setLevel(level)
+            log.info("loading the fused CPU hash-grid kernel (built once per machine and source, about 20 s)")
             module = cpp_extension.load(name="synctalk_plane_hash_grid", sources=[str(_KERNEL_SOURCE)],
                                         extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
         except Exception as error:  # no compiler, no ninja, headers missing: the slower path still works
