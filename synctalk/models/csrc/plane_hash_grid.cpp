@@ -42,43 +42,57 @@ inline Corners corners(float u, float v, float res, int64_t side, bool dense, ui
   return c;
 }
 
-void check(const torch::Tensor& uv, const torch::Tensor& table, const torch::Tensor& resolution,
-           const torch::Tensor& offsets, const torch::Tensor& dense_side) {
+// The level layout of a grid (TorchPlaneHashGrids' buffers, read in place): resolution (L,) float32, offsets (P, L)
+// int32 (first row of each plane and level in the shared table), dense_side (D,) int32 (the first D levels dense).
+struct Levels {
+  const float* resolution;
+  const int32_t* offsets;
+  const int32_t* dense_side;
+  int64_t num_levels, num_dense;
+  uint32_t mask;
+
+  Levels(const torch::Tensor& resolution_, const torch::Tensor& offsets_, const torch::Tensor& dense_side_,
+         int64_t table_mask, int64_t planes) {
+    TORCH_CHECK(resolution_.scalar_type() == torch::kFloat && resolution_.is_contiguous(), "resolution: float32");
+    TORCH_CHECK(offsets_.scalar_type() == torch::kInt && offsets_.is_contiguous() && offsets_.dim() == 2 &&
+                offsets_.size(0) == planes && offsets_.size(1) == resolution_.size(0), "offsets: int32 (planes, levels)");
+    TORCH_CHECK(dense_side_.scalar_type() == torch::kInt && dense_side_.size(0) <= resolution_.size(0),
+                "dense_side: int32, at most one per level");
+    resolution = resolution_.data_ptr<float>(); offsets = offsets_.data_ptr<int32_t>();
+    dense_side = dense_side_.data_ptr<int32_t>();
+    num_levels = resolution_.size(0); num_dense = dense_side_.size(0); mask = static_cast<uint32_t>(table_mask);
+  }
+
+  Corners at(int64_t plane, int64_t level, float u, float v) const {
+    const bool dense = level < num_dense;
+    return corners(u, v, resolution[level], dense ? dense_side[level] : 0, dense, mask,
+                   offsets[plane * num_levels + level]);
+  }
+};
+
+}  // namespace
+
+// uv (N, P, 2) float32 in [0, 1]; table (T, F) float32; the level layout as in Levels. Returns (N, P, L, F).
+torch::Tensor forward(torch::Tensor uv, torch::Tensor table, torch::Tensor resolution, torch::Tensor offsets,
+                      torch::Tensor dense_side, int64_t table_mask) {
   TORCH_CHECK(uv.device().is_cpu() && table.device().is_cpu(), "plane_hash_grid: CPU tensors only");
   TORCH_CHECK(uv.scalar_type() == torch::kFloat && table.scalar_type() == torch::kFloat, "plane_hash_grid: float32");
   TORCH_CHECK(uv.dim() == 3 && uv.size(2) == 2, "uv must be (N, planes, 2)");
   TORCH_CHECK(table.dim() == 2, "table must be (T, F)");
-  TORCH_CHECK(offsets.dim() == 2 && offsets.size(0) == uv.size(1) && offsets.size(1) == resolution.size(0),
-              "offsets must be (planes, levels)");
-  TORCH_CHECK(dense_side.size(0) <= resolution.size(0), "more dense levels than levels");
-}
-
-}  // namespace
-
-// uv (N, P, 2) float32 in [0, 1]; table (T, F); resolution (L,) float32; offsets (P, L) int32; dense_side (D,)
-// int32, the first D levels dense. Returns (N, P, L, F).
-torch::Tensor forward(torch::Tensor uv, torch::Tensor table, torch::Tensor resolution, torch::Tensor offsets,
-                      torch::Tensor dense_side, int64_t table_mask) {
-  check(uv, table, resolution, offsets, dense_side);
   uv = uv.contiguous(); table = table.contiguous();
-  const int64_t n = uv.size(0), planes = uv.size(1), levels = resolution.size(0), width = table.size(1);
-  auto out = torch::empty({n, planes, levels, width}, table.options());
+  const int64_t n = uv.size(0), planes = uv.size(1), width = table.size(1);
+  const Levels levels(resolution, offsets, dense_side, table_mask, planes);
+  auto out = torch::empty({n, planes, levels.num_levels, width}, table.options());
   const float* uvp = uv.data_ptr<float>();
   const float* tab = table.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  auto res = resolution.to(torch::kFloat).contiguous(); auto off = offsets.to(torch::kLong).contiguous();
-  auto side = dense_side.to(torch::kLong).contiguous();
-  const float* resp = res.data_ptr<float>(); const int64_t* offp = off.data_ptr<int64_t>();
-  const int64_t* sidep = side.data_ptr<int64_t>(); const int64_t num_dense = side.size(0);
-  const uint32_t mask = static_cast<uint32_t>(table_mask);
   at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t p = 0; p < planes; ++p) {
         const float u = uvp[(i * planes + p) * 2], v = uvp[(i * planes + p) * 2 + 1];
-        float* dst = o + (i * planes + p) * levels * width;
-        for (int64_t l = 0; l < levels; ++l) {
-          const bool dense = l < num_dense;
-          const Corners c = corners(u, v, resp[l], dense ? sidep[l] : 0, dense, mask, offp[p * levels + l]);
+        float* dst = o + (i * planes + p) * levels.num_levels * width;
+        for (int64_t l = 0; l < levels.num_levels; ++l) {
+          const Corners c = levels.at(p, l, u, v);
           for (int64_t f = 0; f < width; ++f) {
             dst[l * width + f] = tab[c.row[0] * width + f] * c.weight[0] + tab[c.row[1] * width + f] * c.weight[1] +
                                  tab[c.row[2] * width + f] * c.weight[2] + tab[c.row[3] * width + f] * c.weight[3];
@@ -93,27 +107,21 @@ torch::Tensor forward(torch::Tensor uv, torch::Tensor table, torch::Tensor resol
 // grad (N, P, L, F) of forward's output -> gradient of the table (rows, F).
 torch::Tensor backward(torch::Tensor grad, torch::Tensor uv, int64_t rows, torch::Tensor resolution,
                        torch::Tensor offsets, torch::Tensor dense_side, int64_t table_mask) {
-  const int64_t n = uv.size(0), planes = uv.size(1), levels = resolution.size(0), width = grad.size(3);
+  const int64_t n = uv.size(0), planes = uv.size(1), width = grad.size(3);
+  const Levels levels(resolution, offsets, dense_side, table_mask, planes);
   // (P, L, N, F) and (P, N, 2): every (plane, level) task below reads its points contiguously
   auto g_t = grad.to(torch::kFloat).permute({1, 2, 0, 3}).contiguous();
   auto uv_t = uv.permute({1, 0, 2}).contiguous();
   auto out = torch::zeros({rows, width}, g_t.options());
   const float* uvp = uv_t.data_ptr<float>(); const float* g = g_t.data_ptr<float>(); float* t = out.data_ptr<float>();
-  auto res = resolution.to(torch::kFloat).contiguous(); auto off = offsets.to(torch::kLong).contiguous();
-  auto side = dense_side.to(torch::kLong).contiguous();
-  const float* resp = res.data_ptr<float>(); const int64_t* offp = off.data_ptr<int64_t>();
-  const int64_t* sidep = side.data_ptr<int64_t>(); const int64_t num_dense = side.size(0);
-  const uint32_t mask = static_cast<uint32_t>(table_mask);
   // each (plane, level) writes only its own rows of the table
-  at::parallel_for(0, planes * levels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, planes * levels.num_levels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t p = task / levels, l = task % levels;
-      const bool dense = l < num_dense;
-      const float r = resp[l]; const int64_t s = dense ? sidep[l] : 0, offset = offp[task];
+      const int64_t p = task / levels.num_levels, l = task % levels.num_levels;
       const float* uvs = uvp + p * n * 2;
       const float* gs = g + task * n * width;
       for (int64_t i = 0; i < n; ++i) {
-        const Corners c = corners(uvs[2 * i], uvs[2 * i + 1], r, s, dense, mask, offset);
+        const Corners c = levels.at(p, l, uvs[2 * i], uvs[2 * i + 1]);
         if (width == 1) {
           const float gi = gs[i];
           for (int k = 0; k < 4; ++k) t[c.row[k]] += gi * c.weight[k];
