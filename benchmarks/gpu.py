@@ -1,6 +1,7 @@
 """Training and rendering speed of the demo head model on a GPU: one script, a few minutes.
 
     python benchmarks/gpu.py                 # on a CUDA machine: 512 px, every variant (about 5 minutes)
+    python benchmarks/gpu.py --variants torch_bf16 --set data.rays_per_step=16384   # larger batches
     python benchmarks/gpu.py --tiny          # anywhere (CPU too): 32 px, a few steps, eager fp32 and bf16 (a smoke test)
 
 Variants, each a real Lightning training run of ``--steps`` steps on the synthetic subject (timed after the
@@ -59,7 +60,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides of the demo model for every variant, e.g. data.rays_per_step=16384")
     parser.add_argument("--tiny", action="store_true", help="32 px, 30 steps, eager float32 and bf16 MLPs only (runs on a CPU)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the synthetic subject, kept between calls (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu.json")
     args = parser.parse_args()
     if args.tiny:
@@ -67,10 +72,12 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     report = {"benchmark": "gpu", "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()})",
               "torch": torch.__version__, "cuda": torch.version.cuda, "size": args.size, "steps": args.steps,
-              "tcnn_installed": importlib.util.find_spec("tinycudann") is not None, "results": {}}
+              "tcnn_installed": importlib.util.find_spec("tinycudann") is not None, "overrides": args.set,
+              "results": {}}
     gpu_chunk = ("data.chunk=65536",) if cuda else ()  # the CPU default (2048 rays) starves a GPU
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
         for name in args.variants:
             if name == "tcnn" and not report["tcnn_installed"]:
                 report["results"][name] = {"skipped": "tinycudann does not import"}
@@ -81,8 +88,8 @@ def main() -> None:
             opts = VARIANTS[name]
             t0 = time.perf_counter()
             try:
-                result = measure("synthetic", args.size, args.steps, Path(tmp), None,  # one subject for all
-                                 extra=(*opts.get("extra", ()), *gpu_chunk), precision=opts.get("precision", "32-true"),
+                result = measure("synthetic", args.size, args.steps, work, None,  # one subject for all
+                                 extra=(*opts.get("extra", ()), *gpu_chunk, *args.set), precision=opts.get("precision", "32-true"),
                                  prepare=opts.get("prepare"), render_frames=2 if args.tiny else 5)
                 result["rays_per_s"] = result["train_steps_per_s"] * result["rays_per_step"]
             except Exception as err:  # a variant this machine cannot run is reported, not fatal

@@ -86,7 +86,7 @@ def measure(subject: str, size: int, steps: int, work: Path, real_root: Path | N
                          enable_model_summary=False, limit_val_batches=0, callbacks=[timer], accelerator="auto",
                          precision=precision)
     trainer.fit(system, datamodule=dm)
-    system.eval()
+    system.to(trainer.strategy.root_device).eval()  # Lightning hands the module back on the CPU
     system.render_frame(dm.val, 0)
     frames = render_frames
     start = time.perf_counter()

@@ -100,8 +100,14 @@ def read_checkpoint(ckpt: str | os.PathLike, map_location: str = "cpu") -> dict:
     return state
 
 
+def inference_device() -> torch.device:
+    """Where trained runs render and are evaluated: the first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictConfig, HeadNeRFSystem]:
-    """Rebuild a trained run from a checkpoint: its config and its system with the trained weights."""
+    """Rebuild a trained run from a checkpoint: its config and its system with the trained weights, in eval
+    mode on :func:`inference_device`."""
     ckpt = Path(ckpt)
     state = read_checkpoint(ckpt, map_location)
     hparams = state["hyper_parameters"]
@@ -117,7 +123,7 @@ def load_run(ckpt: str | os.PathLike, map_location: str = "cpu") -> tuple[DictCo
     except RuntimeError as e:  # weights of a model that this version builds differently
         raise UserError(f"{ckpt} was written by an incompatible synctalk version (its weights do not fit the "
                         f"model this version builds; retrain the run): {str(e).splitlines()[0]}") from None
-    return cfg, system.eval()
+    return cfg, system.eval().to(inference_device())
 
 
 MODEL_KEYS = ("model.net", "encoding", "audio_encoder", "blendshapes")  # what the weights depend on

@@ -57,6 +57,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint, LearningCurve(out / "learning_curve.csv")],
                               plugins=[AtomicCheckpointIO()], default_root_dir=str(out))
         trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU: evaluate where it trained
         if not trainer.is_global_zero:
             failed = False
             return {}
