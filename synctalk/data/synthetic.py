@@ -32,8 +32,11 @@ from synctalk.io import atomic_path
 
 # Head geometry in the head frame (metres; x to the subject's left, y up, z out of the face). The face is the
 # textured mesh of synctalk.data.human_face; the skull (hair on top and behind), the eyeballs and the mouth
-# cavity are ellipsoids behind it.
-SKULL_CENTER, SKULL_RADII = np.array([0.0, 0.012, -0.04]), np.array([0.074, 0.106, 0.08])
+# cavity are ellipsoids behind it. The skull is wider than the face mesh down to the level of the earlobes, so,
+# as on a real head, the face's edge at the temples and cheeks lies on the head and not on its outline; below
+# SKULL_FLOOR_Y it is cut off, so the jaw stays the outline against the neck.
+SKULL_CENTER, SKULL_RADII = np.array([0.0, 0.025, -0.055]), np.array([0.094, 0.12, 0.095])
+SKULL_FLOOR_Y = -0.03
 EYEBALL_RADIUS = 0.012
 HAIRLINE_Y = 0.074
 # Static body in the camera frame (metres; depths relative to the camera distance).
@@ -41,7 +44,7 @@ NECK_RADIUS, NECK_Y, NECK_DEPTH = 0.042, (-0.2, 0.0), 0.005
 TORSO_Y, TORSO_DEPTH, TORSO_RADII = -0.235, 0.03, np.array([0.19, 0.13, 0.09])
 HEAD_HEIGHT = 0.03  # head centre above the optical axis
 SKIN_DETAIL = 0.06  # amplitude of the skin's fine texture
-RENDERER_VERSION = 4  # part of the cache key: subjects rendered by an older version are made again
+RENDERER_VERSION = 5  # part of the cache key: subjects rendered by an older version are made again
 SHIRT = np.array([0.2, 0.34, 0.6])
 LIGHT = np.array([0.35, 0.45, 1.0]) / np.linalg.norm([0.35, 0.45, 1.0])
 LABEL_BG, LABEL_HEAD, LABEL_NECK, LABEL_TORSO = 0, 1, 2, 3
@@ -282,6 +285,7 @@ def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray,
     part = t_parts.argmin(0)
     t_part = t_parts.min(0)
     t_skull = _ray_ellipsoid(o_h, d_h, SKULL_CENTER, SKULL_RADII)
+    t_skull[(o_h[1] + d_h[..., 1] * np.where(np.isfinite(t_skull), t_skull, 0)) < SKULL_FLOOR_Y] = np.inf
     t_head = np.minimum(np.minimum(t_mesh, t_part), t_skull)
     hit = np.isfinite(t_head)
     p_h = o_h + d_h * np.where(hit, t_head, 0)[..., None]
