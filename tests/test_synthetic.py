@@ -114,13 +114,13 @@ def test_the_face_edge_lies_on_the_head_except_at_the_jaw():
     """As on a real head, the face's edge at the temples and cheeks is not the head's outline (a face detector
     reads the face oval as a line inside it), while the jaw is the outline against the neck."""
     from synctalk.data.synthetic import HEAD_HEIGHT, LABEL_HEAD, landmarks_3d, render_frame
+    from synctalk.geometry import head_pose_to_c2w
 
     size, focal, distance = 256, 675.0, SyntheticSpec().distance
-    frame = render_frame(size, focal, distance, np.eye(3), np.array([0.0, HEAD_HEIGHT, -distance]), 0.0, 0.0, 0.0,
-                         antialias=1)
-    cam = landmarks_3d(0.0, 0.0, 0.0) + np.array([0.0, HEAD_HEIGHT, -distance])
-    u = focal * cam[:, 0] / -cam[:, 2] + size / 2 - 0.5
-    v = -focal * cam[:, 1] / -cam[:, 2] + size / 2 - 0.5
+    rotation, translation = np.eye(3), np.array([0.0, HEAD_HEIGHT, -distance])
+    frame = render_frame(size, focal, distance, rotation, translation, 0.0, 0.0, 0.0, antialias=1)
+    c2w = head_pose_to_c2w(rotation[None], translation[None])
+    u, v = project_points(landmarks_3d(0.0, 0.0, 0.0)[None], c2w, focal, size / 2, size / 2)[0].T
     outward = np.sign(u - size / 2)
     for k in (0, 1, 2, 14, 15, 16):  # temples and cheeks: head 3 px outside the face's edge
         assert frame["labels"][int(round(v[k])), int(round(u[k] + 3 * outward[k]))] == LABEL_HEAD, k
