@@ -14,6 +14,9 @@ Synthetic subject (512 px, focal 1350, +-10 deg yaw), two protocols:
   tracker preset.
 - ``facemesh``: FaceMesh landmarks and the default face model (``canonical``), and the ``subject`` model
   beside it, on the rendered frames.
+- ``perspective``: the subject filmed at three focal lengths with the camera distance scaled so the face keeps its
+  size (:data:`PERSPECTIVE_FOCALS`): the focal found on the true landmarks and on FaceMesh's, and the share of the
+  change of perspective each follows (``gain``: 1 follows the image, 0 reports one focal whatever the camera).
 - ``user``: as a user runs it: the subject's ``video.mp4`` through ``synctalk preprocess`` with its defaults
   (crop, FaceMesh, ``canonical`` face model, bundle adjustment), errors against the truth.
 
@@ -52,7 +55,8 @@ from synctalk.stages import IngestOptions, run_ingest
 from synctalk.data.landmarks import detect_mesh, to_68
 from synctalk.data.layout import DatasetLayout
 from synctalk.data.synthetic import SyntheticSpec, generate
-from synctalk.stabilizer.pipeline import StabilizerOptions, pose_errors, region_masks, stabilize, transforms_jitter
+from synctalk.stabilizer.pipeline import (StabilizerOptions, perspective_response, pose_errors, region_masks, stabilize,
+                                         transforms_jitter)
 
 REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
 PRESETS = ("synctalk", "ernerf", "fine50")
@@ -116,6 +120,8 @@ def synthetic(frames: int, work: Path, presets: list[str]) -> dict:
         print("facemesh", backend, json.dumps(out["facemesh"][backend]), flush=True)
     out["user"] = as_a_user(root, work / "user")
     print("as a user", json.dumps(out["user"]), flush=True)
+    out["perspective"] = detector_perspective(frames, work)
+    print("perspective response", json.dumps(out["perspective"]), flush=True)
     return out
 
 
@@ -131,6 +137,37 @@ def as_a_user(subject: Path, root: Path) -> dict:
             **{k: report.get(k) for k in ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct",
                                           "face_model", "poses_written", "bundle_adjustment_rejected")},
             "truth": report["truth"], "jitter_written": transforms_jitter(root)}
+
+
+PERSPECTIVE_FOCALS = (700.0, 1350.0, 2600.0)  # px at 512; the camera 0.47, 0.9 and 1.73 m from the head
+
+
+def detector_perspective(frames: int, work: Path) -> dict:
+    """The synthetic subject filmed at PERSPECTIVE_FOCALS, the camera distance scaled with the focal so the face
+    keeps its size: the focal the default ``poses`` stage finds (focal search only, over 0.4-2.5 x the true focal)
+    on the true landmarks and on FaceMesh's, and how much of the change of perspective each follows
+    (:func:`perspective_response`)."""
+    found = {"truth": [], "facemesh": []}
+    for focal in PERSPECTIVE_FOCALS:
+        spec = SyntheticSpec(num_frames=frames, size=512, seed=0, focal_at_512=focal,
+                             distance=SyntheticSpec.distance * focal / SyntheticSpec.focal_at_512)
+        root = generate(spec, work / f"perspective_{focal:.0f}", progress=False)
+        layout, truth = DatasetLayout(root), dict(np.load(root / "ground_truth.npz"))
+        paths = [layout.frame(i) for i in range(frames)]
+        mesh = detect_mesh(paths, progress=False)
+        opts = preset("synctalk")
+        grid = opts.tracker.focal
+        grid.start, grid.stop, grid.step = 0.4 * focal, 2.5 * focal, 0.05 * focal
+        opts.tracker.pose_source = "landmarks"
+        masks = region_masks(layout, frames, opts.points.region)
+        for name, lms in (("truth", truth["landmarks_2d"][..., :2]), ("facemesh", to_68(mesh)[..., :2])):
+            res = stabilize(paths, masks, mesh, lms, 512, 512, spec.fps, opts, work / f"perspective_{focal:.0f}_{name}",
+                            progress=False)
+            found[name].append(res["focal"])
+        print("perspective", focal, {k: v[-1] for k, v in found.items()}, flush=True)
+    distances = [SyntheticSpec.distance * f / SyntheticSpec.focal_at_512 for f in PERSPECTIVE_FOCALS]
+    return {"true_focal": list(PERSPECTIVE_FOCALS), "distance_m": [round(d, 3) for d in distances],
+            **{name: {"focal": f, **perspective_response(PERSPECTIVE_FOCALS, f)} for name, f in found.items()}}
 
 
 REAL_KEYS = ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct", "jitter_landmarks",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -122,9 +123,9 @@ def test_blendshapes_and_stabilized_poses_follow_the_synthetic_truth(tmp_path):
     subject = generate(SyntheticSpec(num_frames=60, size=256, seed=2), tmp_path / "s", progress=False)
     video = make_video(subject, tmp_path / "v.mp4", fps=25, frames=60)
     root = tmp_path / "ds"
-    # with the default canonical face model, FaceMesh's jaw contour and the synthetic face's own identity put the
-    # focal 26% short (benchmarks/stabilizer.py, "user"), so this test measures the rest of the pipeline with the
-    # subject's own FaceMesh shape
+    # with the default canonical face model the focal comes out 13% short on this subject (FaceMesh's landmarks
+    # follow 60% of the perspective, and the face is not the model's; benchmarks/stabilizer.py, "user" and
+    # "perspective"), so this test measures the rest of the pipeline with the subject's own FaceMesh shape
     opts = IngestOptions(progress=False)
     opts.stabilizer.face_model = FaceModelOptions(backend="subject")
     report = run_ingest(video, root, opts)
@@ -169,6 +170,7 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
     """From a real video to a trained head and a rendered mp4, at smoke size."""
     root = run_cli.root / "katie"
     assert run_cli("preprocess", f"data.video={real_data / 'WDA_KatieHill_000.mp4'}", f"data.root={root}") == 0
+    check_real_clip_dataset(root)
     poses = json.loads((root / ".stages" / "poses.json").read_text())["report"]
     assert poses["pose_source"] == "bundle_adjustment" and poses["frames_with_few_points"] == 0
     assert poses["ba_reprojection_px"]["joint"] < poses["ba_reprojection_px"]["initial"]
@@ -301,17 +303,27 @@ def test_ingest_bad_inputs(face_subject, tmp_path):
         run_ingest(tmp_path / "missing.mp4", tmp_path / "c", IngestOptions(**QUICK_POSES, progress=False))
 
 
-@pytest.mark.real_data
-@pytest.mark.parametrize("clip", ["WDA_KatieHill_000.mp4", "RD_Radio34_000.mp4", "WDA_BobMenendez_000.mp4"])
-def test_ingest_a_real_clip(real_data, run_cli, clip):
-    root = run_cli.root / "subject"
-    assert run_cli("preprocess", f"data.video={real_data / clip}", f"data.root={root}") == 0
+def check_real_clip_dataset(root: Path) -> None:
+    """200 frames of a real 8 s clip, a face found in every one, 68 landmarks inside the image, mel features."""
     assert len(list((root / "ori_imgs").glob("*.jpg"))) == 200
     report = json.loads((root / ".stages" / "landmarks.json").read_text())["report"]
     assert report["interpolated"] == []  # a face in every frame
     lms = np.loadtxt(root / "ori_imgs" / "100.lms")
     assert lms.shape == (68, 2) and (lms > 0).all() and (lms < 512).all()
     assert np.load(root / "aud_mel.npy").shape == (200, 16, 80)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("clip", ["RD_Radio34_000.mp4", "WDA_BobMenendez_000.mp4"])
+def test_ingest_a_real_clip(real_data, run_cli, clip):
+    """Two more real faces through every stage (the third, KatieHill, with the default bundle adjustment, in
+    test_a_real_clip_trains_evaluates_and_renders); the poses from the face-model fit, to keep the suite short."""
+    root = run_cli.root / "subject"
+    assert run_cli("preprocess", f"data.video={real_data / clip}", f"data.root={root}",
+                   "tracker.pose_source=landmarks") == 0
+    check_real_clip_dataset(root)
+    poses = json.loads((root / ".stages" / "poses.json").read_text())["report"]
+    assert poses["poses_written"] == "landmarks" and poses["focal_interior"]
 
 
 def test_ave_features_and_bisenet_backend_from_config(face_subject, tmp_path):

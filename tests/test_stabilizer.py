@@ -432,6 +432,37 @@ def test_canonical_focal_search_measures_another_persons_face():
     assert not agreement["focal_halves_disagree"] and agreement["focal_halves_difference_pct"] < 10
 
 
+def test_perspective_response_of_the_focal_search():
+    """On true landmarks of another person's face (no noise) filmed at three focals, the camera distance scaled with
+    the focal, the default face model's focal follows the perspective (gain near 1); the face's identity mismatch
+    shifts 1 / focal by a constant, so the relative error grows with the focal. An estimator that reports
+    one focal whatever the camera has gain 0, and one pulled halfway to 1000 px has gain 0.5 and fixed point 1000."""
+    from synctalk.stabilizer.face_model import canonical_face_model
+    from synctalk.stabilizer.pipeline import perspective_response
+
+    true = np.array([700.0, 1400.0, 2800.0])
+    halfway = 1.0 / (0.5 / 1000.0 + 0.5 / true)
+    pulled = perspective_response(true, halfway)
+    assert pulled["gain"] == pytest.approx(0.5, abs=1e-3) and pulled["fixed_point"] == pytest.approx(1000.0, abs=0.5)
+    assert perspective_response(true, [1000.0] * 3)["gain"] == pytest.approx(0.0, abs=1e-9)
+    assert perspective_response(true, true)["fixed_point"] is None
+    with pytest.raises(ValueError):
+        perspective_response([1000.0, 1000.0], [900.0, 950.0])
+    face = another_human_face()
+    rot, trans = head_motion(40, seed=5)
+    model = canonical_face_model(np.random.default_rng(0).normal(0, 1, (10, 478, 3)), num_exp=0)
+    found = []
+    for focal in true:
+        lms = project_np(face, rot, trans * [1, 1, focal / FOCAL], focal)
+        found.append(search_focal(model, lms, CX, CY, 0.4 * focal, 2.5 * focal, 0.1 * focal, every_k=1, steps=500,
+                                  refine_points=5, min_frames=20).focal)
+    response = perspective_response(true, found)
+    assert 0.9 < response["gain"] < 1.1, (found, response)
+    # the face's identity mismatch is a constant offset of 1 / focal: the error grows with the focal
+    errors = response["error_pct"]
+    assert abs(errors[0]) < 10 and abs(errors[0]) < abs(errors[1]) < abs(errors[2]), (found, response)
+
+
 def test_shipped_canonical_face_is_derived_from_the_face_landmarker(face_landmarker_task, tmp_path):
     from synctalk.stabilizer.face_model import CANONICAL_FACE, write_canonical_template
 
