@@ -28,7 +28,8 @@ For each: the focal on the grid and after refinement, the pose errors of the lan
 adjustment (rotation and translation after the alignment of ``pose_errors``: the head frame and the
 global scale are not observable) and the time of the whole stabilizer.
 
-Real clips (no truth), preprocessed as a user does: the focal, whether it is an interior minimum of the error
+Real clips (no truth), preprocessed as a user does: the focal (also in face-detector boxes: ``focal_over_face_px``,
+to set beside the ``perspective`` entry's pull), whether it is an interior minimum of the error
 curve, the focal of each half of the clip and their difference, the rotation jitter of the face-model fit and
 of bundle adjustment, which poses were written and the jitter measured from the written transforms json.
 
@@ -184,7 +185,10 @@ def real_clips(clips: list[Path], work: Path) -> dict:
         full = run_ingest(clip, root, opts)
         report, width = full["poses"], full["frames"]["width"]
         written = transforms_jitter(root)["rotation_deg"]
-        out[clip.stem] = {**{k: report.get(k) for k in REAL_KEYS}, "focal_at_512": round(report["focal"] * 512 / width, 1),
+        face_px = full["crop"].get("face_px_output")  # the face detector's box in the dataset's frames
+        out[clip.stem] = {**{k: report.get(k) for k in REAL_KEYS},
+                          "focal_at_512": round(report["focal"] * 512 / width, 1), "face_px": face_px,
+                          "focal_over_face_px": round(report["focal"] / face_px, 2) if face_px else None,
                           "jitter_reduction_pct": round((1 - written / report["jitter_landmarks"]["rotation_deg"]) * 100, 1)}
         print(clip.stem, json.dumps(out[clip.stem]), flush=True)
     if out:
