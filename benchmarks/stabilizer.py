@@ -143,16 +143,17 @@ def as_a_user(subject: Path, root: Path) -> dict:
 PERSPECTIVE_FOCALS = (700.0, 1350.0, 2600.0)  # px at 512; the camera 0.47, 0.9 and 1.73 m from the head
 
 
-def detector_perspective(frames: int, work: Path) -> dict:
-    """The synthetic subject filmed at PERSPECTIVE_FOCALS, the camera distance scaled with the focal so the face
-    keeps its size: the focal the default ``poses`` stage finds (focal search only, over 0.4-2.5 x the true focal)
-    on the true landmarks and on FaceMesh's, and how much of the change of perspective each follows
-    (:func:`perspective_response`)."""
+def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
+    """The synthetic subject (its motion drawn with ``seed``) filmed at PERSPECTIVE_FOCALS, the camera distance
+    scaled with the focal so the face keeps its size: the focal the default ``poses`` stage finds (focal search
+    only, over 0.4-2.5 x the true focal) on the true landmarks and on FaceMesh's, and how much of the change of
+    perspective each follows (:func:`perspective_response`)."""
     found = {"truth": [], "facemesh": []}
     for focal in PERSPECTIVE_FOCALS:
-        spec = SyntheticSpec(num_frames=frames, size=512, seed=0, focal_at_512=focal,
+        spec = SyntheticSpec(num_frames=frames, size=512, seed=seed, focal_at_512=focal,
                              distance=SyntheticSpec.distance * focal / SyntheticSpec.focal_at_512)
-        root = generate(spec, work / f"perspective_{focal:.0f}", progress=False)
+        name = f"perspective_{focal:.0f}_seed{seed}"
+        root = generate(spec, work / name, progress=False)
         layout, truth = DatasetLayout(root), dict(np.load(root / "ground_truth.npz"))
         paths = [layout.frame(i) for i in range(frames)]
         mesh = detect_mesh(paths, progress=False)
@@ -161,14 +162,14 @@ def detector_perspective(frames: int, work: Path) -> dict:
         grid.start, grid.stop, grid.step = 0.4 * focal, 2.5 * focal, 0.05 * focal
         opts.tracker.pose_source = "landmarks"
         masks = region_masks(layout, frames, opts.points.region)
-        for name, lms in (("truth", truth["landmarks_2d"][..., :2]), ("facemesh", to_68(mesh)[..., :2])):
-            res = stabilize(paths, masks, mesh, lms, 512, 512, spec.fps, opts, work / f"perspective_{focal:.0f}_{name}",
+        for source, lms in (("truth", truth["landmarks_2d"][..., :2]), ("facemesh", to_68(mesh)[..., :2])):
+            res = stabilize(paths, masks, mesh, lms, 512, 512, spec.fps, opts, work / f"{name}_{source}",
                             progress=False)
-            found[name].append(res["focal"])
+            found[source].append(res["focal"])
         print("perspective", focal, {k: v[-1] for k, v in found.items()}, flush=True)
     distances = [SyntheticSpec.distance * f / SyntheticSpec.focal_at_512 for f in PERSPECTIVE_FOCALS]
-    return {"true_focal": list(PERSPECTIVE_FOCALS), "distance_m": [round(d, 3) for d in distances],
-            **{name: {"focal": f, **perspective_response(PERSPECTIVE_FOCALS, f)} for name, f in found.items()}}
+    return {"seed": seed, "true_focal": list(PERSPECTIVE_FOCALS), "distance_m": [round(d, 3) for d in distances],
+            **{source: {"focal": f, **perspective_response(PERSPECTIVE_FOCALS, f)} for source, f in found.items()}}
 
 
 REAL_KEYS = ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct", "jitter_landmarks",

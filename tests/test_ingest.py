@@ -124,7 +124,7 @@ def test_blendshapes_and_stabilized_poses_follow_the_synthetic_truth(tmp_path):
     video = make_video(subject, tmp_path / "v.mp4", fps=25, frames=60)
     root = tmp_path / "ds"
     # with the default canonical face model the focal comes out 13% short on this subject (FaceMesh's landmarks
-    # follow 60% of the perspective, and the face is not the model's; benchmarks/stabilizer.py, "user" and
+    # follow 60-64% of the perspective, and the face is not the model's; benchmarks/stabilizer.py, "user" and
     # "perspective"), so this test measures the rest of the pipeline with the subject's own FaceMesh shape
     opts = IngestOptions(progress=False)
     opts.stabilizer.face_model = FaceModelOptions(backend="subject")
