@@ -4,7 +4,7 @@
     python benchmarks/stabilizer.py --frames 60 --clips   # a quicker synthetic-only run
     python benchmarks/stabilizer.py --no-synthetic --long-minutes 5   # real clips + the poses stage of a 5-minute video
 
-Synthetic subject (512 px, focal 1350, +-10 deg yaw), two protocols:
+Synthetic subject (512 px, focal 1350, +-10 deg yaw), four entries:
 
 - ``truth_landmarks``: the true 2D landmarks plus 1 px Gaussian noise, and the ``template`` face model
   holding the subject's true neutral shape, with the focal searched on the rigid landmarks (the
