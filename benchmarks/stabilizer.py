@@ -76,11 +76,15 @@ def noisy_landmarks(truth: dict, seed: int, sigma_px: float = 1.0) -> np.ndarray
 
 def run_preset(name: str, paths: list, masks: list, mesh: np.ndarray, lms: np.ndarray, spec: SyntheticSpec,
                truth: dict, work: Path, face_model: FaceModelOptions, focal_landmarks: str = "all",
-               pose_source: str | None = None) -> dict:
+               pose_source: str | None = None, focal_range: tuple[float, float, float] | None = None) -> dict:
+    """The stabilizer with a tracker preset on the synthetic subject; ``focal_range`` (start, stop, step; px at
+    512) replaces the preset's focal grid."""
     opts = preset(name)
     opts.face_model = face_model
     opts.tracker.focal_landmarks = focal_landmarks
     opts.tracker.pose_source = pose_source or opts.tracker.pose_source
+    if focal_range is not None:
+        opts.tracker.focal.start, opts.tracker.focal.stop, opts.tracker.focal.step = focal_range
     start = time.perf_counter()
     res = stabilize(paths, masks, mesh, lms, spec.size, spec.size, spec.fps, opts, work, progress=False)
     seconds = time.perf_counter() - start
@@ -148,26 +152,23 @@ def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
     scaled with the focal so the face keeps its size: the focal the default ``poses`` stage finds (focal search
     only, over 0.4-2.5 x the true focal) on the true landmarks and on FaceMesh's, and how much of the change of
     perspective each follows (:func:`perspective_response`)."""
-    found = {"truth": [], "facemesh": []}
+    found, distances = {"truth": [], "facemesh": []}, []
     for focal in PERSPECTIVE_FOCALS:
         spec = SyntheticSpec(num_frames=frames, size=512, seed=seed, focal_at_512=focal,
                              distance=SyntheticSpec.distance * focal / SyntheticSpec.focal_at_512)
+        distances.append(spec.distance)
         name = f"perspective_{focal:.0f}_seed{seed}"
         root = generate(spec, work / name, progress=False)
         layout, truth = DatasetLayout(root), dict(np.load(root / "ground_truth.npz"))
         paths = [layout.frame(i) for i in range(frames)]
         mesh = detect_mesh(paths, progress=False)
-        opts = preset("synctalk")
-        grid = opts.tracker.focal
-        grid.start, grid.stop, grid.step = 0.4 * focal, 2.5 * focal, 0.05 * focal
-        opts.tracker.pose_source = "landmarks"
-        masks = region_masks(layout, frames, opts.points.region)
+        masks = region_masks(layout, frames, preset("synctalk").points.region)
         for source, lms in (("truth", truth["landmarks_2d"][..., :2]), ("facemesh", to_68(mesh)[..., :2])):
-            res = stabilize(paths, masks, mesh, lms, 512, 512, spec.fps, opts, work / f"{name}_{source}",
-                            progress=False)
+            res = run_preset("synctalk", paths, masks, mesh, lms, spec, truth, work / f"{name}_{source}",
+                             FaceModelOptions(), pose_source="landmarks",
+                             focal_range=(0.4 * focal, 2.5 * focal, 0.05 * focal))
             found[source].append(res["focal"])
         print("perspective", focal, {k: v[-1] for k, v in found.items()}, flush=True)
-    distances = [SyntheticSpec.distance * f / SyntheticSpec.focal_at_512 for f in PERSPECTIVE_FOCALS]
     return {"seed": seed, "true_focal": list(PERSPECTIVE_FOCALS), "distance_m": [round(d, 3) for d in distances],
             **{source: {"focal": f, **perspective_response(PERSPECTIVE_FOCALS, f)} for source, f in found.items()}}
 
