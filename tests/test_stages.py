@@ -107,6 +107,74 @@ def test_crop_errors_and_warnings(subject256, tmp_path, caplog):
     assert not off["applied"] and off["output_size"] == [640, 360]
 
 
+def stored_video(frames: list[np.ndarray], path, rotation: int = 0, pixel_aspect: float = 1.0, fps: int = 25):
+    """An mp4 of RGB ``frames`` stored the way a phone or an anamorphic camera stores them: turned by -``rotation``
+    degrees with a display rotation of ``rotation`` (a player turns them upright), and squeezed horizontally by
+    ``pixel_aspect`` with that sample aspect ratio."""
+    import av
+    from fractions import Fraction
+
+    stored = [np.ascontiguousarray(np.rot90(f, -rotation // 90)) for f in frames]
+    if pixel_aspect != 1:
+        stored = [cv2.resize(f, (round(f.shape[1] / pixel_aspect), f.shape[0]), interpolation=cv2.INTER_AREA)
+                  for f in stored]
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=fps)
+        stream.height, stream.width = stored[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12"}
+        if pixel_aspect != 1:
+            stream.codec_context.sample_aspect_ratio = Fraction(pixel_aspect).limit_denominator(100)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for f in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("rotation, pixel_aspect", [(-90, 1.0), (90, 1.0), (180, 1.0), (0, 2.0), (-90, 4 / 3)])
+def test_frames_are_read_as_a_player_shows_them(tmp_path, rotation, pixel_aspect):
+    from synctalk.stages.source import probe_video, resampled_frames, upright_bgr
+
+    shown = np.zeros((96, 64, 3), np.uint8)  # portrait, as the person filming saw it
+    shown[:32, :32] = (255, 0, 0)  # red in the top-left corner
+    shown[-16:, :] = (0, 0, 255)  # a blue band at the bottom
+    video = stored_video([shown] * 5, tmp_path / "v.mp4", rotation, pixel_aspect)
+    info = probe_video(video)
+    assert (info["width"], info["height"], info["rotation"] % 360) == (64, 96, rotation % 360)
+    assert abs(info["pixel_aspect"] - pixel_aspect) < 0.01
+    for _, frame in resampled_frames(video, 25.0):
+        bgr = upright_bgr(frame, info["pixel_aspect"])
+        assert bgr.shape == (96, 64, 3)
+        assert np.abs(bgr[..., ::-1].astype(int) - shown).mean() < 6
+
+
+def test_a_phone_video_stored_sideways_is_cropped_upright(subject256, tmp_path):
+    """A portrait phone recording (a desk scene filmed upright, stored landscape with a display rotation) gives the
+    same crop and frames as the same scene stored upright."""
+    from synctalk.stages.frames import FramesStage
+
+    upright = wide_video(subject256, tmp_path / "upright.mp4", frames=30, canvas=(560, 320), at=(32, 120))
+    from synctalk.stages.source import resampled_frames, upright_bgr
+
+    scene = [upright_bgr(f)[..., ::-1] for _, f in resampled_frames(upright, 25.0)]
+    sideways = stored_video(scene, tmp_path / "phone.mp4", rotation=-90)
+    reports = {}
+    for name, clip in (("upright", upright), ("phone", sideways)):
+        runner = StageRunner(StageContext(clip, tmp_path / name, 25.0, False))
+        reports[name] = runner.run(CropStage(size=128)), runner.run(FramesStage())
+    (crop_up, frames_up), (crop_phone, frames_phone) = reports["upright"], reports["phone"]
+    assert crop_phone["source"]["rotation"] == -90 and crop_phone["source"]["width"] == 320
+    assert np.abs(np.subtract(crop_phone["box"], crop_up["box"])).max() <= 4
+    assert frames_phone["frames"] == frames_up["frames"]
+    a = cv2.imread(str(tmp_path / "upright" / "ori_imgs" / "10.jpg")).astype(int)
+    b = cv2.imread(str(tmp_path / "phone" / "ori_imgs" / "10.jpg")).astype(int)
+    assert np.abs(a - b).mean() < 8
+
+
 def test_a_head_centred_square_is_used_whole(tmp_path):
     subject = generate(SyntheticSpec(num_frames=30, size=128, seed=5), tmp_path / "s", progress=False)
     video = make_video(subject, tmp_path / "v.mp4", fps=25)

@@ -22,7 +22,7 @@ from synctalk.config.schema import CropOptions
 from synctalk.errors import UserError
 from synctalk.io import atomic_path, write_json
 from synctalk.stages.base import Stage, StageContext
-from synctalk.stages.source import expected_frames, probe_video, resampled_frames
+from synctalk.stages.source import expected_frames, probe_video, resampled_frames, upright_bgr
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "off", "box")
@@ -117,7 +117,7 @@ class CropStage(CropOptions, Stage):
         if self.mode not in MODES:
             raise UserError(f"preprocess.crop.mode={self.mode} is not one of {', '.join(MODES)}")
         info = probe_video(ctx.video)
-        source = {k: info[k] for k in ("width", "height", "fps", "duration_s", "codec")}
+        source = {k: info[k] for k in ("width", "height", "fps", "duration_s", "codec", "rotation", "pixel_aspect")}
         if info["duration_s"] is not None and info["duration_s"] < self.min_seconds:
             raise UserError(f"{ctx.video} is {info['duration_s']:.2f} s long: a talking-head dataset needs at least "
                             f"{self.min_seconds:g} s of video (SyncTalk asks for 3-5 minutes)")
@@ -146,7 +146,8 @@ class CropStage(CropOptions, Stage):
     def _sample(self, ctx: StageContext, info: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
         total = expected_frames(info, ctx.fps) or int(self.samples * ctx.fps)
         wanted = set(np.linspace(0, max(total - 1, 0), min(self.samples, max(total, 1))).round().astype(int).tolist())
-        images = [frame.to_ndarray(format="bgr24") for i, frame in resampled_frames(ctx.video, ctx.fps) if i in wanted]
+        aspect = info.get("pixel_aspect", 1.0)
+        images = [upright_bgr(frame, aspect) for i, frame in resampled_frames(ctx.video, ctx.fps) if i in wanted]
         if not images:
             raise UserError(f"no frames could be decoded from {ctx.video}")
         return images, detect_faces(images) if self.mode != "off" else [np.zeros((0, 5))] * len(images)

@@ -11,7 +11,7 @@ from synctalk.errors import UserError
 from synctalk.io import atomic_path, read_json
 from synctalk.stages.base import Stage, StageContext
 from synctalk.stages.crop import crop_and_resize
-from synctalk.stages.source import expected_frames, resampled_frames
+from synctalk.stages.source import expected_frames, resampled_frames, upright_bgr
 
 
 @dataclass
@@ -35,7 +35,7 @@ class FramesStage(Stage):
         with atomic_path(ctx.root / "ori_imgs") as out:
             out.mkdir()
             for n, frame in resampled_frames(ctx.video, ctx.fps):
-                image = crop_and_resize(frame.to_ndarray(format="bgr24"), crop["box"], crop["resize_to"])
+                image = crop_and_resize(upright_bgr(frame, info.get("pixel_aspect", 1.0)), crop["box"], crop["resize_to"])
                 cv2.imwrite(str(out / f"{n}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
                 bar.update()
             n += 1

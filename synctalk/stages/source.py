@@ -1,15 +1,25 @@
-"""Reading the source video: its format, and its frames resampled to the dataset frame rate."""
+"""Reading the source video: its format, and its frames resampled to the dataset frame rate, as a player shows them.
+
+A phone stores a portrait video as landscape frames plus a display rotation, and some cameras and broadcast
+formats store non-square pixels; :func:`upright_bgr` turns each frame upright and stretches it to square pixels,
+so every stage sees what the person who filmed it saw.
+"""
 from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
+import cv2
+import numpy as np
+
 from synctalk.errors import UserError
 
 
 def probe_video(path: Path) -> dict:
-    """Frame rate, size, video duration (s), codec and audio presence of a video file."""
+    """Frame rate, size as shown (after the display rotation, in square pixels), video duration (s), codec, audio
+    presence, ``rotation`` (degrees counter-clockwise a player turns the stored frames) and ``pixel_aspect`` (the
+    stored pixels' width / height) of a video file."""
     import av
 
     if not path.is_file():
@@ -26,11 +36,34 @@ def probe_video(path: Path) -> dict:
                 duration = v.frames / float(rate)
             else:
                 duration = float(c.duration / 1e6) if c.duration else None
-            return {"fps": float(rate) if rate else None, "width": v.codec_context.width,
-                    "height": v.codec_context.height, "duration_s": duration, "codec": v.codec_context.name,
-                    "has_audio": bool(c.streams.audio)}
+            aspect = v.sample_aspect_ratio or v.codec_context.sample_aspect_ratio
+            aspect = float(aspect) if aspect else 1.0
+            width = round(v.codec_context.width * aspect) if abs(aspect - 1) > 1e-3 else v.codec_context.width
+            height = v.codec_context.height
+            first = next(c.decode(v), None)
+            rotation = (0, 90, 180, -90)[quarter_turns(first)] if first is not None else 0
+            if rotation % 180:
+                width, height = height, width
+            return {"fps": float(rate) if rate else None, "width": width, "height": height, "duration_s": duration,
+                    "codec": v.codec_context.name, "has_audio": bool(c.streams.audio), "rotation": rotation,
+                    "pixel_aspect": round(aspect, 6)}
     except av.error.FFmpegError as e:
         raise UserError(f"cannot read video {path}: {e}") from None
+
+
+def quarter_turns(frame) -> int:
+    """Quarter turns counter-clockwise (0-3) a player applies to a decoded frame (its display matrix)."""
+    return round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+
+
+def upright_bgr(frame, pixel_aspect: float = 1.0) -> np.ndarray:
+    """A decoded frame as a player shows it: (H, W, 3) uint8 BGR, stretched to square pixels (the stored width times
+    ``pixel_aspect``, :func:`probe_video`'s) and turned by the display rotation."""
+    bgr = frame.to_ndarray(format="bgr24")
+    if abs(pixel_aspect - 1) > 1e-3:
+        bgr = cv2.resize(bgr, (round(bgr.shape[1] * pixel_aspect), bgr.shape[0]), interpolation=cv2.INTER_CUBIC)
+    turns = quarter_turns(frame)
+    return np.ascontiguousarray(np.rot90(bgr, turns)) if turns else bgr
 
 
 def resampled_frames(video: Path, fps: float) -> Iterator[tuple[int, "av.VideoFrame"]]:
@@ -38,7 +71,7 @@ def resampled_frames(video: Path, fps: float) -> Iterator[tuple[int, "av.VideoFr
 
     Each output slot takes the source frame on screen at its time, so variable frame rates are handled;
     the same decoded frame is yielded for every slot it covers. Frames are decoded one at a time (convert
-    with ``frame.to_ndarray(format="bgr24")`` only the ones you use). A corrupt or truncated file raises
+    with :func:`upright_bgr` only the ones you use). A corrupt or truncated file raises
     :class:`UserError` saying how many frames were decoded.
     """
     import av
