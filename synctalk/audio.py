@@ -18,8 +18,12 @@ SAMPLE_RATE = 16000
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode any audio (or the audio track of a video) to mono float32 at ``sample_rate``.
 
+    The samples are placed on the file's timeline, the one the video frames are read on: a track that starts later
+    than time 0 (a clip cut from a longer recording, a phone that starts the microphone late) is preceded by
+    silence, one that starts before it loses what comes before 0, so speech stays in sync with the frames.
+
     Returns:
-        (T,) samples in [-1, 1].
+        (T,) samples in [-1, 1]; sample ``j`` is heard at ``j / sample_rate`` seconds.
     """
     import av
 
@@ -31,8 +35,10 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             if not container.streams.audio:
                 raise UserError(f"{path} has no audio track")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            chunks = []
+            chunks, start = [], None
             for frame in container.decode(audio=0):
+                if start is None:
+                    start = float(frame.time) if frame.time is not None else 0.0
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
             for out in resampler.resample(None):
@@ -41,7 +47,9 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise UserError(f"cannot decode audio from {path}: {e}") from None
     if not chunks:
         raise UserError(f"{path} contains no audio samples")
-    return np.clip(np.concatenate(chunks).astype(np.float32), -1.0, 1.0)
+    samples = np.clip(np.concatenate(chunks).astype(np.float32), -1.0, 1.0)
+    shift = round((start or 0.0) * sample_rate)
+    return np.concatenate([np.zeros(shift, np.float32), samples]) if shift > 0 else samples[-shift:]
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
