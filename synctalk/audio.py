@@ -18,12 +18,13 @@ SAMPLE_RATE = 16000
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode any audio (or the audio track of a video) to mono float32 at ``sample_rate``.
 
-    The samples are placed on the file's timeline, the one the video frames are read on: a track that starts later
-    than time 0 (a clip cut from a longer recording, a phone that starts the microphone late) is preceded by
-    silence, one that starts before it loses what comes before 0, so speech stays in sync with the frames.
+    The audio of a video is placed on the frames' timeline, whose time 0 is the first video frame: a track that
+    starts after it (a clip cut from a longer recording, a phone that starts the microphone late) is preceded by
+    silence, one that starts before it loses what comes before, so the speech stays in sync with the frames.
 
     Returns:
-        (T,) samples in [-1, 1]; sample ``j`` is heard at ``j / sample_rate`` seconds.
+        (T,) samples in [-1, 1]; sample ``j`` is heard at ``j / sample_rate`` seconds after the first video frame
+        (after the first audio sample for a file without video).
     """
     import av
 
@@ -43,13 +44,28 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
                     chunks.append(out.to_ndarray().reshape(-1))
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
+        video_start = _first_video_frame_time(path)
     except av.error.FFmpegError as e:
         raise UserError(f"cannot decode audio from {path}: {e}") from None
     if not chunks:
         raise UserError(f"{path} contains no audio samples")
     samples = np.clip(np.concatenate(chunks).astype(np.float32), -1.0, 1.0)
-    shift = round((start or 0.0) * sample_rate)
+    shift = round(((start or 0.0) - video_start) * sample_rate) if video_start is not None else 0
     return np.concatenate([np.zeros(shift, np.float32), samples]) if shift > 0 else samples[-shift:]
+
+
+def _first_video_frame_time(path: Path) -> float | None:
+    """Timestamp (s) of the first video frame of a file (None: no video, or no timestamp)."""
+    import av
+
+    with av.open(str(path)) as container:
+        video = [v for v in container.streams.video if not v.disposition & av.stream.Disposition.attached_pic]
+        if not video:
+            return None
+        for frame in container.decode(video[0]):
+            if frame.time is not None:
+                return float(frame.time)
+    return None
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

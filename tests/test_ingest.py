@@ -218,6 +218,67 @@ def test_variable_frame_rate_is_resampled_by_timestamp(tmp_path):
         assert abs(value - shown * 20) < 6, (slot, value, shown)
 
 
+#: what people record with: a phone or camera mp4 / mov (H.264, 10-bit HEVC), a browser recording (VP9 + Opus in
+#: webm), a production camera (ProRes + PCM in mov), a webcam (MJPEG + PCM in avi), a broadcast capture (MPEG-2 in
+#: MPEG-TS, whose clock starts anywhere); and clips whose audio starts after or before their first frame
+RECORDINGS = [
+    ("clip.mp4", "libx264", "yuv420p", "aac", 0.0, 0.0),
+    ("late_audio.mp4", "libx264", "yuv420p", "aac", 0.0, 0.4),
+    ("hdr.mov", "libx265", "yuv420p10le", "aac", 0.0, 0.0),
+    ("browser.webm", "libvpx-vp9", "yuv420p", "libopus", 0.0, 0.0),
+    ("camera.mov", "prores", "yuv422p10le", "pcm_s16le", 0.0, 0.0),
+    ("webcam.avi", "mjpeg", "yuvj420p", "pcm_s16le", 0.0, 0.0),
+    ("broadcast.ts", "mpeg2video", "yuv420p", "mp2", 10.0, 9.8),
+]
+
+
+@pytest.mark.parametrize("name, vcodec, pix_fmt, acodec, video_start_s, audio_start_s", RECORDINGS)
+def test_recordings_are_read_on_the_video_timeline(tmp_path, name, vcodec, pix_fmt, acodec, video_start_s,
+                                                    audio_start_s):
+    """Time 0 is the first video frame: frame k is output slot k also when the container's clock starts at 10 s,
+    and a click heard 0.5 s after the first frame is 0.5 s into the loaded audio also when the audio track starts
+    later or earlier than the video (a clip cut from a longer recording); encoder priming shifts nothing."""
+    import av
+    from fractions import Fraction
+
+    from synctalk.stages.source import resampled_frames, upright_bgr
+
+    sr, click_s, frames = 48000, 0.5, 50
+    audio = np.zeros(sr * 2, np.float32)
+    at = round((video_start_s + click_s - audio_start_s) * sr)
+    audio[at:at + 48] = 0.8  # a 1 ms click
+    path = tmp_path / name
+    with av.open(str(path), "w") as c:
+        video = c.add_stream(vcodec, rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, pix_fmt
+        video.codec_context.time_base = Fraction(1, 25)
+        sound = c.add_stream(acodec, rate=sr)
+        sound.layout = "mono"
+        for k in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 4 * k, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(video_start_s * 25) + k, Fraction(1, 25)
+            for packet in video.encode(frame.reformat(format=pix_fmt)):
+                c.mux(packet)
+        for packet in video.encode(None):
+            c.mux(packet)
+        step = sound.codec_context.frame_size or 1024
+        resampler = av.AudioResampler(format=sound.codec_context.format, layout="mono", rate=sr)
+        for start in range(0, len(audio), step):
+            chunk = av.AudioFrame.from_ndarray(audio[None, start:start + step], format="flt", layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = sr, round(audio_start_s * sr) + start, Fraction(1, sr)
+            for resampled in resampler.resample(chunk):
+                for packet in sound.encode(resampled):
+                    c.mux(packet)
+        for packet in sound.encode(None):
+            c.mux(packet)
+    shown = [upright_bgr(frame).mean() / 4 for _, frame in resampled_frames(path, 25.0)]
+    assert len(shown) == frames
+    np.testing.assert_allclose(shown, np.arange(frames), atol=0.75)
+    loaded = load_audio(path)
+    heard = np.argmax(np.abs(loaded)) / 16000
+    assert abs(heard - click_s) < 0.004, heard
+
+
 def test_overlays_jitter_and_imported_features(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
     ds = np.random.default_rng(0).normal(size=(31, 16, 29)).astype(np.float32)  # one frame too many

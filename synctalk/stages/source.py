@@ -69,30 +69,36 @@ def upright_bgr(frame, pixel_aspect: float = 1.0) -> np.ndarray:
 def resampled_frames(video: Path, fps: float) -> Iterator[tuple[int, "av.VideoFrame"]]:
     """The source frames resampled to ``fps``: (output index, decoded frame shown at index / fps seconds).
 
-    Each output slot takes the source frame on screen at its time, so variable frame rates are handled;
-    the same decoded frame is yielded for every slot it covers. Frames are decoded one at a time (convert
-    with :func:`upright_bgr` only the ones you use). A corrupt or truncated file raises
-    :class:`UserError` saying how many frames were decoded.
+    Time 0 is the first frame's timestamp (a broadcast or cut recording's clock may start anywhere). Each output slot
+    takes the source frame on screen at its time (timestamps up to 1 ms late, rounded by a container's clock, count
+    as on time), so variable frame rates are handled; the same decoded frame is yielded for every slot it covers.
+    Frames without a timestamp (raw streams) follow the previous one by one frame at the stream's rate. Frames are
+    decoded one at a time (convert with :func:`upright_bgr` only the ones you use). A corrupt or truncated file
+    raises :class:`UserError` saying how many frames were decoded.
     """
     import av
 
     step = Fraction(1) / Fraction(fps).limit_denominator(1001)
+    slack = Fraction(1, 1000)
     written, next_t = 0, Fraction(0)
     try:
         with av.open(str(video)) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
-            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            last, last_end = None, Fraction(0)
+            period = 1 / Fraction(stream.average_rate or stream.guessed_rate or 25)
+            last, last_end, origin = None, Fraction(0), None
             for frame in c.decode(stream):
-                if frame.pts is None or frame.time_base is None:
-                    continue
-                t = Fraction(frame.pts) * frame.time_base
-                while last is not None and next_t < t:  # slots shown before this frame take the previous one
+                if frame.pts is not None and frame.time_base is not None:
+                    t = Fraction(frame.pts) * frame.time_base
+                    origin = t if origin is None else origin
+                    t -= origin
+                else:
+                    t = Fraction(0) if last is None else last_t + period
+                while last is not None and next_t + slack < t:  # slots shown before this frame take the previous one
                     yield written, last
                     written, next_t = written + 1, next_t + step
-                last = frame
-                shown = Fraction(frame.duration) * frame.time_base if frame.duration else 1 / Fraction(rate)
+                last, last_t = frame, t
+                shown = Fraction(frame.duration) * frame.time_base if frame.duration and frame.time_base else period
                 last_end = t + shown
             while last is not None and next_t < last_end:
                 yield written, last
