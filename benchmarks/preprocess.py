@@ -1,12 +1,15 @@
 """Preprocessing speed and memory, on the real clips and on recordings that are not head-centred squares.
 
-    python benchmarks/preprocess.py                              # the real clips + a 720p 30 fps desk recording
+    python benchmarks/preprocess.py                              # the real clips + a desk and a phone recording
+    python benchmarks/preprocess.py --clips --recordings phone   # only the phone recording
     python benchmarks/preprocess.py --long-minutes 5 --long-format 720p   # also a 5-minute 1280x720 30 fps one
     python benchmarks/preprocess.py --only-long --long-minutes 5 --long-format 1080p
 
 The desk recordings are made from a 512x512 clip (German_20s): the speaker scaled to 384 px (the face about
 190 px) in a plain 1280x720 (or 1920x1080) room at 30 fps, as a webcam or a camera on a desk films it.
-The long one loops the clip forwards and backwards. Every preprocessing stage runs with its defaults
+The long one loops the clip forwards and backwards. The phone recording is the portrait clip stored as a phone
+stores it: landscape frames with a display rotation of -90 degrees (its audio copied as it is); its crop and focal
+should be those of the upright clip. Every preprocessing stage runs with its defaults
 (the head crop included). Writes ``benchmarks/results/preprocess.json``: per clip the crop box, the output
 size and frame count, seconds per stage and in all; for the long video also the peak resident memory of
 the process (it runs first, so the peak is its own). Speeds are comparable only within one run.
@@ -59,6 +62,31 @@ def desk_recording(clip: Path, out: Path, size: tuple[int, int] = (1280, 720), f
     return out
 
 
+def phone_recording(clip: Path, out: Path, rotation: int = -90) -> Path:
+    """``clip`` stored sideways with a display rotation of ``rotation`` degrees, so a player (and ``synctalk``)
+    shows it as ``clip``; H.264 at CRF 18, the audio packets copied."""
+    with av.open(str(clip)) as src, av.open(str(out), "w") as dst:
+        video_in, audio_in = src.streams.video[0], src.streams.audio[0]
+        video = dst.add_stream("libx264", rate=video_in.average_rate)
+        width, height = video_in.codec_context.width, video_in.codec_context.height
+        video.width, video.height = (height, width) if rotation % 180 else (width, height)
+        video.pix_fmt, video.options = "yuv420p", {"crf": "18", "preset": "veryfast"}
+        video.set_display_rotation(rotation)
+        audio = dst.add_stream_from_template(audio_in)
+        for packet in src.demux(video_in, audio_in):
+            if packet.dts is None:
+                continue
+            if packet.stream.type == "audio":
+                packet.stream = audio
+                dst.mux(packet)
+                continue
+            for frame in packet.decode():
+                stored = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), -rotation // 90))
+                dst.mux(video.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        dst.mux(video.encode(None))
+    return out
+
+
 def measure(video: Path, root: Path, progress: bool = False) -> dict:
     start = time.perf_counter()
     report = run_ingest(video, root, IngestOptions(progress=progress))
@@ -74,6 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=Path, nargs="*", default=sorted(REAL.glob("*.mp4")))
     parser.add_argument("--source", type=Path, default=REAL / "German_20s.mp4", help="clip the desk recordings use")
+    parser.add_argument("--portrait", type=Path, default=REAL / "portrait_1080x1920.mp4",
+                        help="clip the phone recording is made from")
+    parser.add_argument("--recordings", nargs="*", choices=("desk", "phone"), default=["desk", "phone"])
     parser.add_argument("--long-minutes", type=float, default=0.0)
     parser.add_argument("--long-format", choices=sorted(FORMATS), default="720p")
     parser.add_argument("--only-long", action="store_true", help="only the long video")
@@ -90,8 +121,9 @@ def main() -> None:
             results["long_video"] = result
             print("long video", result, flush=True)
         if not args.only_long:
-            desk = desk_recording(args.source, tmp / "desk_720p30.mp4")
-            for clip in [*args.clips, desk]:
+            made = {"desk": lambda: desk_recording(args.source, tmp / "desk_720p30.mp4"),
+                    "phone": lambda: phone_recording(args.portrait, tmp / "phone_sideways.mp4")}
+            for clip in [*args.clips, *(made[name]() for name in args.recordings)]:
                 results["clips"][clip.name] = measure(clip, tmp / clip.stem)
                 print(clip.name, results["clips"][clip.name], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
