@@ -66,15 +66,49 @@ def upright_bgr(frame, pixel_aspect: float = 1.0) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(bgr, turns)) if turns else bgr
 
 
+def progressive_frames(container, stream) -> Iterator["av.VideoFrame"]:
+    """The stream's decoded frames, with interlaced ones (broadcast video: two fields taken 1/50 or 1/60 s apart,
+    whose moving edges are combed) deinterlaced by FFmpeg's motion-adaptive ``bwdif`` filter, one frame out per frame
+    in, timestamps kept; progressive frames pass untouched."""
+    import av
+
+    graph = None
+
+    def pulled():
+        while True:
+            try:
+                yield graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+
+    for frame in container.decode(stream):
+        if graph is None and not frame.interlaced_frame:
+            yield frame
+            continue
+        if graph is None:  # the first interlaced frame: from here on through the filter
+            graph = av.filter.Graph()
+            source, sink = graph.add_buffer(template=stream), graph.add("buffersink")
+            deinterlace = graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+            source.link_to(deinterlace)
+            deinterlace.link_to(sink)
+            graph.configure()
+        graph.push(frame)
+        yield from pulled()
+    if graph is not None:
+        graph.push(None)
+        yield from pulled()
+
+
 def resampled_frames(video: Path, fps: float) -> Iterator[tuple[int, "av.VideoFrame"]]:
     """The source frames resampled to ``fps``: (output index, decoded frame shown at index / fps seconds).
 
     Time 0 is the first frame's timestamp (a broadcast or cut recording's clock may start anywhere). Each output slot
     takes the source frame on screen at its time (timestamps up to 1 ms late, rounded by a container's clock, count
     as on time), so variable frame rates are handled; the same decoded frame is yielded for every slot it covers.
-    Frames without a timestamp (raw streams) follow the previous one by one frame at the stream's rate. Frames are
-    decoded one at a time (convert with :func:`upright_bgr` only the ones you use). A corrupt or truncated file
-    raises :class:`UserError` saying how many frames were decoded.
+    Frames without a timestamp (raw streams) follow the previous one by one frame at the stream's rate; interlaced
+    frames are deinterlaced (:func:`progressive_frames`). Frames are decoded one at a time (convert with
+    :func:`upright_bgr` only the ones you use). A corrupt or truncated file raises :class:`UserError` saying how
+    many frames were decoded.
     """
     import av
 
@@ -87,7 +121,7 @@ def resampled_frames(video: Path, fps: float) -> Iterator[tuple[int, "av.VideoFr
             stream.thread_type = "AUTO"
             period = 1 / Fraction(stream.average_rate or stream.guessed_rate or 25)
             last, last_end, origin = None, Fraction(0), None
-            for frame in c.decode(stream):
+            for frame in progressive_frames(c, stream):
                 if frame.pts is not None and frame.time_base is not None:
                     t = Fraction(frame.pts) * frame.time_base
                     origin = t if origin is None else origin
