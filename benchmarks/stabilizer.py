@@ -3,6 +3,7 @@
     python benchmarks/stabilizer.py                  # synthetic subject (truth known) + the real clips
     python benchmarks/stabilizer.py --frames 60 --clips   # a quicker synthetic-only run
     python benchmarks/stabilizer.py --no-synthetic --long-minutes 5   # real clips + the poses stage of a 5-minute video
+    python benchmarks/stabilizer.py --no-synthetic --clips my_clips/*.mp4   # any clips: a table with each one's checks
 
 Synthetic subject (512 px, focal 1350, +-10 deg yaw), four entries:
 
@@ -56,6 +57,7 @@ from synctalk.stages import IngestOptions, run_ingest
 from synctalk.data.landmarks import detect_mesh, to_68
 from synctalk.data.layout import DatasetLayout
 from synctalk.data.synthetic import SyntheticSpec, generate
+from synctalk.errors import UserError
 from synctalk.stabilizer.pipeline import (StabilizerOptions, perspective_response, pose_errors, region_masks, stabilize,
                                          transforms_jitter)
 
@@ -179,12 +181,19 @@ REAL_KEYS = ("focal", "focal_interior", "focal_halves", "focal_halves_difference
 
 
 def real_clips(clips: list[Path], work: Path) -> dict:
+    """Each clip preprocessed with the defaults and the halves check; a clip the pipeline refuses (no face, no
+    audio, ...) is recorded with its error and the others still run."""
     out = {}
     for clip in clips:
         opts = IngestOptions(progress=False)
         opts.stabilizer.tracker.check_halves = True
         root = work / clip.stem
-        full = run_ingest(clip, root, opts)
+        try:
+            full = run_ingest(clip, root, opts)
+        except UserError as e:
+            out[clip.stem] = {"error": str(e)}
+            print(clip.stem, "refused:", e, flush=True)
+            continue
         report, width = full["poses"], full["frames"]["width"]
         written = transforms_jitter(root)["rotation_deg"]
         face_px = full["crop"].get("face_px_output")  # the face detector's box in the dataset's frames
@@ -193,12 +202,38 @@ def real_clips(clips: list[Path], work: Path) -> dict:
                           "focal_over_face_px": round(report["focal"] / face_px, 2) if face_px else None,
                           "jitter_reduction_pct": round((1 - written / report["jitter_landmarks"]["rotation_deg"]) * 100, 1)}
         print(clip.stem, json.dumps(out[clip.stem]), flush=True)
-    if out:
-        reductions = [c["jitter_reduction_pct"] for c in out.values()]
-        out["summary"] = {"median_jitter_reduction_pct": float(np.median(reductions)),
-                          "all_interior": all(c["focal_interior"] for c in out.values()),
-                          "max_halves_difference_pct": max(c["focal_halves_difference_pct"] for c in out.values())}
+    done = [c for c in out.values() if "error" not in c]
+    if done:
+        out["summary"] = {"median_jitter_reduction_pct": float(np.median([c["jitter_reduction_pct"] for c in done])),
+                          "all_interior": all(c["focal_interior"] for c in done),
+                          "max_halves_difference_pct": max(c["focal_halves_difference_pct"] for c in done),
+                          "refused": sorted(name for name, c in out.items() if "error" in c)}
     return out
+
+
+def real_table(real: dict) -> str:
+    """The real-clip results as a markdown table, one row per clip, with the stabilizer's checks: an interior focal,
+    halves within 10%, written poses no worse than the face-model fit."""
+    rows = ["| clip | focal (px at 512) | interior | halves (difference) | rotation jitter, fit -> written (deg) | "
+            "written | checks |", "|---|---|---|---|---|---|---|"]
+    for name, c in real.items():
+        if name == "summary":
+            continue
+        if "error" in c:
+            rows.append(f"| {name} | refused: {c['error']} | | | | | |")
+            continue
+        fit, written = c["jitter_landmarks"]["rotation_deg"], c["jitter_written"]["rotation_deg"]
+        halves = " / ".join(f"{h:.0f}" for h in c["focal_halves"])
+        failed = [what for what, ok in (("range end", c["focal_interior"]),
+                                        ("halves > 10%", c["focal_halves_difference_pct"] <= 10),
+                                        ("worse poses", written <= fit)) if not ok]
+        rows.append(f"| {name} | {c['focal_at_512']:.0f} | {'yes' if c['focal_interior'] else 'no'} | {halves} "
+                    f"({c['focal_halves_difference_pct']:.1f}%) | {fit:.3f} -> {written:.3f} "
+                    f"({-c['jitter_reduction_pct']:+.0f}%) | {c['poses_written']} | "
+                    f"{'ok' if not failed else ', '.join(failed)} |")
+    if "summary" in real:
+        rows.append(f"\nmedian jitter reduction: {real['summary']['median_jitter_reduction_pct']:.0f}%")
+    return "\n".join(rows)
 
 
 def long_video_dataset(source: Path, minutes: float, root: Path, fps: float = 25.0) -> int:
@@ -277,6 +312,8 @@ def main() -> None:
             result["long_video"] = long_video(args.clips, args.long_minutes, work)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    if result["real"]:
+        print(real_table(result["real"]))
     print(f"wrote {args.out}")
 
 
