@@ -4,6 +4,7 @@
     python benchmarks/stabilizer.py --frames 60 --clips   # a quicker synthetic-only run
     python benchmarks/stabilizer.py --no-synthetic --long-minutes 5   # real clips + the poses stage of a 5-minute video
     python benchmarks/stabilizer.py --no-synthetic --clips my_clips/*.mp4   # any clips: a table with each one's checks
+    python benchmarks/stabilizer.py --no-synthetic --perspective-check   # + FaceMesh's perspective gain on each clip
 
 Synthetic subject (512 px, focal 1350, +-10 deg yaw), four entries:
 
@@ -133,16 +134,18 @@ def synthetic(frames: int, work: Path, presets: list[str]) -> dict:
 
 
 def as_a_user(subject: Path, root: Path) -> dict:
-    """The subject's video.mp4 through ``synctalk preprocess`` with its defaults (the halves check on): the focal
-    and pose errors against its ground truth, and the self-checks a user sees."""
+    """The subject's video.mp4 through ``synctalk preprocess`` with its defaults (the halves and perspective checks
+    on): the focal and pose errors against its ground truth, and the self-checks a user sees."""
     opts = IngestOptions(progress=False, ground_truth=str(subject / "ground_truth.npz"))
     opts.stabilizer.tracker.check_halves = True
+    opts.stabilizer.tracker.check_perspective = True
     start = time.perf_counter()
     full = run_ingest(subject / "video.mp4", root, opts)
     report = full["poses"]
     return {"seconds": round(time.perf_counter() - start, 1), "crop_applied": full["crop"].get("applied"),
             **{k: report.get(k) for k in ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct",
-                                          "face_model", "poses_written", "bundle_adjustment_rejected")},
+                                          "perspective_focals", "perspective_gain", "face_model", "poses_written",
+                                          "bundle_adjustment_rejected")},
             "truth": report["truth"], "jitter_written": transforms_jitter(root)}
 
 
@@ -177,16 +180,18 @@ def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
 
 REAL_KEYS = ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct", "jitter_landmarks",
              "jitter_bundle_adjustment", "bundle_adjustment_kept", "bundle_adjustment_rejected", "poses_written",
-             "jitter_written", "ba_drift_median_deg", "elapsed_s")
+             "jitter_written", "ba_drift_median_deg", "perspective_focals", "perspective_gain", "elapsed_s")
 
 
-def real_clips(clips: list[Path], work: Path) -> dict:
-    """Each clip preprocessed with the defaults and the halves check; a clip the pipeline refuses (no face, no
-    audio, ...) is recorded with its error and the others still run."""
+def real_clips(clips: list[Path], work: Path, check_perspective: bool = False) -> dict:
+    """Each clip preprocessed with the defaults and the halves check (and with ``check_perspective`` the perspective
+    check: how much of a change of perspective FaceMesh follows on the clip); a clip the pipeline refuses (no face,
+    no audio, ...) is recorded with its error and the others still run."""
     out = {}
     for clip in clips:
         opts = IngestOptions(progress=False)
         opts.stabilizer.tracker.check_halves = True
+        opts.stabilizer.tracker.check_perspective = check_perspective
         root = work / clip.stem
         try:
             full = run_ingest(clip, root, opts)
@@ -215,21 +220,25 @@ def real_table(real: dict) -> str:
     """The real-clip results as a markdown table, one row per clip, with the stabilizer's checks: an interior focal,
     halves within 10%, written poses no worse than the face-model fit."""
     rows = ["| clip | focal (px at 512) | interior | halves (difference) | rotation jitter, fit -> written (deg) | "
-            "written | checks |", "|---|---|---|---|---|---|---|"]
+            "written | FaceMesh's perspective gain | checks |", "|---|---|---|---|---|---|---|---|"]
     for name, c in real.items():
         if name == "summary":
             continue
         if "error" in c:
-            rows.append(f"| {name} | refused: {c['error']} | | | | | |")
+            rows.append(f"| {name} | refused: {c['error']} | | | | | | |")
             continue
         fit, written = c["jitter_landmarks"]["rotation_deg"], c["jitter_written"]["rotation_deg"]
         halves = " / ".join(f"{h:.0f}" for h in c["focal_halves"])
         failed = [what for what, ok in (("range end", c["focal_interior"]),
                                         ("halves > 10%", c["focal_halves_difference_pct"] <= 10),
                                         ("worse poses", written <= fit)) if not ok]
+        gain = c.get("perspective_gain")
+        if gain is not None:
+            focals = " / ".join(f"{f:.0f}" for f in c["perspective_focals"])
+            gain = f"{gain:.2f} ({focals} px at x0.7 / 1 / 1.45)"
         rows.append(f"| {name} | {c['focal_at_512']:.0f} | {'yes' if c['focal_interior'] else 'no'} | {halves} "
                     f"({c['focal_halves_difference_pct']:.1f}%) | {fit:.3f} -> {written:.3f} "
-                    f"({-c['jitter_reduction_pct']:+.0f}%) | {c['poses_written']} | "
+                    f"({-c['jitter_reduction_pct']:+.0f}%) | {c['poses_written']} | {gain or 'not checked'} | "
                     f"{'ok' if not failed else ', '.join(failed)} |")
     if "summary" in real:
         rows.append(f"\nmedian jitter reduction: {real['summary']['median_jitter_reduction_pct']:.0f}%")
@@ -297,6 +306,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--clips", type=Path, nargs="*", default=sorted(REAL.glob("*.mp4")))
     parser.add_argument("--work", type=Path, default=None, help="keep the generated subject and outputs here")
+    parser.add_argument("--perspective-check", action="store_true",
+                        help="real clips: also measure how much of a change of perspective FaceMesh follows")
     parser.add_argument("--long-minutes", type=float, default=0.0, help="also time the poses stage of a long video")
     parser.add_argument("--poses-stage", type=Path, help=argparse.SUPPRESS)  # the child process of --long-minutes
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stabilizer.json")
@@ -307,7 +318,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         result = {"synthetic": synthetic(args.frames, work, args.presets) if args.synthetic else None,
-                  "real": real_clips(args.clips, work)}
+                  "real": real_clips(args.clips, work, args.perspective_check)}
         if args.long_minutes > 0:
             result["long_video"] = long_video(args.clips, args.long_minutes, work)
     args.out.parent.mkdir(parents=True, exist_ok=True)

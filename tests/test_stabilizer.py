@@ -463,6 +463,112 @@ def test_perspective_response_of_the_focal_search():
     assert abs(errors[0]) < 10 and abs(errors[0]) < abs(errors[1]) < abs(errors[2]), (found, response)
 
 
+def test_perspective_warp_is_a_camera_move():
+    """warp_points turns a face filmed at one focal into the same face filmed with ratio x the focal from a camera
+    moved back so the face keeps its size, exactly; dense_face puts the 468 mesh vertices onto a 68-point shape."""
+    from synctalk.data.landmarks import MESH_TO_68
+    from synctalk.stabilizer.perspective_check import dense_face, warp_points
+
+    shape = another_human_face()
+    dense = dense_face(shape)
+    assert dense.shape == (468, 3)
+    assert np.median(np.linalg.norm(dense[MESH_TO_68] - shape, axis=1)) < 0.002  # an affine map of another face
+    rot, trans = head_motion(3)
+    for ratio in (0.6, 1.0, 1.7):
+        for i in range(3):
+            cam = dense @ rot[i].T + trans[i]
+            centre = cam[MESH_TO_68, 2].mean()
+            moved = cam + [0.0, 0.0, (ratio - 1.0) * centre]
+            filmed = project_np(dense, rot[i:i + 1], trans[i:i + 1], FOCAL)[0]
+            refilmed = np.stack([ratio * FOCAL * moved[:, 0] / moved[:, 2] + CX,
+                                 ratio * FOCAL * moved[:, 1] / moved[:, 2] + CY], -1)
+            np.testing.assert_allclose(warp_points(filmed, cam[:, 2], ratio, centre, CX, CY), refilmed, atol=1e-9)
+            size = np.ptp(refilmed, axis=0) / np.ptp(filmed, axis=0)
+            assert np.all(np.abs(size - 1) < 0.05)  # the face keeps its size
+
+
+def test_perspective_check_measures_how_much_a_detector_follows(tmp_path):
+    """A detector that sees the warped frames as a camera would film them has gain 1; one that keeps reporting the
+    landmarks of the original frames has gain 0; one halfway between, 0.5. The warped frames are removed and a
+    sheet of them is kept."""
+    import cv2
+
+    from synctalk.data.landmarks import MESH_TO_68
+    from synctalk.stabilizer.face_model import canonical_face_model
+    from synctalk.stabilizer.perspective_check import check_perspective, dense_face
+
+    n, size, focal = 12, 256, 650.0
+    c = size / 2
+    rng = np.random.default_rng(0)
+    model = canonical_face_model(rng.normal(0, 1, (10, 478, 3)), num_exp=0)
+    dense = dense_face(model.mean.numpy())
+    rot, trans = head_motion(n)
+    cams = [dense @ rot[i].T + trans[i] for i in range(n)]
+
+    def film(cam, ratio=1.0):
+        centre = cam[MESH_TO_68, 2].mean()
+        moved = cam + [0.0, 0.0, (ratio - 1.0) * centre]
+        points = np.zeros((478, 3))
+        points[:468, :2] = ratio * focal * moved[:, :2] / moved[:, 2:] + c
+        points[468:, :2] = points[[33] * 10, :2]  # the iris points are not used
+        return points
+
+    mesh = np.stack([film(cam) for cam in cams])
+    frames = []
+    for i in range(n):
+        frames.append(tmp_path / f"{i}.jpg")
+        cv2.imwrite(str(frames[-1]), np.full((size, size, 3), 90, np.uint8))
+
+    def detector(share: float):
+        def detect(paths):
+            ratio = float(paths[0].parent.name[1:])
+            return np.stack([share * film(cams[int(p.stem)], ratio) + (1 - share) * mesh[int(p.stem)] for p in paths])
+        return detect
+
+    def search(lms, expected):
+        return search_focal(model, lms, c, c, 0.4 * expected, 2.5 * expected, 0.15 * expected, every_k=1, steps=200,
+                            refine_points=3, min_frames=10).focal
+
+    gains = {}
+    for share in (1.0, 0.5, 0.0):
+        out = tmp_path / f"check_{share}"
+        result = check_perspective(frames, mesh, lambda i: cams[i], focal, size, size, search, detector(share), out,
+                                   count=n, ratios=(0.7, 1.45))
+        gains[share] = result["perspective_gain"]
+        assert result["perspective_frames"] == n and not out.exists()
+        assert cv2.imread(str(out.with_suffix(".jpg"))).shape == (size, 2 * size, 3)
+    assert gains[1.0] == pytest.approx(1.0, abs=0.05) and gains[0.0] == pytest.approx(0.0, abs=0.05), gains
+    assert 0.35 < gains[0.5] < 0.65, gains
+
+
+def test_poses_stage_checks_the_detector_perspective_on_facemesh(tmp_path, caplog):
+    """tracker.check_perspective on the synthetic subject with FaceMesh: the report gives the focal found on frames
+    warped to 0.7, 1 and 1.45 x the focal and the detector's gain, warns below 0.8, keeps the sheet and removes the
+    warped frames."""
+    import logging
+
+    from synctalk.data.landmarks import detect_mesh, to_68
+    from synctalk.data.layout import DatasetLayout
+    from synctalk.data.synthetic import SyntheticSpec, generate
+    from synctalk.stabilizer.pipeline import PERSPECTIVE_GAIN_WARN, StabilizerOptions, stabilize
+
+    n = 20
+    root = generate(SyntheticSpec(num_frames=n, size=256, seed=0), tmp_path / "s", progress=False)
+    frames = [DatasetLayout(root).frame(i) for i in range(n)]
+    mesh = detect_mesh(frames, progress=False)
+    opts = StabilizerOptions()
+    opts.tracker.pose_source, opts.tracker.steps, opts.tracker.refine_points = "landmarks", 300, 3
+    opts.tracker.check_perspective, opts.tracker.perspective_frames = True, 12
+    with caplog.at_level(logging.WARNING):
+        report = stabilize(frames, frames, mesh, to_68(mesh)[..., :2], 256, 256, 25.0, opts, tmp_path / "stab",
+                           progress=False)["report"]
+    assert report["perspective_ratios"] == [0.7, 1.0, 1.45] and report["perspective_frames"] == 12
+    assert len(report["perspective_focals"]) == 3 and 0.0 <= report["perspective_gain"] <= 1.2
+    assert (report["perspective_gain"] < PERSPECTIVE_GAIN_WARN) == ("follows only" in caplog.text)
+    assert (tmp_path / "stab" / "perspective_check.jpg").is_file()
+    assert not (tmp_path / "stab" / "perspective_check").exists()
+
+
 def test_shipped_canonical_face_is_derived_from_the_face_landmarker(face_landmarker_task, tmp_path):
     from synctalk.stabilizer.face_model import CANONICAL_FACE, write_canonical_template
 

@@ -70,6 +70,8 @@ class TrackerConfig:
     refine_every_k: int = 1  # frames used for the refinement
     focal_landmarks: str = "all"  # all | rigid (only landmarks expressions hardly move) | inner (no jaw contour)
     check_halves: bool = False  # also search the focal on each half of the video and report their agreement
+    check_perspective: bool = False  # also measure how much of a change of perspective the landmark detector follows
+    perspective_frames: int = 60  # frames warped to other focal lengths by the perspective check
     focal_expressions: bool = False  # score focal candidates with the expression components (default: a rigid face)
     pose_source: str = "bundle_adjustment"  # landmarks (face-model fit) | bundle_adjustment (+ tracking, BA)
 

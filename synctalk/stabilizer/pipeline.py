@@ -305,6 +305,26 @@ def perspective_response(true_focals, measured_focals) -> dict:
             "error_pct": [round((m / t - 1) * 100, 2) for t, m in zip(true_focals, measured_focals)]}
 
 
+PERSPECTIVE_GAIN_WARN = 0.8  # a landmark detector that follows less of a change of perspective gets a warning
+
+
+def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, fit, focal: float, width: int,
+                       height: int, search_fn, count: int, out_dir: Path) -> dict:
+    """:func:`synctalk.stabilizer.perspective_check.check_perspective` with the fitted face and FaceMesh; the focal
+    searched over 0.4-2.5 x the focal each warp should give, with the stage's search settings."""
+    from synctalk.data.landmarks import detect_mesh
+    from synctalk.stabilizer.perspective_check import check_perspective, dense_face
+
+    with torch.no_grad():
+        neutral = model(torch.as_tensor(fit.id_coeff), torch.zeros(1, 1, model.num_exp))[0, 0].numpy()
+    dense = dense_face(neutral)
+    rotation, translation = fit.rotation[0], fit.translation[0]
+    return check_perspective(
+        frames, mesh, lambda i: dense @ rotation[i].T + translation[i], focal, width, height,
+        lambda lms, expected: search_fn(lms, (0.4 * expected, 2.5 * expected, 0.05 * expected)).focal,
+        lambda paths: detect_mesh(paths, progress=False), out_dir / "perspective_check", count)
+
+
 def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
               height: int, fps: float, opts: StabilizerOptions, out_dir: Path, progress: bool = True,
               resume_key: str | None = None) -> dict:
@@ -337,11 +357,11 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
     model = build_face_model(fm, mesh)
     to_px = width / 512.0  # the focal range is given for a 512 px wide video, as in the original tools
 
-    def search_fn(lms: np.ndarray):
-        return search_focal(model, lms, cx, cy, t.focal.start * to_px, t.focal.stop * to_px, t.focal.step * to_px,
-                            t.every_k, t.steps, t.lr, t.refine_points, fm.id_reg, fm.exp_reg, progress,
-                            t.refine_every_k, t.focal_landmarks, t.min_search_frames, t.focal_expressions,
-                            t.max_search_frames)
+    def search_fn(lms: np.ndarray, focal_range: tuple[float, float, float] | None = None):
+        start, stop, step = focal_range or (t.focal.start * to_px, t.focal.stop * to_px, t.focal.step * to_px)
+        return search_focal(model, lms, cx, cy, start, stop, step, t.every_k, t.steps, t.lr, t.refine_points,
+                            fm.id_reg, fm.exp_reg, progress, t.refine_every_k, t.focal_landmarks,
+                            t.min_search_frames, t.focal_expressions, t.max_search_frames)
 
     steps = StepCache(out_dir / "steps", resume_key)
     search = steps("focal_search", lambda: search_fn(lms68))
@@ -373,6 +393,18 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
             log.warning("the two halves of the video give focal lengths %s px: the focal is not stable on this video "
                         "(little head motion, or landmarks that do not fit the face model); consider fixing it "
                         "(tracker.focal.start=stop=<px>)", report["focal_halves"])
+    if t.check_perspective:
+        report.update(steps("perspective_check", lambda: _check_perspective(
+            frames, mesh, model, fit, focal, width, height, search_fn, t.perspective_frames, out_dir)))
+        if report["perspective_gain"] is None:
+            log.warning("the perspective check found too few faces on the warped frames to measure anything: %s",
+                        report["perspective_focals"])
+        elif report["perspective_gain"] < PERSPECTIVE_GAIN_WARN:
+            log.warning("the landmark detector follows only %.0f%% of a change of perspective on this video (frames "
+                        "warped to %s x the focal gave %s px): the focal found (%.0f px) leans towards the detector's "
+                        "own idea of a face and may be off by tens of percent, although the search finds a clear "
+                        "minimum (see stabilizer/perspective_check.jpg)", 100 * report["perspective_gain"],
+                        report["perspective_ratios"], report["perspective_focals"], focal)
     curves = {"landmark fit": (rot_lm, trans_lm)}
     c2w = c2w_lm
     if t.pose_source == "bundle_adjustment":
