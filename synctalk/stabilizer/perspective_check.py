@@ -23,6 +23,7 @@ import numpy as np
 
 from synctalk.data.human_face import read_obj
 from synctalk.data.landmarks import MESH_TO_68
+from synctalk.stabilizer.pipeline import perspective_response
 
 RATIOS = (0.7, 1.0, 1.45)  # the focal (and the camera distance) of the warped frames, times the focal found
 
@@ -71,12 +72,6 @@ def warp_image(image: np.ndarray, source: np.ndarray, target: np.ndarray, anchor
     return cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
-def perspective_gain(ratios, focals: list[float], focal: float) -> float:
-    """Slope of ``1 / found`` against ``1 / (ratio * focal)``: the share of a change of perspective followed."""
-    x = 1.0 / (np.asarray(ratios, np.float64) * focal)
-    return float(np.polyfit(x, 1.0 / np.asarray(focals, np.float64), 1)[0])
-
-
 def check_perspective(frames: list[Path], mesh: np.ndarray, camera_vertices: Callable[[int], np.ndarray],
                       focal: float, width: int, height: int, search: Callable[[np.ndarray, float], float],
                       detect: Callable[[list[Path]], np.ndarray], out_dir: Path, count: int = 60,
@@ -99,22 +94,20 @@ def check_perspective(frames: list[Path], mesh: np.ndarray, camera_vertices: Cal
 
     ids = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
     cx, cy = width / 2.0, height / 2.0
+    depths = [camera_vertices(int(i))[:, 2] for i in ids]
+    centres = [float(depth[np.unique(MESH_TO_68)].mean()) for depth in depths]
+    points = [mesh[i, :468, :2].astype(np.float64) for i in ids]
     found, tiles = [], []
     for ratio in ratios:
         folder = out_dir / f"r{ratio:g}"
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for j, i in enumerate(ids):
-            cam = camera_vertices(int(i))
-            depth = cam[:, 2]
-            centre = float(depth[np.unique(MESH_TO_68)].mean())
-            xy = mesh[i, :468, :2].astype(np.float64)
-            path = folder / f"{j}.jpg"
-            image = cv2.imread(str(frames[i]))
+        for j, (i, xy, depth, centre) in enumerate(zip(ids, points, depths, centres)):
+            image = cv2.imread(str(frames[i]))  # read again for each ratio: a long clip's frames need not fit in memory
             if ratio != 1.0:
                 image = warp_image(image, xy, warp_points(xy, depth, ratio, centre, cx, cy))
-            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            paths.append(path)
+            paths.append(folder / f"{j}.jpg")
+            cv2.imwrite(str(paths[-1]), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
         detected = detect(paths)
         seen = ~np.isnan(detected[:, 0, 0])
         if seen.sum() < max(5, len(ids) // 2):  # too few faces found on the warped frames to search a focal
@@ -125,8 +118,8 @@ def check_perspective(frames: list[Path], mesh: np.ndarray, camera_vertices: Cal
         tiles.append(_tile(paths[len(paths) // 2], detected[len(paths) // 2], label))
     cv2.imwrite(str(out_dir.with_suffix(".jpg")), np.concatenate(tiles, 1), [cv2.IMWRITE_JPEG_QUALITY, 90])
     shutil.rmtree(out_dir)
-    usable = [(r, f) for r, f in zip(ratios, found) if f]
-    gain = round(perspective_gain(*zip(*usable), focal), 3) if len(usable) >= 2 else None
+    usable = [(r * focal, f) for r, f in zip(ratios, found) if f]
+    gain = perspective_response(*zip(*usable))["gain"] if len(usable) >= 2 else None
     return {"perspective_ratios": list(ratios), "perspective_focals": found, "perspective_gain": gain,
             "perspective_frames": int(len(ids))}
 

@@ -34,8 +34,9 @@ class FramesStage(Stage):
         n = 0
         with atomic_path(ctx.root / "ori_imgs") as out:
             out.mkdir()
+            aspect = info.get("pixel_aspect", 1.0)  # absent from crop stages run before it was recorded
             for n, frame in resampled_frames(ctx.video, ctx.fps):
-                image = crop_and_resize(upright_bgr(frame, info.get("pixel_aspect", 1.0)), crop["box"], crop["resize_to"])
+                image = crop_and_resize(upright_bgr(frame, aspect), crop["box"], crop["resize_to"])
                 cv2.imwrite(str(out / f"{n}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
                 bar.update()
             n += 1

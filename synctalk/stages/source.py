@@ -53,7 +53,7 @@ def probe_video(path: Path) -> dict:
 
 def quarter_turns(frame) -> int:
     """Quarter turns counter-clockwise (0-3) a player applies to a decoded frame (its display matrix)."""
-    return round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+    return round((frame.rotation or 0) / 90) % 4
 
 
 def upright_bgr(frame, pixel_aspect: float = 1.0) -> np.ndarray:
