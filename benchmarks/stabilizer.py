@@ -59,7 +59,8 @@ from synctalk.data.landmarks import detect_mesh, to_68
 from synctalk.data.layout import DatasetLayout
 from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
-from synctalk.stabilizer.pipeline import (StabilizerOptions, perspective_response, pose_errors, region_masks, stabilize,
+from synctalk.stabilizer.perspective_check import perspective_response
+from synctalk.stabilizer.pipeline import (StabilizerOptions, pose_errors, region_masks, stabilize,
                                          transforms_jitter)
 
 REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))

@@ -438,7 +438,7 @@ def test_perspective_response_of_the_focal_search():
     shifts 1 / focal by a constant, so the relative error grows with the focal. An estimator that reports
     one focal whatever the camera has gain 0, and one pulled halfway to 1000 px has gain 0.5 and fixed point 1000."""
     from synctalk.stabilizer.face_model import canonical_face_model
-    from synctalk.stabilizer.pipeline import perspective_response
+    from synctalk.stabilizer.perspective_check import perspective_response
 
     true = np.array([700.0, 1400.0, 2800.0])
     halfway = 1.0 / (0.5 / 1000.0 + 0.5 / true)

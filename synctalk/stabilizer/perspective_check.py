@@ -23,7 +23,6 @@ import numpy as np
 
 from synctalk.data.human_face import read_obj
 from synctalk.data.landmarks import MESH_TO_68
-from synctalk.stabilizer.pipeline import perspective_response
 
 RATIOS = (0.7, 1.0, 1.45)  # the focal (and the camera distance) of the warped frames, times the focal found
 
@@ -70,6 +69,28 @@ def warp_image(image: np.ndarray, source: np.ndarray, target: np.ndarray, anchor
     gy, gx = np.mgrid[0:h, 0:w]
     maps = backward(np.stack([gx.ravel(), gy.ravel()], 1)).reshape(h, w, 2).astype(np.float32)
     return cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+
+
+def perspective_response(true_focals, measured_focals) -> dict:
+    """How much of a change of perspective a focal estimate follows, from estimates of the same face filmed at
+    several focal lengths (the camera distance scaled with the focal, so the face keeps its size in the image).
+
+    The strength of perspective is ``1 / focal``; the line ``1 / measured = offset + gain / true`` is fitted by
+    least squares. ``gain`` 1 follows the image; 0 reports one focal whatever the camera. ``fixed_point`` is the
+    focal the estimates are pulled towards (where measured = true), given for a gain under 0.9 (an estimate
+    that follows nearly all of the perspective is not pulled anywhere; near gain 1 that point is noise).
+
+    Args:
+        true_focals, measured_focals: (K,) pixels, K >= 2 different true focals.
+    """
+    true_p, meas_p = 1.0 / np.asarray(true_focals, np.float64), 1.0 / np.asarray(measured_focals, np.float64)
+    if len(true_p) < 2 or np.ptp(true_p) == 0 or len(meas_p) != len(true_p):
+        raise ValueError("the perspective response needs estimates at two or more different true focals")
+    gain, offset = np.polyfit(true_p, meas_p, 1)
+    fixed = offset / (1.0 - gain) if gain < 0.9 else 0.0
+    return {"gain": round(float(gain), 3), "offset_per_px": float(offset),
+            "fixed_point": round(float(1.0 / fixed), 1) if fixed > 0 else None,
+            "error_pct": [round((m / t - 1) * 100, 2) for t, m in zip(true_focals, measured_focals)]}
 
 
 def check_perspective(frames: list[Path], mesh: np.ndarray, camera_vertices: Callable[[int], np.ndarray],

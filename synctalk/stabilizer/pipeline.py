@@ -283,28 +283,6 @@ def focal_half_agreement(search, halves: list, limit_pct: float = 10.0) -> dict:
             "focal_halves_disagree": bool(spread > limit_pct)}
 
 
-def perspective_response(true_focals, measured_focals) -> dict:
-    """How much of a change of perspective a focal estimate follows, from estimates of the same face filmed at
-    several focal lengths (the camera distance scaled with the focal, so the face keeps its size in the image).
-
-    The strength of perspective is ``1 / focal``; the line ``1 / measured = offset + gain / true`` is fitted by
-    least squares. ``gain`` 1 follows the image; 0 reports one focal whatever the camera. ``fixed_point`` is the
-    focal the estimates are pulled towards (where measured = true), given for a gain under 0.9 (an estimate
-    that follows nearly all of the perspective is not pulled anywhere; near gain 1 that point is noise).
-
-    Args:
-        true_focals, measured_focals: (K,) pixels, K >= 2 different true focals.
-    """
-    true_p, meas_p = 1.0 / np.asarray(true_focals, np.float64), 1.0 / np.asarray(measured_focals, np.float64)
-    if len(true_p) < 2 or np.ptp(true_p) == 0 or len(meas_p) != len(true_p):
-        raise ValueError("the perspective response needs estimates at two or more different true focals")
-    gain, offset = np.polyfit(true_p, meas_p, 1)
-    fixed = offset / (1.0 - gain) if gain < 0.9 else 0.0
-    return {"gain": round(float(gain), 3), "offset_per_px": float(offset),
-            "fixed_point": round(float(1.0 / fixed), 1) if fixed > 0 else None,
-            "error_pct": [round((m / t - 1) * 100, 2) for t, m in zip(true_focals, measured_focals)]}
-
-
 PERSPECTIVE_GAIN_WARN = 0.8  # a landmark detector that follows less of a change of perspective gets a warning
 
 
