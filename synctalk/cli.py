@@ -29,9 +29,14 @@ def _task(job: str, module, cfg):
 
     from synctalk.config import validate
 
+    from synctalk.threads import governed
+
     validate(cfg, module.SCHEMA)
     cfg.paths.root_dir = str(Path(cfg.paths.root_dir).resolve())  # saved configs hold absolute paths
-    return module.run(cfg)
+    if "threads" not in cfg:  # a job that computes nothing (report)
+        return module.run(cfg)
+    with governed(cfg.threads):  # torch's threads: the free cores, re-decided as the job runs (synctalk.threads)
+        return module.run(cfg)
 
 
 def _one_line(err: BaseException) -> str:

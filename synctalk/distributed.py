@@ -1,4 +1,4 @@
-"""Processes and cores: multi-process training (``trainer=ddp``) and a sweep job's share of the cores.
+"""Multi-process training (``trainer=ddp``); the thread count of each process is :mod:`synctalk.threads`.
 
 ``trainer=ddp`` with ``trainer.devices=N``: the ``synctalk train`` process is rank 0 and starts ranks 1..N-1
 itself, as ``python -m synctalk train <this job's overrides> hydra.run.dir=<this run folder>``, with the
@@ -103,24 +103,3 @@ def _join(procs: list[subprocess.Popen], failed: bool, timeout_s: float = 600) -
         if code != 0 and not failed:
             raise UserError(f"a training process (rank {rank}) failed with exit code {code}: "
                             f"see rank{rank}.stderr in the run folder")
-
-
-def share_cores(cfg: DictConfig) -> int | None:
-    """In a job of ``hydra/launcher=joblib``, use this job's share of the cores (cores // parallel jobs) for
-    torch's thread pool; returns the threads set (None outside a joblib sweep)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        launcher = HydraConfig.get().launcher
-    except ValueError:  # not inside a Hydra job
-        return None
-    if "joblib" not in str(launcher.get("_target_", "")).lower():
-        return None
-    import torch
-
-    jobs = launcher.get("n_jobs", -1)
-    cores = os.cpu_count() or 1
-    jobs = cores if jobs is None or jobs < 1 else jobs
-    threads = max(1, cores // jobs)
-    torch.set_num_threads(threads)
-    return threads

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from synctalk import threads
 from synctalk.audio import load_audio
 from synctalk.data.datamodule import SubjectFrames
 from synctalk.errors import UserError
@@ -65,6 +66,7 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
         for k in tqdm(range(len(frames)), desc=f"evaluate {frames.split}", leave=False):
             render, gt, original = system.render_frame(frames, k), frames.gt(k), frames.original(k)
             blended = per_frame.update(render, gt, original, frames.face_mask(k))
+            threads.tick()
             for mode, pred, target in (("parsed", render, gt), ("with_hair", blended, original)):
                 clips[mode][0].append(_to_uint8(pred))
                 clips[mode][1].append(_to_uint8(target))
@@ -119,9 +121,13 @@ def render_with_audio(system: HeadNeRFSystem, frames: SubjectFrames, audio_of: C
                       desc: str) -> list[np.ndarray]:
     """The split rendered again with frame k driven by the audio features ``audio_of(k)`` (its own pose, eyes and
     background): (H, W, 3) uint8 per frame."""
-    return [_to_uint8(system.render_view(frames, frames.c2w[k], audio_of(k), frames.eye[k], system.background(frames, k),
-                                         frame=k if frames.split == "train" else None))
-            for k in tqdm(range(len(frames)), desc=desc, leave=False)]
+    images = []
+    for k in tqdm(range(len(frames)), desc=desc, leave=False):
+        images.append(_to_uint8(system.render_view(frames, frames.c2w[k], audio_of(k), frames.eye[k],
+                                                   system.background(frames, k),
+                                                   frame=k if frames.split == "train" else None)))
+        threads.tick()
+    return images
 
 
 def mouth_audio_response(system: HeadNeRFSystem, frames: SubjectFrames, renders: list[np.ndarray]) -> float:

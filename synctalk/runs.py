@@ -201,9 +201,12 @@ def git_revision() -> str:
         return "unknown"
 
 
-def write_run_info(out_dir: Path, cfg: DictConfig, torch_threads: int | None = None) -> None:
-    """Record what produced this run: resolved config, git revision, versions, command line, torch threads."""
+def write_run_info(out_dir: Path, cfg: DictConfig) -> None:
+    """Record what produced this run: resolved config, git revision, versions, command line, and the thread
+    count chosen at its start with the cores it could use (``metrics.json``'s ``threads`` has the changes)."""
     import pytorch_lightning
+
+    from synctalk import threads
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "config_resolved.yaml") as tmp:
@@ -212,7 +215,8 @@ def write_run_info(out_dir: Path, cfg: DictConfig, torch_threads: int | None = N
         "git_revision": git_revision(), "command": [Path(sys.argv[0]).name] + sys.argv[1:],
         "python": platform.python_version(), "torch": torch.__version__,
         "pytorch_lightning": pytorch_lightning.__version__, "cuda_available": torch.cuda.is_available(),
-        "optional_packages": external.report(), "torch_threads": torch_threads or torch.get_num_threads(),
+        "optional_packages": external.report(), "torch_threads": torch.get_num_threads(),
+        "usable_cores": threads.usable_cores()[0], "threads_configured": cfg.get("threads"),
     })
 
 

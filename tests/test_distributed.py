@@ -29,8 +29,10 @@ def test_sweeps_run_on_hydra_launchers_with_the_same_run_folders(tmp_path, launc
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["step"] == 10 and (job / "checkpoints" / "last.ckpt").is_file()
         info = json.loads((job / "run_info.json").read_text())
-        if launcher == "joblib":  # each of the 2 parallel runs gets its share of the cores
-            assert info["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+        if launcher == "joblib":  # each of the 2 parallel runs uses at most its share of the cores
+            share = max(1, (os.cpu_count() or 1) // 2)
+            assert info["usable_cores"] == share and 1 <= info["torch_threads"] <= share
+            assert json.loads((job / "metrics.json").read_text())["threads"]["limits"]["joblib_jobs"] == 2
     overrides = [yaml.safe_load((j / ".hydra" / "overrides.yaml").read_text()) for j in jobs]
     assert [[o for o in job if o.startswith("model.lr_net=")] for job in overrides] == [["model.lr_net=0.001"],
                                                                                         ["model.lr_net=0.003"]]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from synctalk import threads
 from synctalk.config.schema import EvaluateConfig
 from synctalk.data.datamodule import SubjectFrames
 from synctalk.evaluation import evaluate_split
@@ -28,6 +29,8 @@ def run(cfg: DictConfig) -> dict:
                              run_cfg.data.fps, run_cfg.model.loss.lpips_backbone, out / "eval_sample.png",
                              weights_root=cfg.paths.root_dir)
     metrics.update(ckpt=str(Path(cfg.ckpt).resolve()), data_root=str(root), split=cfg.split)
+    if threads.current() is not None:
+        metrics["threads"] = threads.current().summary()
     write_json(out / "metrics.json", metrics)
     for key, value in metrics.items():
         log.info("%-22s %s", key, f"{value:.4f}" if isinstance(value, float) else value)

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from synctalk import threads
 from synctalk.audio import frames_for_audio, load_audio
 from synctalk.models.audio_encoders import compute_features
 from synctalk.config.schema import RenderConfig
@@ -63,5 +64,9 @@ def run(cfg: DictConfig) -> dict:
             if portrait:
                 image = portrait_blend(image, frames.original(k), blur_mask(frames.face_mask(k), cfg.gt_mode.mask_blur))
             writer.write(image.numpy())
+            threads.tick()
     log.info("wrote %s: %d frames, %.2f s of audio", output, n, len(samples) / 16000)
-    return {"output": str(output), "frames": n, "seconds": len(samples) / 16000}
+    result = {"output": str(output), "frames": n, "seconds": len(samples) / 16000}
+    if threads.current() is not None:
+        result["threads"] = threads.current().summary()
+    return result

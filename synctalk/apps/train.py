@@ -11,7 +11,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from synctalk.config.schema import TrainConfig
 from synctalk.data.layout import dataset_summary
-from synctalk.distributed import ddp_ranks, global_rank, share_cores
+from synctalk import threads
+from synctalk.distributed import ddp_ranks, global_rank
 from synctalk.evaluation import evaluate_split
 from synctalk.io import write_json
 from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system, check_resume,
@@ -27,11 +28,10 @@ def run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, cfg)
-    threads = share_cores(cfg)
     datamodule = build_datamodule(cfg)
     rank = global_rank()
     if rank == 0:
-        write_run_info(out, cfg, torch_threads=threads)
+        write_run_info(out, cfg)
         datamodule.prepare_data()  # generates the synthetic subject before any other rank reads it
     with ddp_ranks(cfg):
         return _train(cfg, out, datamodule, rank)
@@ -54,7 +54,8 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
             loggers[0].log_hyperparams(flatten(system.hparams.config))
         checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
                                      save_last=True, every_n_train_steps=cfg.trainer.val_check_interval)
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint, LearningCurve(out / "learning_curve.csv")],
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint, LearningCurve(out / "learning_curve.csv"),
+                                                                          threads.TickEveryStep()],
                               plugins=[AtomicCheckpointIO()], default_root_dir=str(out))
         trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU: evaluate where it trained
@@ -70,6 +71,8 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
                        mlp_dtype=str(system.net.density_net.compute_dtype(system.device)).removeprefix("torch."),
                        encoding_lookup=system.net.encoding.grid.lookup(system.device),
                        dataset=dataset_summary(datamodule.root))
+        if threads.current() is not None:
+            metrics["threads"] = threads.current().summary()
         for logger in loggers:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},
                                step=trainer.global_step)

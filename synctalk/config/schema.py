@@ -182,6 +182,7 @@ class SubjectGroups:
 @dataclass
 class TrainConfig(SubjectGroups):
     task_name: str = "train"
+    threads: Optional[int] = None  # CPU threads (None: the free cores, re-decided as the job runs; synctalk.threads)
     seed: int = 42
     ckpt_path: Optional[str] = None  # resume this run's checkpoint (continues the step count)
     render_video: bool = True  # render the validation split to media/val.mp4 after training
@@ -198,6 +199,7 @@ class TrainConfig(SubjectGroups):
 @dataclass
 class EvaluateConfig:
     task_name: str = "evaluate"
+    threads: Optional[int] = None  # CPU threads (None: the free cores, re-decided as the job runs; synctalk.threads)
     ckpt: str = "???"
     data_root: Optional[str] = None  # evaluate on another dataset folder (default: the run's)
     split: str = "val"
@@ -210,6 +212,7 @@ class EvaluateConfig:
 @dataclass
 class RenderConfig:
     task_name: str = "render"
+    threads: Optional[int] = None  # CPU threads (None: the free cores, re-decided as the job runs; synctalk.threads)
     ckpt: str = "???"
     audio: str = "???"  # any audio or video file with sound
     output: str = "???"  # .mp4
@@ -310,4 +313,5 @@ class PreprocessOptions:
 @dataclass
 class PreprocessConfig(SubjectGroups):
     task_name: str = "preprocess"
+    threads: Optional[int] = None  # CPU threads (None: the free cores, re-decided as the job runs; synctalk.threads)
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)

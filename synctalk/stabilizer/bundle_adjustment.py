@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from synctalk import threads
 from synctalk.errors import UserError
 from synctalk.stabilizer.head_tracker import axis_angle_to_matrix, project
 
@@ -222,7 +223,7 @@ def run_bundle_adjustment(points2d: np.ndarray, visible: np.ndarray, points3d: n
         module.stage = stage
         trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                              enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                             num_sanity_val_steps=0)
+                             num_sanity_val_steps=0, callbacks=[threads.TickEveryStep()])
         trainer.fit(module, datamodule=TrackDataModule(points2d, inliers, steps, batch_frames))
         errors[stage] = module.reprojection_error(points2d, inliers)
         if not np.isfinite(errors[stage]).all() or errors[stage].mean() > 2 * errors["initial"].mean() + 1.0:

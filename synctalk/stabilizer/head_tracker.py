@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from synctalk import threads
 from synctalk.errors import UserError
 from synctalk.stabilizer.face_model import RIGID_68, FaceModel
 
@@ -133,6 +134,7 @@ def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, cx: float, cy: floa
         return (proj - target).norm(dim=-1)  # (F, N, P)
 
     for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress):
+        threads.tick()
         err = residual()
         loss = (err ** 2).mean(dim=(1, 2)).sum()
         loss = loss + id_reg * _mean_square(id_c, (1,)).sum() + exp_reg * _mean_square(exp_c, (1, 2)).sum()

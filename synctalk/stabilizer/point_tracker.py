@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from synctalk import threads
 from synctalk.errors import UserError
 
 EYES_AND_MOUTH = (list(range(36, 42)), list(range(42, 48)), list(range(48, 60)))  # 68-point polygons
@@ -226,7 +227,8 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
     Two passes keep memory independent of the video's length: the flow of the score frames
     (:func:`score_frame_runs`; all frames of a clip up to ``score_frames`` long) is sampled at every
     candidate pixel to score and choose the keypoints, and the flow of the other frames only at the
-    chosen keypoints. Each frame's flow is computed once, in ``workers`` threads (0: one per core).
+    chosen keypoints. Each frame's flow is computed once, in ``workers`` threads (0: one per free core,
+    :func:`synctalk.threads.current_threads`).
 
     Args:
         frames, masks: per-frame image and region-mask paths (N): ``face_mask/<i>.png`` (head with hair) or
@@ -239,7 +241,6 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
         backend: ``opencv`` (DIS flow tracks) or ``cotracker`` (CoTracker tracks of the same keypoints;
             ``checkpoint`` is its weight file; ``fb_error`` is then NaN: not measured).
     """
-    import os
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -278,7 +279,7 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
     slot = {t: k for k, t in enumerate(scored)}
     fwd = np.zeros((len(scored), len(candidates), 2), np.float32)
     fb = np.zeros((len(scored), len(candidates)), np.float32)
-    pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=workers or threads.current_threads())
     bar = tqdm(total=n, desc="head point flow", unit="frame", disable=not progress)
 
     def score_job(t: int) -> None:

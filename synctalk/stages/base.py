@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from synctalk import threads
 from synctalk.data.layout import DatasetLayout
 from synctalk.io import write_json
 
@@ -154,8 +155,13 @@ class StageRunner:
         marker.unlink(missing_ok=True)  # a stage being redone is not done, whatever happens next
         start = time.perf_counter()
         self.ctx.run_key = self.key_hash(key)
+        governor = threads.current()
+        before = (governor.threads, len(governor.changes)) if governor else None
         report = stage.run(self.ctx)
         report["elapsed_s"] = round(time.perf_counter() - start, 2)
+        if governor is not None:  # the thread counts it ran with ([seconds since the job began, threads, others' cores])
+            report["threads"] = {"at_start": before[0], "at_end": governor.threads,
+                                 "changes": governor.changes[before[1]:]}
         outputs = fingerprint(self.ctx.root, stage.outputs)
         missing = [p for p, (count, _, _) in outputs.items() if count == 0]
         if missing:

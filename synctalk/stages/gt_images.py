@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from synctalk import threads
 from synctalk.data.parsing import PersonSegmenter, compose_gt_and_torso, read_parsing
 from synctalk.io import atomic_path
 from synctalk.stages.base import Stage, StageContext
@@ -29,6 +30,7 @@ class GtImagesStage(Stage):
             gt_dir.mkdir()
             torso_dir.mkdir()
             for i in tqdm(range(n), desc="gt images", unit="frame", disable=not ctx.progress):
+                threads.tick()
                 bgr = cv2.imread(str(layout.frame(i)))
                 gt, torso = compose_gt_and_torso(bgr.astype(np.float32), read_parsing(layout.parsing(i)),
                                                  segmenter(bgr), bc, neck_gap_px=round(self.neck_gap * bgr.shape[1]))

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from synctalk import threads
 from synctalk.data.parsing import (HEAD, BackgroundAccumulator, PersonSegmenter, face_oval_order,
                                    labels_from_classes, parse_frame, write_parsing)
 from synctalk.errors import UserError
@@ -45,6 +46,7 @@ class ParsingStage(Stage):
             parse_dir.mkdir()
             mask_dir.mkdir()
             for i in tqdm(range(n), desc=f"parsing ({self.backend})", unit="frame", disable=not ctx.progress):
+                threads.tick()
                 bgr = cv2.imread(str(layout.frame(i)))
                 if background is None:
                     background = BackgroundAccumulator(margin_px=round(0.04 * bgr.shape[1]))
