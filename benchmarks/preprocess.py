@@ -28,7 +28,7 @@ import av
 import cv2
 import numpy as np
 
-from synctalk.audio import load_audio
+from synctalk.audio.features import load_audio
 from synctalk.stages import IngestOptions, run_ingest
 from synctalk.video import VideoWriter
 

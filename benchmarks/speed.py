@@ -24,10 +24,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from synctalk.config import config_dir
-from synctalk.config.schema import TrackerConfig
-from synctalk.stages import IngestOptions, run_ingest
 from synctalk.runs import build_datamodule, build_system
-from synctalk.stabilizer.pipeline import StabilizerOptions
+from synctalk.stabilizer.options import StabilizerOptions, TrackerConfig
+from synctalk.stages import IngestOptions, run_ingest
 
 REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
 

@@ -23,7 +23,7 @@ Synthetic subject (512 px, focal 1350, +-10 deg yaw), four entries:
   (crop, FaceMesh, ``canonical`` face model, bundle adjustment), errors against the truth.
 
 The subject's face is a human face (MediaPipe's canonical mesh with an identity of its own: wider, shorter, a
-longer nose, a random shape; :mod:`synctalk.data.human_face`), so the default face model meets a real identity
+longer nose, a random shape; :mod:`synctalk.synthetic.human_face`), so the default face model meets a real identity
 mismatch.
 
 For each: the focal on the grid and after refinement, the pose errors of the landmark fit and of bundle
@@ -53,15 +53,16 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from synctalk.config import config_dir, to_dataclass
-from synctalk.config.schema import FaceModelOptions, TrackerConfig
-from synctalk.stages import IngestOptions, run_ingest
-from synctalk.data.landmarks import detect_mesh, to_68
 from synctalk.data.layout import DatasetLayout
-from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
+from synctalk.face.facemesh import detect_mesh, to_68
+from synctalk.stabilizer.options import FaceModelOptions, StabilizerOptions, TrackerConfig
 from synctalk.stabilizer.perspective_check import perspective_response
-from synctalk.stabilizer.pipeline import (StabilizerOptions, pose_errors, region_masks, stabilize,
-                                         transforms_jitter)
+from synctalk.stabilizer.pipeline import region_masks, stabilize
+from synctalk.stabilizer.pose_convention import transforms_jitter
+from synctalk.stabilizer.truth import pose_errors
+from synctalk.stages import IngestOptions, run_ingest
+from synctalk.synthetic.subject import SyntheticSpec, generate
 
 REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
 PRESETS = ("synctalk", "ernerf", "fine50")

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from synctalk import threads
-from synctalk.audio import load_audio
+from synctalk.audio.features import load_audio
 from synctalk.data.datamodule import SubjectFrames
 from synctalk.errors import UserError
 from synctalk.io import atomic_path

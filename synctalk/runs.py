@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,15 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from synctalk import external
 from synctalk.config import to_dataclass
-from synctalk.config.schema import LossConfig, OccupancyConfig, StageConfig, TrainConfig
-from synctalk.data.blendshapes import MOUTH_BLENDSHAPES
+from synctalk.config.schema import TrainConfig
 from synctalk.data.datamodule import SubjectDataModule
 from synctalk.errors import UserError
+from synctalk.face.blendshape_sets import MOUTH_BLENDSHAPES
 from synctalk.io import atomic_path, write_json
-from synctalk.systems.head import HeadNeRFSystem
+from synctalk.models.losses import LossConfig
+from synctalk.models.occupancy import OccupancyConfig
+from synctalk.synthetic.subject import SyntheticSpec, generate
+from synctalk.systems.head import HeadNeRFSystem, StageConfig
 
 
 def resolved_container(cfg: DictConfig) -> dict:
@@ -47,7 +51,8 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
         audio_frames=cfg.model.net.get("smooth_frames", 1), patch_size=cfg.stage.patch_size,
         regions=cfg.stage.name != "torso" and cfg.model.loss.attention_weight > 0,
-        synthetic=OmegaConf.to_container(d.synthetic) if d.name == "synthetic" and d.get("synthetic") else None)
+        prepare=partial(generate, SyntheticSpec(**OmegaConf.to_container(d.synthetic)))
+        if d.name == "synthetic" and d.get("synthetic") else None)
 
 
 def build_system(cfg: DictConfig, num_train_frames: int, media_dir: str | None = None) -> HeadNeRFSystem:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synctalk.audio import SAMPLE_RATE
+from synctalk.audio.features import SAMPLE_RATE
 from synctalk.io import atomic_path
 
 

@@ -1,16 +1,25 @@
-"""Shared fixtures: a tiny synthetic dataset, config composition, and running the CLI in-process."""
+"""Shared fixtures and helpers: a tiny synthetic dataset, config composition, running the CLI (in-process and as a
+subprocess), a video made from the synthetic subject."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from synctalk.audio.features import load_audio
 from synctalk.cli import main as cli_main
 from synctalk.config import config_dir
-from synctalk.data.synthetic import SyntheticSpec, generate
+from synctalk.stabilizer.options import StabilizerOptions, TrackerConfig
+from synctalk.synthetic.subject import SyntheticSpec, generate
+from synctalk.video import VideoWriter
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(num_frames=24, size=64)  # the smoke experiment's subject
@@ -45,12 +54,13 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return generate(SyntheticSpec(**TINY), root, progress=False)
 
 
-def compose_config(name: str = "train", overrides: list[str] | None = None, root: Path | None = None):
-    """Compose a job config the way the CLI does (without running it)."""
+def compose_config(name: str = "train", overrides: list[str] | None = None, root: Path | None = None,
+                   hydra: bool = False):
+    """Compose a job config the way the CLI does (without running it); ``hydra``: with its ``hydra`` node."""
     GlobalHydra.instance().clear()
     extra = [f"paths.root_dir={root}", f"paths.output_dir={root}/out"] if root else []
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose(name, overrides=extra + list(overrides or []))
+        return compose(name, overrides=extra + list(overrides or []), return_hydra_config=hydra)
 
 
 @pytest.fixture
@@ -72,3 +82,29 @@ def latest_run(root: Path, task: str = "train") -> Path:
     runs = sorted((root / "outputs" / task / "runs").iterdir())
     assert runs, f"no run folder under {root}/outputs/{task}/runs"
     return runs[-1]
+
+
+# the smoke experiment run quietly: seconds of training, no logger
+SMOKE = ("experiment=smoke", "logger=none", "trainer.enable_progress_bar=false")
+
+# the poses stage at its cheapest: the face-model fit alone, a short focal search
+QUICK_POSES = {"stabilizer": StabilizerOptions(tracker=TrackerConfig(steps=200, refine_points=0, pose_source="landmarks"))}
+
+
+def synctalk(*args, cwd, env_extra=None) -> subprocess.CompletedProcess:
+    """``python -m synctalk <args>`` in a subprocess whose project folder is ``cwd``."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(SYNCTALK_ROOT=str(cwd), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "synctalk", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def make_video(subject, path, fps=30, blank=(), audio=True, frames=30):
+    """An mp4 of the synthetic subject's frames (``blank``: frames replaced by an empty image)."""
+    sound = load_audio(subject / "aud.wav") if audio else None
+    with VideoWriter(path, fps, sound) as w:
+        for i in range(frames):
+            frame = cv2.imread(str(subject / "ori_imgs" / f"{i}.jpg"))[..., ::-1]
+            w.write(np.full_like(frame, 128) if i in blank else frame)
+    return path
+

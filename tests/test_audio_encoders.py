@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from synctalk.audio import SAMPLE_RATE, lipsync_mel, mel_filterbank
-from synctalk.models.audio_encoders import compute_features
-from synctalk.config.schema import AudioConfig
+from synctalk.audio.encoders import (AVEncoder, ave_windows, compute_features, hubert_hidden_states, load_ave,
+                                     load_hubert)
+from synctalk.audio.encoders import AudioConfig
+from synctalk.audio.features import SAMPLE_RATE, lipsync_mel, mel_filterbank
 from synctalk.errors import UserError
-from synctalk.models.audio_encoders import AVEncoder, ave_windows, hubert_hidden_states, load_ave, load_hubert
 
 
 def speech(seconds: float, seed: int = 0) -> np.ndarray:

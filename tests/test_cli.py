@@ -2,23 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import latest_run
-
-SMOKE = ("experiment=smoke", "logger=none", "trainer.enable_progress_bar=false")
-
-
-def synctalk(*args, cwd, env_extra=None):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.update(SYNCTALK_ROOT=str(cwd), **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "synctalk", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+from tests.conftest import SMOKE, latest_run, synctalk
 
 
 def test_help_lists_every_job(tmp_path):
@@ -28,6 +16,7 @@ def test_help_lists_every_job(tmp_path):
         assert f"\n  {job} " in out.stdout
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     out = synctalk("train", "experiment=smoke", "trainer.max_stepz=3", cwd=tmp_path)
     assert out.returncode == 2
@@ -59,6 +48,7 @@ def test_missing_optional_backends_say_how_to_install(run_cli, capsys):
     assert "co-tracker" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_folder_and_resumes(run_cli):
     assert run_cli("train", *SMOKE, "trainer.max_steps=10", "trainer.val_check_interval=5") == 0
     first = latest_run(run_cli.root)
@@ -124,6 +114,7 @@ def test_multirun_sweeps_two_values_and_reports_them(run_cli, capsys):
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
 
 
+@pytest.mark.slow
 def test_evaluate_render_and_stage_chaining(run_cli, capsys):
     assert run_cli("train", *SMOKE, "render_video=false") == 0
     ckpt = latest_run(run_cli.root) / "checkpoints" / "last.ckpt"
@@ -134,7 +125,7 @@ def test_evaluate_render_and_stage_chaining(run_cli, capsys):
     assert "parsed/lpips" in metrics or "lpips skipped" in metrics["notes"][0]  # never a made-up number
     # render new audio of another sample rate
     import numpy as np
-    from synctalk.audio import write_wav
+    from synctalk.audio.features import write_wav
     wav = run_cli.root / "speech 22k.wav"
     write_wav(wav, (np.sin(np.linspace(0, 3000, 22050)) * 0.3).astype(np.float32), sample_rate=22050)
     out = run_cli.root / "novel.mp4"

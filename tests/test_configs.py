@@ -92,3 +92,15 @@ def test_wrong_value_type_is_an_error(tmp_path):
 def test_blendshape_set_sizes_feed_the_model(tmp_path):
     sizes = {o: compose_config("train", [f"blendshapes={o}"], root=tmp_path).model.net.eye_dim for o in options("blendshapes")}
     assert sizes == {"au45": 1, "eye2": 2, "single4": 4, "upper7": 7}
+
+
+@pytest.mark.parametrize("key,value", [("tracker.pose_source", "flow"), ("tracker.focal_landmarks", "lips"),
+                                       ("flow.backend", "raft"), ("preprocess.face_model.backend", "flame"),
+                                       ("preprocess.points.region", "hair"), ("preprocess.points.rule", "random"),
+                                       ("preprocess.bundle_adjustment.robust", "cauchy"), ("preprocess.crop.mode", "wide")])
+def test_a_choice_that_is_not_an_option_fails_when_the_config_is_composed(key, value, tmp_path):
+    """Choices are enums in the schema: a bad one is a one-line error naming the key and the options, before any
+    work starts (the algorithms do not check their choices again)."""
+    cfg = compose_config("preprocess", [f"{key}={value}"], root=tmp_path)
+    with pytest.raises(UserError, match=rf"config error at '{key}': Invalid value '{value}', expected one of"):
+        validate(cfg, PreprocessConfig)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from synctalk.audio import frames_for_audio, load_audio, mel_windows, write_wav
-from synctalk.data.blendshapes import BLENDSHAPE_NAMES, load_eye_features, smooth
+from synctalk.audio.features import frames_for_audio, load_audio, mel_windows, write_wav
 from synctalk.data.datamodule import SubjectFrames, TrainRays, evenly_spaced
 from synctalk.errors import UserError
+from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES, load_eye_features, smooth
 from synctalk.video import VideoWriter
 
 UPPER7 = ["browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "eyeBlinkLeft",

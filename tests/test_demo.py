@@ -21,7 +21,7 @@ def test_demo_trains_renders_and_evaluates(run_cli):
     # weight-free motion and quality metrics are always there (measured: LMD 3.8 px, every frame has a face)
     assert metrics["parsed/face_found"] >= 0.8 and 0 < metrics["parsed/lmd"] < 8
     assert {"parsed/aue_upper", "parsed/aue_lower", "parsed/brisque", "with_hair/lmd"} <= set(metrics)
-    assert "not OpenFace" in metrics["aue_kind"]
+    assert "not OpenFace" in metrics["aue_kind"] or "Face Landmarker" in metrics["aue_kind"]  # stand-in or the model
     assert metrics["mouth_audio_response"] > 2  # the mouth follows the audio (measured 9/255; 0.6 without mouth rays)
     # the sync test: true audio, audio shifted by 0.5 s, and the audio held still (what needs no audio)
     assert all(-1 <= metrics[k] <= 1 for k in ("parsed/mouth_corr", "mouth_corr_shifted", "mouth_corr_still_audio"))

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from tests.conftest import latest_run
-from tests.test_cli import SMOKE, synctalk
+from tests.conftest import SMOKE, synctalk
 
 
 def _sweep_jobs(root):
@@ -17,6 +17,7 @@ def _sweep_jobs(root):
     return sweep, sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_sweeps_run_on_hydra_launchers_with_the_same_run_folders(tmp_path, launcher):
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
@@ -67,6 +68,7 @@ def test_ddp_trains_with_two_processes_into_one_run_folder_and_resumes(tmp_path)
     assert all((j / "train_rank1.log").is_file() for j in jobs)
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_in_its_tiny_mode_and_writes_json(tmp_path):
     """benchmarks/gpu.py is meant for CUDA machines; its --tiny mode keeps it working on a CPU."""
     import subprocess

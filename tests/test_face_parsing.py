@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from synctalk.data.parsing import BACKGROUND, HEAD, NECK, TORSO, labels_from_classes
 from synctalk.errors import UserError
-from synctalk.models.face_parsing import CLASS_NAMES, BiSeNet, BiSeNetParser
+from synctalk.face.bisenet import CLASS_NAMES, BiSeNet, BiSeNetParser
+from synctalk.face.segmentation import BACKGROUND, HEAD, NECK, TORSO, labels_from_classes
 
 
 def test_parameter_names_and_shapes_match_the_released_checkpoint():

@@ -8,16 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
-from synctalk.audio import load_audio
-from synctalk.config.schema import AudioConfig, FaceModelOptions, TrackerConfig
-from synctalk.stages import IngestOptions, run_ingest
-from synctalk.data.landmarks import MESH_TO_68, fill_gaps
-from synctalk.data.synthetic import SyntheticSpec, generate
+from synctalk.audio.encoders import AudioConfig
+from synctalk.audio.features import load_audio
 from synctalk.errors import UserError
-from synctalk.stabilizer.pipeline import StabilizerOptions
+from synctalk.face.facemesh import MESH_TO_68, fill_gaps
+from synctalk.stabilizer.options import FaceModelOptions
+from synctalk.stages import IngestOptions, run_ingest
 from synctalk.stages.crop import CropStage
-from synctalk.video import VideoWriter
-from tests.conftest import latest_run
+from synctalk.synthetic.subject import SyntheticSpec, generate
+from tests.conftest import QUICK_POSES, latest_run, make_video
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,6 @@ def face_subject(tmp_path_factory):
 
 
 #: stages before and after the poses are what most tests check: a short face-model fit is enough there
-QUICK_POSES = {"stabilizer": StabilizerOptions(tracker=TrackerConfig(steps=200, refine_points=0, pose_source="landmarks"))}
 
 
 def DS(**kw) -> AudioConfig:
@@ -35,20 +33,11 @@ def DS(**kw) -> AudioConfig:
     return AudioConfig(name="ds", feature_dim=29, window=16, **kw)
 
 
-def make_video(subject, path, fps=30, blank=(), audio=True, frames=30):
-    """An mp4 of the synthetic subject's frames (``blank``: frames replaced by an empty image)."""
-    sound = load_audio(subject / "aud.wav") if audio else None
-    with VideoWriter(path, fps, sound) as w:
-        for i in range(frames):
-            frame = cv2.imread(str(subject / "ori_imgs" / f"{i}.jpg"))[..., ::-1]
-            w.write(np.full_like(frame, 128) if i in blank else frame)
-    return path
-
-
 def test_mesh_to_68_mapping_is_a_valid_layout():
     assert len(MESH_TO_68) == 68 and len(set(MESH_TO_68.tolist())) == 68 and MESH_TO_68.max() < 478
 
 
+@pytest.mark.slow
 def test_ingest_stages_and_cache(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "my clip.mp4")
     before = video.read_bytes()
@@ -79,7 +68,7 @@ def test_ingest_stages_and_cache(face_subject, tmp_path):
 
 
 def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject, tmp_path):
-    from synctalk.data.parsing import HEAD, read_parsing as labels
+    from synctalk.face.segmentation import HEAD, read_parsing as labels
 
     video = make_video(face_subject, tmp_path / "face.mp4", fps=25)
     root = tmp_path / "ds"
@@ -117,6 +106,7 @@ def test_parsing_background_and_gt_images_match_the_synthetic_truth(face_subject
         assert (truth[..., 3][filled] > 128).mean() > 0.8
 
 
+@pytest.mark.slow
 def test_blendshapes_and_stabilized_poses_follow_the_synthetic_truth(tmp_path):
     from synctalk.data.layout import Transforms
 
@@ -180,7 +170,7 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
     run = latest_run(run_cli.root)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["frames"] == 19 and metrics["with_hair/psnr"] > metrics["parsed/psnr"] > 10
-    from synctalk.audio import write_wav
+    from synctalk.audio.features import write_wav
 
     excerpt = run_cli.root / "speech_2s.wav"
     write_wav(excerpt, load_audio(real_data / "eng_speech.wav")[: 2 * 16000])
@@ -321,6 +311,7 @@ def test_interlaced_broadcast_video_is_deinterlaced(tmp_path):
     np.testing.assert_allclose(np.diff(centres), 4, atol=1)
 
 
+@pytest.mark.slow
 def test_overlays_jitter_and_imported_features(face_subject, tmp_path):
     video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
     ds = np.random.default_rng(0).normal(size=(31, 16, 29)).astype(np.float32)  # one frame too many
@@ -416,6 +407,7 @@ def check_real_clip_dataset(root: Path) -> None:
     assert np.load(root / "aud_mel.npy").shape == (200, 16, 80)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("clip", ["RD_Radio34_000.mp4", "WDA_BobMenendez_000.mp4"])
 def test_ingest_a_real_clip(real_data, run_cli, clip):
@@ -433,7 +425,7 @@ def test_ave_features_and_bisenet_backend_from_config(face_subject, tmp_path):
     import torch
 
     from synctalk.data.datamodule import SubjectFrames
-    from synctalk.models.audio_encoders import AVEncoder
+    from synctalk.audio.encoders import AVEncoder
 
     video = make_video(face_subject, tmp_path / "v.mp4", fps=25)
     torch.manual_seed(0)

@@ -43,6 +43,7 @@ def _frames(clip, count):
         return np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(count), c.decode(video=0))])
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("landmarker", [True, False], ids=["face_landmarker", "facemesh"])
 def test_the_sync_test_tells_a_mouth_in_sync_from_one_half_a_second_off(real_data, request, landmarker):

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from synctalk.data.datamodule import SubjectFrames, TrainRays
+from synctalk.data.datamodule import temporal_context
 from synctalk.errors import UserError
 from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, nearest_point_to_rays, smooth_poses
 from synctalk.metrics.image import GtModeMetrics
 from synctalk.models import losses
 from synctalk.models.encoding import TriPlaneHashEncoding
-from synctalk.models.head_nerf import MLP, AudioAttNet, HeadNeRF, mlp, native_bf16, temporal_context
+from synctalk.models.head_nerf import MLP, AudioAttNet, HeadNeRF, mlp, native_bf16
 from synctalk.models.occupancy import OccupancyGrid
 from synctalk.models.rendering import render_rays
 
@@ -259,7 +260,7 @@ def test_ms_ssim_uses_the_scales_that_fit_and_ranks_noise():
 
 
 def test_the_mouth_head_reads_the_mouth_from_the_audio_and_can_condition_the_density(tiny_dataset):
-    from synctalk.data.blendshapes import BLENDSHAPE_NAMES, MOUTH_BLENDSHAPES
+    from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES, MOUTH_BLENDSHAPES
 
     audio = torch.randn(8, 16, 80)
     net = small_net(mouth_dim=len(MOUTH_BLENDSHAPES))

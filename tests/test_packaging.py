@@ -46,15 +46,15 @@ def fresh_environment(tmp_path: Path, wheel: Path) -> Path:
 
 @pytest.mark.slow
 def test_the_wheel_installed_in_a_fresh_environment_preprocesses_and_trains(tmp_path):
-    from synctalk.data.synthetic import SyntheticSpec, generate
-    from tests.test_ingest import make_video
+    from synctalk.synthetic.subject import SyntheticSpec, generate
+    from tests.conftest import make_video
 
     wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     packages = {p.relative_to(REPO).as_posix() for p in (REPO / "synctalk").rglob("__init__.py")}
     assert packages <= names, f"packages missing from the wheel: {sorted(packages - names)}"
-    assert "synctalk/stabilizer/canonical_face_68.txt" in names and "synctalk/data/canonical_face.obj" in names
+    assert "synctalk/face/canonical_face_68.txt" in names and "synctalk/face/canonical_face.obj" in names
     shipped = {n for n in names if n.startswith("synctalk/conf/") and n.endswith(".yaml")}
     assert shipped == {f"synctalk/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")}
     modules = {n for n in names if n.startswith("synctalk/") and n.endswith(".py")}
@@ -87,8 +87,8 @@ def test_the_wheel_installed_in_a_fresh_environment_preprocesses_and_trains(tmp_
     assert metrics["encoding_lookup"] == "fused_cpu"  # the kernel's source ships in the wheel and builds there
 
 
-def test_no_import_cycles_between_modules():
-    """Every ``synctalk`` import (module level or inside a function) forms an acyclic graph of modules."""
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the ``synctalk`` modules it imports (module level or inside a function)."""
     import ast
 
     modules = {}
@@ -104,7 +104,10 @@ def test_no_import_cycles_between_modules():
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names}
         graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
 
+
+def cycles_of(graph: dict[str, set[str]]) -> list[str]:
     def reachable(start: str) -> set[str]:
         seen, todo = set(), [start]
         while todo:
@@ -113,5 +116,33 @@ def test_no_import_cycles_between_modules():
                 todo.append(dep)
         return seen
 
-    cycles = sorted(name for name in graph if name in reachable(name))
+    return sorted(name for name in graph if name in reachable(name))
+
+
+def test_no_import_cycles_between_modules():
+    """Every ``synctalk`` import forms an acyclic graph of modules."""
+    cycles = cycles_of(import_graph())
     assert cycles == [], f"modules that import themselves through others: {cycles}"
+
+
+def test_packages_import_one_way():
+    """The packages of ``synctalk`` (face, synthetic, data, stabilizer, stages, ...) import each other one way:
+    the graph of packages, each module counted in its package, has no cycle."""
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    graph: dict[str, set[str]] = {}
+    for module, deps in import_graph().items():
+        graph.setdefault(package(module), set()).update(package(d) for d in deps if package(d) != package(module))
+    cycles = cycles_of(graph)
+    assert cycles == [], f"packages that import themselves through others: {cycles}"
+
+
+def test_no_module_name_is_repeated():
+    """A module's name says which one it is: no two modules (or a module and a package) share a name."""
+    from collections import Counter
+
+    names = Counter(p.stem for p in (REPO / "synctalk").rglob("*.py") if p.stem != "__init__")
+    names.update(p.name for p in (REPO / "synctalk").rglob("*") if (p / "__init__.py").is_file())
+    repeated = sorted(name for name, count in names.items() if count > 1)
+    assert repeated == [], f"module names used more than once: {repeated}"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from synctalk.errors import UserError
-from synctalk.report import collect_runs, varying_keys, write_report
+from synctalk.sweep_report import collect_runs, varying_keys, write_report
 
 
 def _job(sweep, name, overrides, config, metrics=None, checkpoint=True, curve=None, focal=None):

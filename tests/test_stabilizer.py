@@ -8,16 +8,26 @@ import pytest
 import torch
 
 from synctalk.errors import UserError
+from synctalk.face.face_model import (RIGID_68, FaceModel, bfm_face_model, read_template, subject_face_model,
+                                            template_face_model)
 from synctalk.geometry import euler_to_matrix
 from synctalk.stabilizer.bundle_adjustment import find_outliers, run_bundle_adjustment
-from synctalk.stabilizer.face_model import (RIGID_68, FaceModel, bfm_face_model, read_template, subject_face_model,
-                                            template_face_model)
-from synctalk.stabilizer.head_tracker import fit_landmarks, focal_candidates, search_focal
-from synctalk.stabilizer.pipeline import (c2w_from_cv_poses, focal_at_range_end, jitter, pose_errors,
-                                         rotation_angles_deg)
+from synctalk.stabilizer.checks import focal_at_range_end
+from synctalk.stabilizer.focal_search import focal_candidates, search_focal
+from synctalk.stabilizer.head_tracker import fit_landmarks
+from synctalk.stabilizer.options import BundleAdjustmentOptions, FlowConfig, PointsOptions, TrackerConfig
 from synctalk.stabilizer.point_tracker import head_region, select_keypoints
+from synctalk.stabilizer.pose_convention import c2w_from_cv_poses, jitter, rotation_angles_deg
+from synctalk.stabilizer.truth import pose_errors
 
 FOCAL, CX, CY = 1300.0, 256.0, 256.0
+
+
+def focal_search_px(model, lms: np.ndarray, cx: float, cy: float, start: float, stop: float, step: float, **tracker):
+    """:func:`search_focal` over ``start..stop`` px with the ``tracker`` settings given (no refinement unless
+    ``refine_points`` is given)."""
+    tracker.setdefault("refine_points", 0)
+    return search_focal(model, lms, cx, cy, TrackerConfig(**tracker), focal_range=(start, stop, step))
 
 
 def random_head(seed: int = 0, points: int = 68) -> np.ndarray:
@@ -53,7 +63,8 @@ def test_focal_search_is_one_batched_fit_and_finds_the_focal():
     fit = fit_landmarks(model, lms[::4], grid, CX, CY, steps=300)
     assert fit.rotation.shape == (len(grid), 10, 3, 3) and fit.error_px.shape == (len(grid), 10)
     assert abs(grid[np.argmin(fit.rms_px)] - FOCAL) <= 100  # within one grid step
-    search = search_focal(model, lms, CX, CY, 800, 1800, 100, every_k=4, steps=300, refine_points=7, min_frames=10)
+    search = focal_search_px(model, lms, CX, CY, 800, 1800, 100, every_k=4, steps=300, refine_points=7,
+                             min_search_frames=10)
     assert search.frames == 10 and abs(search.focal - FOCAL) / FOCAL < 0.03
     assert search.rms_px.min() < 1.0 < search.rms_px.max()  # the curve has a clear minimum
     # the recovered poses: relative rotations within a fraction of a degree
@@ -70,23 +81,21 @@ def test_focal_search_on_short_clips_and_rigid_landmarks():
     moving = np.setdiff1d(np.arange(68), RIGID_68)
     lms[:, moving] += np.random.default_rng(3).normal(0, 3.0, (40, 1, 2)) * np.linspace(0, 1, len(moving))[:, None]
     model = FaceModel(head, np.zeros((68, 3, 0)), np.zeros((68, 3, 0)), "exact")
-    search = search_focal(model, lms, CX, CY, 800, 1800, 100, every_k=10, steps=300, min_frames=20,
-                          landmarks="rigid")
+    search = focal_search_px(model, lms, CX, CY, 800, 1800, 100, every_k=10, steps=300, min_search_frames=20,
+                             focal_landmarks="rigid")
     assert search.frames == 20  # every_k 10 would fit 4 frames of the 40: lowered to 2
     assert abs(search.grid_best - FOCAL) <= 100 and not focal_at_range_end(search)
-    short = search_focal(model, lms, CX, CY, 600, 1000, 100, steps=300, min_frames=20, landmarks="rigid",
-                         refine_points=3)
+    short = focal_search_px(model, lms, CX, CY, 600, 1000, 100, steps=300, min_search_frames=20,
+                            focal_landmarks="rigid", refine_points=3)
     assert short.grid_best == 1000 and focal_at_range_end(short)  # the truth (1300) is beyond the range
     # a jaw contour that slides (as a silhouette does) pulls the focal off; "inner" leaves the contour out
     sliding = lms.copy()
     sliding[:, :17] += np.random.default_rng(4).normal(0, 4.0, (40, 17, 2))
-    inner = search_focal(model, sliding, CX, CY, 800, 1800, 100, every_k=10, steps=300, min_frames=20,
-                         landmarks="inner")
+    inner = focal_search_px(model, sliding, CX, CY, 800, 1800, 100, every_k=10, steps=300, min_search_frames=20,
+                            focal_landmarks="inner")
     assert abs(inner.grid_best - FOCAL) <= 100
-    with pytest.raises(UserError, match="focal_landmarks=lips is not one of all, rigid, inner"):
-        search_focal(model, lms, CX, CY, 800, 1800, 100, landmarks="lips")
     with pytest.raises(UserError, match="68-point"):
-        search_focal(model.subset(list(range(30))), lms[:, :30], CX, CY, 800, 1800, 100, landmarks="rigid")
+        focal_search_px(model.subset(list(range(30))), lms[:, :30], CX, CY, 800, 1800, 100, focal_landmarks="rigid")
 
 
 def test_pose_errors_ignore_the_head_frame_and_scale_but_not_motion():
@@ -191,10 +200,6 @@ def test_upper_head_region_drops_the_jaw():
     upper = head_region(mask, lms, 0, upper=True)
     assert full[95, 50] and not upper[95, 50] and upper[20, 50]
     assert upper[58, 12] and not upper[62, 12] and upper[48, 88] and not upper[52, 88]
-    from synctalk.stabilizer.pipeline import region_masks
-
-    with pytest.raises(UserError, match="points.region=hair is not one of head, face, upper_head, upper_face"):
-        region_masks(None, 3, "hair")
 
 
 def test_keypoint_rules_pick_minima_or_maxima_apart():
@@ -213,6 +218,7 @@ def test_keypoint_rules_pick_minima_or_maxima_apart():
         select_keypoints(score, region, "random", 5, 5.0, 30)
 
 
+@pytest.mark.slow
 def test_bundle_adjustment_beats_the_landmark_poses():
     rng = np.random.default_rng(3)
     n = 50
@@ -225,8 +231,9 @@ def test_bundle_adjustment_beats_the_landmark_poses():
     rot0, trans0 = noise @ rot, trans + rng.normal(0, 0.004, (n, 3))
     rot0[0], trans0[0] = rot[0], trans[0]  # the reference frame
     init = points + rng.normal(0, 0.004, points.shape)
-    ba = run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=200,
-                               joint_steps=2000, joint_lr=3e-4, progress=False)
+    ba = run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0,
+                               opts=BundleAdjustmentOptions(points_steps=200, joint_steps=2000, joint_lr=3e-4),
+                               progress=False)
     assert ba.error_px["joint"].mean() < ba.error_px["points"].mean() < ba.error_px["initial"].mean()
     assert ba.error_px["joint"].mean() < 0.6
 
@@ -239,23 +246,26 @@ def test_bundle_adjustment_beats_the_landmark_poses():
     # drifting tracks (an occluding contour, a moving cheek) are found and dropped
     drift = tracks.copy()
     drift[:, :12] += np.linspace(0, 8, n)[:, None, None]
-    kept = run_bundle_adjustment(drift, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=200,
-                                 joint_steps=1000, joint_lr=3e-4, progress=False)
+    kept = run_bundle_adjustment(drift, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0,
+                                 opts=BundleAdjustmentOptions(points_steps=200, joint_steps=1000, joint_lr=3e-4),
+                                 progress=False)
     assert not kept.inliers[n // 2:, :12].any() and kept.inliers[:, 12:].mean() > 0.8
-    naive = run_bundle_adjustment(drift, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=200,
-                                  joint_steps=1000, joint_lr=3e-4, outlier_factor=0, robust="none", progress=False)
+    naive = run_bundle_adjustment(drift, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0,
+                                  opts=BundleAdjustmentOptions(points_steps=200, joint_steps=1000, joint_lr=3e-4,
+                                                               outlier_factor=0, robust="none"), progress=False)
     assert np.median(rot_err(kept.rotation)) < np.median(rot_err(naive.rotation))
-    ba = run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=20,
-                               joint_steps=20, robust="huber", smoothness=0.1, batch_frames=8, progress=False)
+    ba = run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0,
+                               opts=BundleAdjustmentOptions(points_steps=20, joint_steps=20, robust="huber",
+                                                            smoothness=0.1, batch_frames=8), progress=False)
     assert np.isfinite(ba.rotation).all()
     bad = init.copy()
     bad[3] = np.nan  # e.g. a keypoint back-projected from a degenerate fit
     with pytest.raises(UserError, match="diverged"):
-        run_bundle_adjustment(tracks, visible, bad, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=5,
-                              joint_steps=0, progress=False)
+        run_bundle_adjustment(tracks, visible, bad, rot0, trans0, FOCAL, CX, CY, reference=0,
+                              opts=BundleAdjustmentOptions(points_steps=5, joint_steps=0), progress=False)
     with pytest.raises(UserError, match="diverged"):  # steps far too large: the error grows instead of falling
-        run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0, points_steps=50,
-                              joint_steps=0, points_lr=10.0, progress=False)
+        run_bundle_adjustment(tracks, visible, init, rot0, trans0, FOCAL, CX, CY, reference=0,
+                              opts=BundleAdjustmentOptions(points_steps=50, joint_steps=0, points_lr=10.0), progress=False)
 
 
 def test_outliers_are_bad_points_or_bad_observations():
@@ -274,10 +284,10 @@ def test_stabilizer_accuracy_on_the_synthetic_subject(tmp_path):
     subject's true shape as the face model; bundle adjustment must beat the landmark fit (the benchmark, with
     antialiasing and the focal search: rotation 0.85 -> 0.21 deg)."""
     from synctalk.data.layout import DatasetLayout
-    from synctalk.data.synthetic import SyntheticSpec, generate
-    from synctalk.stabilizer.pipeline import StabilizerOptions, region_masks, stabilize
-    from synctalk.config.schema import FaceModelOptions
-    from synctalk.data.landmarks import detect_mesh
+    from synctalk.synthetic.subject import SyntheticSpec, generate
+    from synctalk.stabilizer.pipeline import region_masks, stabilize
+    from synctalk.stabilizer.options import FaceModelOptions, StabilizerOptions
+    from synctalk.face.facemesh import detect_mesh
 
     spec = SyntheticSpec(num_frames=100, size=512, seed=0, antialias=1)
     root = generate(spec, tmp_path / "s", progress=False)
@@ -297,9 +307,10 @@ def test_stabilizer_accuracy_on_the_synthetic_subject(tmp_path):
     assert result["report"]["ba_inlier_fraction"] > 0.5
 
 
+@pytest.mark.slow
 def test_focal_step_sweep_is_a_multirun_with_a_report(run_cli, tmp_path):
-    from synctalk.data.synthetic import SyntheticSpec, generate
-    from tests.test_ingest import make_video
+    from synctalk.synthetic.subject import SyntheticSpec, generate
+    from tests.conftest import make_video
 
     subject = generate(SyntheticSpec(num_frames=40, size=160, seed=3), tmp_path / "s", progress=False)
     video = make_video(subject, tmp_path / "clip.mp4", fps=25, frames=40)
@@ -330,7 +341,7 @@ def test_cotracker_backend_tracks_the_chosen_keypoints(tmp_path, monkeypatch):
     import types
 
     from synctalk.data.layout import DatasetLayout
-    from synctalk.data.synthetic import SyntheticSpec, generate
+    from synctalk.synthetic.subject import SyntheticSpec, generate
     from synctalk.stabilizer.point_tracker import track_head_points
 
     n, ref = 12, 5
@@ -361,8 +372,8 @@ def test_cotracker_backend_tracks_the_chosen_keypoints(tmp_path, monkeypatch):
     (tmp_path / "ckpt.pth").write_bytes(b"x")
     lms = np.stack([np.loadtxt(layout.landmarks(i)) for i in range(n)])
     tracks = track_head_points([layout.frame(i) for i in range(n)], [layout.head_mask(i) for i in range(n)], lms, ref,
-                               min_distance=2, min_points=5, progress=False, backend="cotracker",
-                               checkpoint=str(tmp_path / "ckpt.pth"))
+                               PointsOptions(min_distance=2, min_points=5),
+                               FlowConfig(backend="cotracker", checkpoint=str(tmp_path / "ckpt.pth")), progress=False)
     p = tracks.points.shape[1]
     assert seen["video"] == (1, n, 3, 128, 128) and seen["backward"] and seen["checkpoint"] == str(tmp_path / "ckpt.pth")
     assert torch.all(seen["queries"][0, :, 0] == ref) and seen["queries"].shape == (1, p, 3)
@@ -377,7 +388,7 @@ def test_cotracker_backend_tracks_the_chosen_keypoints(tmp_path, monkeypatch):
 def another_human_face(seed: int = 0) -> np.ndarray:
     """(68, 3) metres: the canonical face made into another person's: 7% wider, 4% shorter, a 4 mm longer nose,
     plus 0.5 mm of random per-point shape (head axes)."""
-    from synctalk.stabilizer.face_model import CANONICAL_FACE
+    from synctalk.face.face_model import CANONICAL_FACE
 
     face = read_template(CANONICAL_FACE)
     face = face - face.mean(0)
@@ -388,7 +399,7 @@ def another_human_face(seed: int = 0) -> np.ndarray:
 
 
 def test_canonical_face_is_metric_and_its_identity_is_bounded():
-    from synctalk.stabilizer.face_model import CANONICAL_ID_BOUND, CANONICAL_ID_STEP, canonical_face_model
+    from synctalk.face.face_model import CANONICAL_ID_BOUND, CANONICAL_ID_STEP, canonical_face_model
 
     mesh = np.random.default_rng(0).normal(0, 1, (12, 478, 3)) + np.linspace(0, 200, 478)[None, :, None]
     model = canonical_face_model(mesh, num_exp=3)
@@ -407,13 +418,14 @@ def test_canonical_face_is_metric_and_its_identity_is_bounded():
     assert CANONICAL_ID_BOUND * CANONICAL_ID_STEP <= 0.1  # at most 10% per axis
 
 
+@pytest.mark.slow
 def test_canonical_focal_search_measures_another_persons_face():
     """The default face model on landmarks of a face that is not its own shape (with expressions it does not
     know and 1 px noise): an interior minimum near the true focal, on the whole clip and on each half. (The
     focal is only as good as the face's depth: a 3 mm lower chin gives +8% here, 1.5 mm of random shape
     per point +47%.)"""
-    from synctalk.stabilizer.face_model import canonical_face_model
-    from synctalk.stabilizer.pipeline import focal_half_agreement, focal_is_interior
+    from synctalk.face.face_model import canonical_face_model
+    from synctalk.stabilizer.checks import focal_half_agreement, focal_is_interior
 
     rng = np.random.default_rng(4)
     face = another_human_face()
@@ -423,21 +435,22 @@ def test_canonical_focal_search_measures_another_persons_face():
     lms[:, mouth, 1] += rng.uniform(0, 4, (80, 1)) * np.where(np.isin(mouth, [50, 51, 52, 61, 62, 63]), -0.3, 1.0)
     lms += rng.normal(0, 1.0, lms.shape)
     model = canonical_face_model(np.zeros((10, 478, 3)) + rng.normal(0, 1, (10, 478, 3)), num_exp=0)
-    kw = dict(every_k=2, steps=500, refine_points=5, min_frames=20)
-    search = search_focal(model, lms, CX, CY, 500, 3000, 100, **kw)
+    kw = dict(every_k=2, steps=500, refine_points=5, min_search_frames=20)
+    search = focal_search_px(model, lms, CX, CY, 500, 3000, 100, **kw)
     assert focal_is_interior(search) and not focal_at_range_end(search)
     assert abs(search.focal - FOCAL) / FOCAL < 0.08, search.focal
-    halves = [search_focal(model, part, CX, CY, 500, 3000, 100, **kw) for part in np.array_split(lms, 2)]
+    halves = [focal_search_px(model, part, CX, CY, 500, 3000, 100, **kw) for part in np.array_split(lms, 2)]
     agreement = focal_half_agreement(search, halves)
     assert not agreement["focal_halves_disagree"] and agreement["focal_halves_difference_pct"] < 10
 
 
+@pytest.mark.slow
 def test_perspective_response_of_the_focal_search():
     """On true landmarks of another person's face (no noise) filmed at three focals, the camera distance scaled with
     the focal, the default face model's focal follows the perspective (gain near 1); the face's identity mismatch
     shifts 1 / focal by a constant, so the relative error grows with the focal. An estimator that reports
     one focal whatever the camera has gain 0, and one pulled halfway to 1000 px has gain 0.5 and fixed point 1000."""
-    from synctalk.stabilizer.face_model import canonical_face_model
+    from synctalk.face.face_model import canonical_face_model
     from synctalk.stabilizer.perspective_check import perspective_response
 
     true = np.array([700.0, 1400.0, 2800.0])
@@ -454,8 +467,8 @@ def test_perspective_response_of_the_focal_search():
     found = []
     for focal in true:
         lms = project_np(face, rot, trans * [1, 1, focal / FOCAL], focal)
-        found.append(search_focal(model, lms, CX, CY, 0.4 * focal, 2.5 * focal, 0.1 * focal, every_k=1, steps=500,
-                                  refine_points=5, min_frames=20).focal)
+        found.append(focal_search_px(model, lms, CX, CY, 0.4 * focal, 2.5 * focal, 0.1 * focal, every_k=1,
+                                     steps=500, refine_points=5, min_search_frames=20).focal)
     response = perspective_response(true, found)
     assert 0.9 < response["gain"] < 1.1, (found, response)
     # the face's identity mismatch is a constant offset of 1 / focal: the error grows with the focal
@@ -466,7 +479,7 @@ def test_perspective_response_of_the_focal_search():
 def test_perspective_warp_is_a_camera_move():
     """warp_points turns a face filmed at one focal into the same face filmed with ratio x the focal from a camera
     moved back so the face keeps its size, exactly; dense_face puts the 468 mesh vertices onto a 68-point shape."""
-    from synctalk.data.landmarks import MESH_TO_68
+    from synctalk.face.facemesh import MESH_TO_68
     from synctalk.stabilizer.perspective_check import dense_face, warp_points
 
     shape = another_human_face()
@@ -487,14 +500,15 @@ def test_perspective_warp_is_a_camera_move():
             assert np.all(np.abs(size - 1) < 0.05)  # the face keeps its size
 
 
+@pytest.mark.slow
 def test_perspective_check_measures_how_much_a_detector_follows(tmp_path):
     """A detector that sees the warped frames as a camera would film them has gain 1; one that keeps reporting the
     landmarks of the original frames has gain 0; one halfway between, 0.5. The warped frames are removed and a
     sheet of them is kept."""
     import cv2
 
-    from synctalk.data.landmarks import MESH_TO_68
-    from synctalk.stabilizer.face_model import canonical_face_model
+    from synctalk.face.facemesh import MESH_TO_68
+    from synctalk.face.face_model import canonical_face_model
     from synctalk.stabilizer.perspective_check import check_perspective, dense_face
 
     n, size, focal = 12, 256, 650.0
@@ -526,8 +540,8 @@ def test_perspective_check_measures_how_much_a_detector_follows(tmp_path):
         return detect
 
     def search(lms, expected):
-        return search_focal(model, lms, c, c, 0.4 * expected, 2.5 * expected, 0.15 * expected, every_k=1, steps=200,
-                            refine_points=3, min_frames=10).focal
+        return focal_search_px(model, lms, c, c, 0.4 * expected, 2.5 * expected, 0.15 * expected, every_k=1,
+                               steps=200, refine_points=3, min_search_frames=10).focal
 
     gains = {}
     for share in (1.0, 0.5, 0.0):
@@ -541,16 +555,19 @@ def test_perspective_check_measures_how_much_a_detector_follows(tmp_path):
     assert 0.35 < gains[0.5] < 0.65, gains
 
 
+@pytest.mark.slow
 def test_poses_stage_checks_the_detector_perspective_on_facemesh(tmp_path, caplog):
     """tracker.check_perspective on the synthetic subject with FaceMesh: the report gives the focal found on frames
     warped to 0.7, 1 and 1.45 x the focal and the detector's gain, warns below 0.8, keeps the sheet and removes the
     warped frames."""
     import logging
 
-    from synctalk.data.landmarks import detect_mesh, to_68
+    from synctalk.face.facemesh import detect_mesh, to_68
     from synctalk.data.layout import DatasetLayout
-    from synctalk.data.synthetic import SyntheticSpec, generate
-    from synctalk.stabilizer.pipeline import PERSPECTIVE_GAIN_WARN, StabilizerOptions, stabilize
+    from synctalk.synthetic.subject import SyntheticSpec, generate
+    from synctalk.stabilizer.checks import PERSPECTIVE_GAIN_WARN
+    from synctalk.stabilizer.pipeline import stabilize
+    from synctalk.stabilizer.options import StabilizerOptions
 
     n = 20
     root = generate(SyntheticSpec(num_frames=n, size=256, seed=0), tmp_path / "s", progress=False)
@@ -570,7 +587,7 @@ def test_poses_stage_checks_the_detector_perspective_on_facemesh(tmp_path, caplo
 
 
 def test_shipped_canonical_face_is_derived_from_the_face_landmarker(face_landmarker_task, tmp_path):
-    from synctalk.stabilizer.face_model import CANONICAL_FACE, write_canonical_template
+    from synctalk.face.face_model import CANONICAL_FACE, write_canonical_template
 
     task = face_landmarker_task
     derived = write_canonical_template(task, tmp_path / "canonical.txt")
@@ -583,21 +600,20 @@ def test_shipped_canonical_face_is_derived_from_the_face_landmarker(face_landmar
 def test_shipped_face_mesh_is_derived_from_the_face_landmarker(face_landmarker_task, tmp_path):
     """The synthetic subject's mesh (canonical_face.obj) is the task file's canonical mesh, vertices, texture
     coordinates and triangles, with its licence notice."""
-    from synctalk.data.human_face import MESH_FILE, read_obj
-    from synctalk.stabilizer.face_model import canonical_mesh_from_task, write_canonical_mesh
+    from synctalk.face.face_model import CANONICAL_MESH, canonical_mesh_from_task, read_obj, write_canonical_mesh
 
     write_canonical_mesh(face_landmarker_task, tmp_path / "face.obj")
-    shipped, derived = read_obj(MESH_FILE), read_obj(tmp_path / "face.obj")
+    shipped, derived = read_obj(CANONICAL_MESH), read_obj(tmp_path / "face.obj")
     for a, b in zip(shipped, derived):
         np.testing.assert_allclose(a, b, atol=1e-5)
     vertices, uv, triangles = canonical_mesh_from_task(face_landmarker_task, with_uv=True)
     np.testing.assert_allclose(shipped[0], vertices, atol=1e-5)
     assert shipped[2].shape == (898, 3) and (shipped[2] == triangles).all()
-    assert "Apache License" in MESH_FILE.read_text()
+    assert "Apache License" in CANONICAL_MESH.read_text()
 
 
 def test_bundle_adjustment_is_rejected_when_it_does_not_help():
-    from synctalk.stabilizer.pipeline import judge_bundle_adjustment
+    from synctalk.stabilizer.checks import judge_bundle_adjustment
 
     rot, trans = head_motion(60)
     rng = np.random.default_rng(0)
@@ -627,7 +643,7 @@ def test_head_angles_are_about_the_frontal_pose_and_continuous():
 
 def test_written_transforms_give_back_the_poses_and_their_jitter(tmp_path):
     from synctalk.data.layout import Transforms, split_train_val
-    from synctalk.stabilizer.pipeline import cv_poses_from_c2w, transforms_jitter
+    from synctalk.stabilizer.pose_convention import cv_poses_from_c2w, transforms_jitter
 
     rot, trans = head_motion(44)
     c2w = c2w_from_cv_poses(rot, trans)
@@ -652,5 +668,5 @@ def test_long_videos_score_and_search_on_bounded_frames():
     rot, trans = head_motion(2000)
     lms = project_np(head, rot, trans, FOCAL)
     model = FaceModel(head, np.zeros((68, 3, 0)), np.zeros((68, 3, 0)), "exact")
-    search = search_focal(model, lms, CX, CY, 1200, 1400, 100, every_k=1, steps=20, max_frames=300)
+    search = focal_search_px(model, lms, CX, CY, 1200, 1400, 100, every_k=1, steps=20, max_search_frames=300)
     assert search.frames <= 300

@@ -2,7 +2,6 @@
 preprocessing run killed inside the poses stage."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -14,14 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from synctalk.audio import load_audio
-from synctalk.data.synthetic import SyntheticSpec, generate
+from synctalk.audio.features import load_audio
 from synctalk.errors import UserError
 from synctalk.stages import IngestOptions, run_ingest
 from synctalk.stages.base import StageContext, StageRunner
 from synctalk.stages.crop import CropStage, choose_box
+from synctalk.synthetic.subject import SyntheticSpec, generate
 from synctalk.video import VideoWriter
-from tests.test_ingest import QUICK_POSES, make_video
+from tests.conftest import QUICK_POSES, make_video
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +59,7 @@ def test_choose_box_frames_the_head_and_its_motion():
         choose_box([np.zeros((0, 5))], 100, 100)
 
 
+@pytest.mark.slow
 def test_a_wide_30fps_recording_is_cropped_to_the_head_at_25fps(subject256, tmp_path, caplog):
     video = wide_video(subject256, tmp_path / "desk.mp4")
     root = tmp_path / "ds"
@@ -92,8 +92,6 @@ def test_crop_errors_and_warnings(subject256, tmp_path, caplog):
         crop(CropStage(min_face_px=300))
     with pytest.raises(UserError, match=r"preprocess.crop.box=\[500, 0, 300\] is not inside the 640x360 video"):
         crop(CropStage(mode="box", box=[500, 0, 300]))
-    with pytest.raises(UserError, match="preprocess.crop.mode=wide is not one of auto, off, box"):
-        crop(CropStage(mode="wide"))
     short = wide_video(subject256, tmp_path / "short.mp4", frames=20)
     with pytest.raises(UserError, match=r"0\.\d+ s long: a talking-head dataset needs at least 1 s"):
         crop(CropStage(), short, "short")
@@ -182,6 +180,7 @@ def test_a_head_centred_square_is_used_whole(tmp_path):
     assert not report["applied"] and report["resize_to"] is None and report["output_size"] == [128, 128]
 
 
+@pytest.mark.slow
 def test_outputs_changed_after_their_stage_are_redone(tmp_path, caplog):
     subject = generate(SyntheticSpec(num_frames=30, size=128, seed=5), tmp_path / "s", progress=False)
     video = make_video(subject, tmp_path / "v.mp4", fps=25)
@@ -278,10 +277,11 @@ def test_the_face_landmarker_is_found_in_the_weight_folders(tmp_path, monkeypatc
         face_landmarker(str(tmp_path / "missing.task"), str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_blendshapes_from_the_face_landmarker_on_a_real_clip(real_data, face_landmarker_task, tmp_path):
     """SyncTalk's Facial Animation Capturer on a real clip: its jaw follows the mouth opening the landmarks see."""
-    from synctalk.data.face_geometry import face_action_measures
+    from synctalk.face.expressions import face_action_measures
     from synctalk.stages.blendshapes import BlendshapesStage
     from synctalk.stages.frames import FramesStage
     from synctalk.stages.landmarks import LandmarksStage
@@ -293,7 +293,7 @@ def test_real_blendshapes_from_the_face_landmarker_on_a_real_clip(real_data, fac
     assert report["source"] == "face_landmarker" and report["frames"] == 200
     bs = np.load(tmp_path / "d" / "bs.npy")
     assert bs.shape == (200, 52) and np.isfinite(bs).all() and 0 <= bs.min() and bs.max() <= 1
-    from synctalk.data.blendshapes import BLENDSHAPE_NAMES
+    from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES
 
     jaw = bs[:, BLENDSHAPE_NAMES.index("jawOpen")]
     opening = face_action_measures(np.load(tmp_path / "d" / "landmarks_mesh.npy"))["mouth_open"]

@@ -7,10 +7,11 @@ import json
 import cv2
 import numpy as np
 
-from synctalk.audio import SAMPLE_RATE
-from synctalk.data.layout import PARSING_COLORS, DatasetLayout, Transforms
-from synctalk.data.synthetic import SyntheticSpec, generate
+from synctalk.audio.features import SAMPLE_RATE
+from synctalk.data.layout import DatasetLayout, Transforms
+from synctalk.face.segmentation import PARSING_COLORS
 from synctalk.geometry import project_points
+from synctalk.synthetic.subject import SyntheticSpec, generate
 
 
 def digest(root, names):
@@ -36,8 +37,8 @@ def test_layout_is_complete(tiny_dataset):
     torso = cv2.imread(str(layout.torso_image(0)), cv2.IMREAD_UNCHANGED)
     assert torso.shape == (64, 64, 4)
     # the true neutral shape, for face_model.backend=template: the 3D landmarks with no blink, brow or mouth
-    from synctalk.data.synthetic import landmarks_3d
-    from synctalk.stabilizer.face_model import read_template
+    from synctalk.synthetic.subject import landmarks_3d
+    from synctalk.face.face_model import read_template
 
     np.testing.assert_allclose(read_template(tiny_dataset / "face_template.npy"), landmarks_3d(0.0, 0.0, 0.0))
 
@@ -98,7 +99,7 @@ def test_blinks_close_the_eye_landmarks_and_mouth_follows_audio(tmp_path):
     assert eye_open[peaks].max() < 0.2 * np.median(eye_open)
     bs = np.load(root / "bs.npy")
     assert np.allclose(bs[:, 9], gt["blink"]) and np.allclose(bs[:, 10], gt["blink"])
-    from synctalk.audio import load_audio
+    from synctalk.audio.features import load_audio
     audio = load_audio(root / "aud.wav")
     assert abs(len(audio) - 100 / 25 * SAMPLE_RATE) <= 1
     hop = SAMPLE_RATE // 25
@@ -113,7 +114,7 @@ def test_blinks_close_the_eye_landmarks_and_mouth_follows_audio(tmp_path):
 def test_the_face_edge_lies_on_the_head_except_at_the_jaw():
     """As on a real head, the face's edge at the temples and cheeks is not the head's outline (a face detector
     reads the face oval as a line inside it), while the jaw is the outline against the neck."""
-    from synctalk.data.synthetic import HEAD_HEIGHT, LABEL_HEAD, landmarks_3d, render_frame
+    from synctalk.synthetic.subject import HEAD_HEIGHT, LABEL_HEAD, landmarks_3d, render_frame
     from synctalk.geometry import head_pose_to_c2w
 
     size, focal, distance = 256, 675.0, SyntheticSpec().distance

@@ -11,14 +11,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from synctalk.audio.encoders import AudioConfig
 from synctalk.config import to_dataclass
-from synctalk.config.schema import (AudioConfig, BundleAdjustmentOptions, CropOptions, FaceModelOptions, FlowConfig,
-                                    PointsOptions, PreprocessConfig, TrackerConfig)
-from synctalk.data.synthetic import SyntheticSpec, generate
+from synctalk.config.schema import PreprocessConfig
 from synctalk.errors import UserError
-from synctalk.stabilizer.pipeline import StabilizerOptions
+from synctalk.stabilizer.options import (BundleAdjustmentOptions, FaceModelOptions, FlowConfig, PointsOptions,
+                                         StabilizerOptions, TrackerConfig)
 from synctalk.stages import IngestOptions, run_ingest
-from synctalk.stages.crop import CropStage
+from synctalk.stages.crop import CropOptions, CropStage
+from synctalk.synthetic.subject import SyntheticSpec, generate
 
 log = logging.getLogger(__name__)
 SCHEMA = PreprocessConfig
@@ -78,7 +79,7 @@ def _keep_stabilizer_results(root: Path, poses: dict) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from synctalk.io import write_json
-    from synctalk.report import flatten
+    from synctalk.sweep_report import flatten
 
     if not HydraConfig.initialized():
         return

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from synctalk import threads
-from synctalk.audio import frames_for_audio, load_audio
-from synctalk.models.audio_encoders import compute_features
+from synctalk.audio.encoders import compute_features
+from synctalk.audio.features import frames_for_audio, load_audio
 from synctalk.config.schema import RenderConfig
 from synctalk.errors import UserError
 from synctalk.geometry import smooth_poses

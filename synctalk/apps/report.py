@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from synctalk.config.schema import ReportConfig
-from synctalk.report import write_report
+from synctalk.sweep_report import write_report
 
 log = logging.getLogger(__name__)
 SCHEMA = ReportConfig

@@ -9,9 +9,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from synctalk import threads
 from synctalk.config.schema import TrainConfig
 from synctalk.data.layout import dataset_summary
-from synctalk import threads
 from synctalk.distributed import ddp_ranks, global_rank
 from synctalk.evaluation import evaluate_split
 from synctalk.io import write_json
@@ -49,7 +49,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
     failed = True
     try:
         if loggers:
-            from synctalk.report import flatten
+            from synctalk.sweep_report import flatten
 
             loggers[0].log_hyperparams(flatten(system.hparams.config))
         checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,

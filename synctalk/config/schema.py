@@ -1,13 +1,22 @@
-"""Typed schemas of every config group: a misspelled or unknown key is an error.
+"""Typed schemas of every config group: a misspelled or unknown key, or a choice that is not one of its options,
+is an error when the config is composed.
 
-Each dataclass documents its fields; the YAML files under ``conf/`` give the values.
+Each dataclass documents its fields; the YAML files under ``conf/`` give the values. The settings of a component
+live beside it (the stabilizer's in :mod:`synctalk.stabilizer.options`) and are composed here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from synctalk.data.synthetic import SyntheticSpec
+from synctalk.audio.encoders import AudioConfig
+from synctalk.models.losses import LossConfig
+from synctalk.models.occupancy import OccupancyConfig
+from synctalk.stabilizer.options import (BundleAdjustmentOptions, FaceModelOptions, FlowConfig, PointsOptions,
+                                         TrackerConfig)
+from synctalk.stages.crop import CropOptions
+from synctalk.synthetic.subject import SyntheticSpec
+from synctalk.systems.head import StageConfig
 
 
 @dataclass
@@ -34,62 +43,11 @@ class DataConfig:
 
 
 @dataclass
-class AudioConfig:
-    name: str = "mel"  # features are read from aud_<name>.npy
-    feature_dim: int = 80  # size of one audio step
-    window: int = 16  # audio steps per video frame
-    checkpoint: Optional[str] = None  # weight file of encoders that need one
-    features_file: Optional[str] = None  # precomputed features to import, e.g. aud_ds.npy of the original tools
-
-
-@dataclass
 class BlendshapesConfig:
     name: str = "upper7"
     names: list = field(default_factory=list)  # MediaPipe category names, or [AU45]
     smooth_window: int = 5  # Savitzky-Golay window (0: off)
     smooth_order: int = 3
-
-
-@dataclass
-class FocalRange:
-    start: float = 500.0
-    stop: float = 1450.0  # inclusive
-    step: float = 50.0
-
-
-@dataclass
-class TrackerConfig:
-    name: str = "synctalk"
-    focal: FocalRange = field(default_factory=FocalRange)
-    every_k: int = 10  # frames used for the focal search
-    min_search_frames: int = 50  # every_k is lowered on short clips to search on at least this many frames
-    max_search_frames: int = 500  # neither the grid nor the refinement fits more frames (long videos)
-    steps: int = 2000
-    lr: float = 0.3
-    refine_points: int = 9  # focals tried between the winner's grid neighbours (0: no refinement)
-    refine_every_k: int = 1  # frames used for the refinement
-    focal_landmarks: str = "all"  # all | rigid (only landmarks expressions hardly move) | inner (no jaw contour)
-    check_halves: bool = False  # also search the focal on each half of the video and report their agreement
-    check_perspective: bool = False  # also measure how much of a change of perspective the landmark detector follows
-    perspective_frames: int = 60  # frames warped to other focal lengths by the perspective check
-    focal_expressions: bool = False  # score focal candidates with the expression components (default: a rigid face)
-    pose_source: str = "bundle_adjustment"  # landmarks (face-model fit) | bundle_adjustment (+ tracking, BA)
-
-
-@dataclass
-class FlowConfig:
-    backend: str = "opencv"  # opencv | cotracker
-    checkpoint: Optional[str] = None
-
-
-@dataclass
-class StageConfig:
-    name: str = "head"  # head | lips | torso
-    init_from: Optional[str] = None  # checkpoint of the previous stage (weights only)
-    lips_ray_fraction: float = 0.0  # share of rays sampled inside the mouth box
-    patch_size: int = 0  # > 0: one square patch of rays per step for the patch losses (px at data resolution)
-    patch_weight: float = 0.0  # patch loss on patches inside the face box (every other step)
-    lips_patch_weight: float = 0.0  # patch loss on patches centred on the mouth (the other steps)
 
 
 @dataclass
@@ -127,29 +85,6 @@ class EncodingConfig:
     max_resolution: int = 512
     bound: float = 1.0  # half-size of the scene box, NeRF units
     cpu_kernel: bool = True  # torch backend on a CPU: the fused C++ lookup (built on first use); false: tensor ops
-
-
-@dataclass
-class LossConfig:
-    photometric: str = "mse"  # mse | l1, per ray
-    uncertainty_start: float = 0.5  # fraction of the steps after which the photometric loss is uncertainty-weighted (>= 1: never)
-    uncertainty_beta_min: float = 0.1  # smallest scale of the uncertainty weighting
-    entropy_weight: float = 1.0e-4  # binary entropy of the ray opacities
-    attention_weight: float = 1.0e-4  # masked attention loss, ramped up linearly over training
-    patch: str = "ssim"  # patch loss of the lips stage: ssim (weight-free) | lpips (needs AlexNet weights)
-    lpips_backbone: Optional[str] = None  # alexnet-owt-7be5be79.pth (default: the torch hub cache)
-    audio_mouth_weight: float = 0.0  # auxiliary target: the audio embedding must predict the frame's mouth blendshapes (bs.npy)
-
-
-@dataclass
-class OccupancyConfig:
-    enabled: bool = True  # skip ray samples in empty cells
-    resolution: int = 64  # cells per side
-    alpha_threshold: float = 0.01  # a cell is empty when one sample there stays below this opacity
-    start_step: int = 200  # first grid update (every cell counts as occupied before)
-    interval: int = 16  # steps between updates
-    cells_per_update: int = 65536  # random cells re-measured per update (0: all)
-    frames_per_update: int = 2  # random training frames whose conditions are measured (max density)
 
 
 @dataclass
@@ -237,62 +172,9 @@ class LandmarkOptions:
 
 
 @dataclass
-class FaceModelOptions:
-    backend: str = "canonical"  # canonical (metric face, weight-free) | subject (the subject's FaceMesh) | template | bfm (Basel Face Model 2009)
-    bfm_dir: Optional[str] = None  # folder with the BFM files (backend=bfm)
-    template: Optional[str] = None  # 68 x 3 face shape, .npy or text (backend=template)
-    num_exp: int = 10  # expression components of the subject model
-    id_reg: float = 0.5  # weight of mean(identity^2) in the landmark fit
-    exp_reg: float = 0.5  # weight of mean(expression^2)
-
-
-@dataclass
-class PointsOptions:
-    region: str = "head"  # head (parsing head class, with hair) | face (face skin) | upper_head | upper_face
-    rule: str = "stable"  # stable (score minima, released code) | salient (maxima, paper)
-    window: int = 5  # extrema within window x window pixels
-    min_distance: float = 5.0  # pixels between keypoints
-    max_points: int = 400
-    fb_threshold: float = 2.0  # forward-backward flow error (px) above which a point is not visible
-    min_points: int = 20  # fewer trackable points is an error
-    erode_px: int = 3  # the region mask is eroded by this much before choosing points
-    score_frames: int = 500  # frames whose flow scores the keypoints (longer videos: 10 runs spread over it)
-    workers: int = 0  # threads computing the flow (0: one per core)
-
-
-@dataclass
-class BundleAdjustmentOptions:
-    points_steps: int = 500  # stage 1: 3D points only
-    points_lr: float = 1e-3  # metres per step
-    joint_steps: int = 2000  # stage 2: points, rotations and translations
-    joint_lr: float = 1e-4  # metres per step for points; x1000 for poses (degrees, millimetres)
-    lr_decay: float = 0.01  # the joint stage's learning rate falls exponentially to this fraction
-    robust: str = "huber"  # huber | none
-    huber_px: float = 1.0
-    outlier_factor: float = 2.0  # drop tracks / observations over this many times the median error, re-run (0: off)
-    max_drift_deg: float = 10.0  # BA rotations further than this (median) from the face-model fit are rejected
-    smoothness: float = 0.0  # weight of the temporal second-difference prior on the poses
-    batch_frames: int = 0  # frames per step (0: all)
-
-
-@dataclass
 class ParsingOptions:
     backend: str = "mediapipe"  # mediapipe (weight-free) | bisenet (19-class face-parsing checkpoint)
     bisenet_checkpoint: Optional[str] = None  # 79999_iter.pth of the face-parsing BiSeNet
-
-
-@dataclass
-class CropOptions:
-    mode: str = "auto"  # auto (head box unless a head-centred square) | off (frames as they are) | box (the given box)
-    box: Optional[list] = None  # [x, y, side] in source pixels (mode=box)
-    size: int = 512  # side in pixels of the cropped frames
-    face_scale: float = 2.0  # box side / median face size (the HDTF framing)
-    face_centre: float = 0.55  # face centre from the top of the box, share of its side
-    motion_margin: float = 1.15  # the box holds this many times the face plus its motion
-    full_frame_fraction: float = 0.75  # a square video whose box would be at least this share of it is used whole
-    min_face_px: int = 64  # a smaller face in the source is an error
-    samples: int = 60  # frames spread over the clip in which the face is detected
-    min_seconds: float = 1.0  # a shorter clip is an error
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -14,17 +15,25 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from synctalk.data.blendshapes import load_eye_features, load_mouth_targets
 from synctalk.data.layout import DatasetLayout, Transforms
-from synctalk.data.synthetic import SyntheticSpec, generate
 from synctalk.errors import UserError
+from synctalk.face.blendshape_sets import load_eye_features, load_mouth_targets
 from synctalk.geometry import nearest_point_to_rays, pixel_rays
-from synctalk.models.head_nerf import temporal_context
 
 MOUTH = slice(48, 68)  # 68-point layout
 NOSE_TIP = 30
 NOSE_BASE, CHIN, BROWS = 33, 8, slice(17, 27)
 UPPER_FACE_EDGE = 0.03  # half the upper-face boundary's soft width, as a fraction of the chin-to-brow distance
+
+
+def temporal_context(sequence: torch.Tensor, index: int, length: int) -> torch.Tensor:
+    """Items ``index - length // 2 ... index + (length - 1) // 2`` of ``sequence`` (edges repeated).
+
+    Args: sequence (N, ...). Returns (length, ...).
+    """
+    offsets = torch.arange(length) - length // 2
+    return sequence[(index + offsets).clamp(0, len(sequence) - 1)]
+
 
 
 def _read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
@@ -328,19 +337,19 @@ def evenly_spaced(n: int, count: int) -> list[int]:
 class SubjectDataModule(pl.LightningDataModule):
     """Training rays and validation frames of one dataset folder.
 
-    ``synthetic`` (a dict of :class:`SyntheticSpec` fields), when given, generates the
-    folder on first use.
+    ``prepare``, when given, is called with the folder before it is read, to make it on first use (the
+    synthetic subject's generator, for example).
     """
 
     def __init__(self, root: str, audio_name: str, eye_names: list[str], scale: float = 4.0, downscale: int = 1,
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
-                 smooth_window: int = 5, smooth_order: int = 3, synthetic: dict | None = None, cache_mb: int = 2048,
+                 smooth_window: int = 5, smooth_order: int = 3, prepare: Callable[[Path], object] | None = None, cache_mb: int = 2048,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False):
         super().__init__()
         self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
                              regions=regions)
         self.root = Path(root)
-        self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
+        self.prepare = prepare
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
                                smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
         self.rays_per_step, self.val_frames = rays_per_step, val_frames
@@ -348,8 +357,8 @@ class SubjectDataModule(pl.LightningDataModule):
         self.val: SubjectFrames | None = None
 
     def prepare_data(self) -> None:
-        if self.synthetic is not None:
-            generate(self.synthetic, self.root)
+        if self.prepare is not None:
+            self.prepare(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_frames is None:

@@ -26,7 +26,6 @@ import numpy as np
 from synctalk.errors import UserError
 from synctalk.io import read_json, write_json
 
-PARSING_COLORS = {"head": (255, 0, 0), "neck": (0, 255, 0), "torso": (0, 0, 255), "background": (255, 255, 255)}
 
 
 @dataclass(frozen=True)

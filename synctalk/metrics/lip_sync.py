@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synctalk.data.blendshapes import BLENDSHAPE_NAMES, MOUTH_BLENDSHAPES, UPPER_FACE_BLENDSHAPES
+from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES, MOUTH_BLENDSHAPES, UPPER_FACE_BLENDSHAPES
 GEOMETRIC_MOUTH = ["mouth_open", "mouth_width"]
 MIN_STD = 0.01  # a coefficient whose ground truth varies less than this is not scored for correlation
 
@@ -39,14 +39,14 @@ class FaceReader:
         """(N, H, W, 3) RGB uint8 -> ``mouth`` (N, K) and, with the model, ``upper`` (N, U); NaN rows where no
         face was found."""
         if self.landmarker:
-            from synctalk.data.face_geometry import face_landmarker_blendshapes
+            from synctalk.face.expressions import face_landmarker_blendshapes
 
             bs = face_landmarker_blendshapes(iter(clip), len(clip), self.landmarker, fps=None, progress=False)
             cols = {n: i for i, n in enumerate(BLENDSHAPE_NAMES)}
             return {"mouth": bs[:, [cols[n] for n in MOUTH_BLENDSHAPES]],
                     "upper": bs[:, [cols[n] for n in UPPER_FACE_BLENDSHAPES]]}
-        from synctalk.data.face_geometry import face_action_measures
-        from synctalk.data.landmarks import detect_mesh_frames
+        from synctalk.face.expressions import face_action_measures
+        from synctalk.face.facemesh import detect_mesh_frames
 
         measures = face_action_measures(detect_mesh_frames(iter(clip), len(clip), progress=False))
         return {"mouth": np.stack([measures[k] for k in GEOMETRIC_MOUTH], 1)}

@@ -5,15 +5,15 @@ rendered and the ground-truth frames.
   set centred on its mean, mean Euclidean distance between render and GT, in pixels at 512 px width.
 * ``aue_upper`` / ``aue_lower``: the blendshape-based stand-in for the action-unit error (OpenFace AUs
   need OpenFace): the mean absolute difference, x100, of the scale-free face measures of
-  :func:`synctalk.data.face_geometry.face_action_measures`: upper face = eye openness and brow heights,
+  :func:`synctalk.face.expressions.face_action_measures`: upper face = eye openness and brow heights,
   lower face = mouth opening and width (lengths over the outer-eye-corner distance).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from synctalk.data.face_geometry import LOWER_FACE, UPPER_FACE, face_action_measures
-from synctalk.data.landmarks import detect_mesh_frames, to_68
+from synctalk.face.expressions import LOWER_FACE, UPPER_FACE, face_action_measures
+from synctalk.face.facemesh import detect_mesh_frames, to_68
 
 MOUTH_68 = slice(48, 68)
 #: what the aue_* numbers are, written next to them in metrics.json

@@ -96,15 +96,6 @@ def mlp(in_dim: int, hidden: int, out_dim: int, num_layers: int, precision: str 
     return MLP(*layers, precision=precision, fp32_outputs=fp32_outputs)
 
 
-def temporal_context(sequence: torch.Tensor, index: int, length: int) -> torch.Tensor:
-    """Items ``index - length // 2 ... index + (length - 1) // 2`` of ``sequence`` (edges repeated).
-
-    Args: sequence (N, ...). Returns (length, ...).
-    """
-    offsets = torch.arange(length) - length // 2
-    return sequence[(index + offsets).clamp(0, len(sequence) - 1)]
-
-
 class AudioNet(nn.Module):
     """Window of per-frame audio features -> one audio embedding.
 
@@ -250,7 +241,7 @@ class HeadNeRF(nn.Module):
     # ------------------------------------------------------------------ conditions
     def audio_embedding(self, audio: torch.Tensor) -> torch.Tensor:
         """Args: audio (smooth_frames, window, in_dim), the features of neighbouring frames
-        (see :func:`temporal_context`), or (window, in_dim) for one frame. Returns (audio_dim,)."""
+        (see :func:`synctalk.data.datamodule.temporal_context`), or (window, in_dim) for one frame. Returns (audio_dim,)."""
         if audio.dim() == 2:
             audio = audio[None]
         if len(audio) != self.smooth_frames:

@@ -4,8 +4,37 @@ Shapes: R rays, P x P patches; colours in [0, 1].
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
+
+from synctalk.choice import Choice
+
+
+class PhotometricLoss(Choice):
+    mse = "mse"  # squared colour error
+    l1 = "l1"  # absolute colour error
+
+
+class PatchLoss(Choice):
+    ssim = "ssim"  # 1 - SSIM (weight-free)
+    lpips = "lpips"  # AlexNet LPIPS (needs the AlexNet weights)
+
+
+@dataclass
+class LossConfig:
+    """``model.loss``: the losses' kinds and weights."""
+
+    photometric: PhotometricLoss = PhotometricLoss.mse  # per ray
+    uncertainty_start: float = 0.5  # fraction of the steps after which the photometric loss is uncertainty-weighted (>= 1: never)
+    uncertainty_beta_min: float = 0.1  # smallest scale of the uncertainty weighting
+    entropy_weight: float = 1.0e-4  # binary entropy of the ray opacities
+    attention_weight: float = 1.0e-4  # masked attention loss, ramped up linearly over training
+    patch: PatchLoss = PatchLoss.ssim  # patch loss of the lips stage
+    lpips_backbone: Optional[str] = None  # alexnet-owt-7be5be79.pth (default: the torch hub cache)
+    audio_mouth_weight: float = 0.0  # auxiliary target: the audio embedding must predict the frame's mouth blendshapes (bs.npy)
 
 PHOTOMETRIC = ("l1", "mse")
 PATCH_LOSSES = ("ssim", "lpips")

@@ -10,11 +10,25 @@ miss a surface that only grazes it). Until the first update every cell counts as
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class OccupancyConfig:
+    """``model.occupancy``: the occupancy grid and its update schedule."""
+
+    enabled: bool = True  # skip ray samples in empty cells
+    resolution: int = 64  # cells per side
+    alpha_threshold: float = 0.01  # a cell is empty when one sample there stays below this opacity
+    start_step: int = 200  # first grid update (every cell counts as occupied before)
+    interval: int = 16  # steps between updates
+    cells_per_update: int = 65536  # random cells re-measured per update (0: all)
+    frames_per_update: int = 2  # random training frames whose conditions are measured (max density)
 
 
 class OccupancyGrid(nn.Module):

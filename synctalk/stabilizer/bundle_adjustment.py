@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from synctalk import threads
 from synctalk.errors import UserError
 from synctalk.stabilizer.head_tracker import axis_angle_to_matrix, project
+from synctalk.stabilizer.options import BundleAdjustmentOptions
 
 log = logging.getLogger(__name__)
 MIN_POINTS_PER_FRAME = 6  # fewer is reported as too few; outlier rejection never leaves a frame with fewer
@@ -91,16 +92,13 @@ class BundleAdjustment(pl.LightningModule):
     Args:
         points3d: (P, 3) initial keypoints; rotation (N, 3, 3), translation (N, 3): initial poses;
         focal, cx, cy: fixed intrinsics (pixels); reference: frame whose pose stays fixed.
-        lr_decay, stage_steps: the joint and refine stages' learning rates fall exponentially to
-            ``lr_decay`` times their start over ``stage_steps`` steps.
+        opts: ``preprocess.bundle_adjustment``: learning rates, robust loss, smoothness prior; the joint and
+            refine stages' learning rates fall exponentially to ``lr_decay`` times their start over ``joint_steps``.
     """
 
     def __init__(self, points3d: np.ndarray, rotation: np.ndarray, translation: np.ndarray, focal: float, cx: float,
-                 cy: float, reference: int, points_lr: float = 1e-3, joint_lr: float = 1e-4, robust: str = "none",
-                 huber_px: float = 2.0, smoothness: float = 0.0, lr_decay: float = 1.0, stage_steps: int = 1):
+                 cy: float, reference: int, opts: BundleAdjustmentOptions):
         super().__init__()
-        if robust not in ("none", "huber"):
-            raise UserError(f"preprocess.bundle_adjustment.robust={robust} is not one of none, huber")
         self.points3d = torch.nn.Parameter(torch.as_tensor(points3d, dtype=torch.float32))
         self.rot_deg = torch.nn.Parameter(torch.as_tensor(np.degrees(rotation_to_axis_angle(rotation)),
                                                           dtype=torch.float32))
@@ -108,9 +106,7 @@ class BundleAdjustment(pl.LightningModule):
         self.register_buffer("fixed", torch.zeros(len(rotation), 1))
         self.fixed[reference] = 1.0
         self.focal, self.cx, self.cy = float(focal), float(cx), float(cy)
-        self.points_lr, self.joint_lr = points_lr, joint_lr
-        self.robust, self.huber_px, self.smoothness = robust, huber_px, smoothness
-        self.lr_decay, self.stage_steps = lr_decay, stage_steps
+        self.opts = opts
         self.stage = "points"
         self.history: dict[str, list[float]] = {"points": [], "joint": [], "refine": []}
 
@@ -131,15 +127,16 @@ class BundleAdjustment(pl.LightningModule):
     def training_step(self, batch: dict, _: int) -> torch.Tensor:
         err = self.residuals(batch["frame"], batch["points"])
         vis = batch["visible"].float()
-        if self.robust == "huber":
-            d = self.huber_px
+        if self.opts.robust == "huber":
+            d = self.opts.huber_px
             per_point = torch.where(err < d, 0.5 * err ** 2, d * (err - 0.5 * d))
         else:
             per_point = err ** 2
         loss = (per_point * vis).sum() / vis.sum().clamp(min=1)
-        if self.smoothness > 0 and self.stage != "points" and len(self.rot_deg) >= 3:
+        if self.opts.smoothness > 0 and self.stage != "points" and len(self.rot_deg) >= 3:
             second = lambda x: x[2:] - 2 * x[1:-1] + x[:-2]  # noqa: E731
-            loss = loss + self.smoothness * ((second(self.rot_deg) ** 2).mean() + (second(self.trans_mm) ** 2).mean())
+            prior = (second(self.rot_deg) ** 2).mean() + (second(self.trans_mm) ** 2).mean()
+            loss = loss + self.opts.smoothness * prior
         if not torch.isfinite(loss):
             raise UserError(f"bundle adjustment diverged (loss {loss.item()}) in stage '{self.stage}': lower "
                             f"preprocess.bundle_adjustment.{self.stage}_lr, or use tracker.pose_source=landmarks")
@@ -150,12 +147,12 @@ class BundleAdjustment(pl.LightningModule):
 
     def configure_optimizers(self):
         if self.stage == "points":
-            return torch.optim.Adam([self.points3d], lr=self.points_lr)
+            return torch.optim.Adam([self.points3d], lr=self.opts.points_lr)
         # points in metres, poses in degrees / millimetres: one step of joint_lr moves a point by
         # joint_lr metres and a pose by 1000 * joint_lr degrees / millimetres
-        opt = torch.optim.Adam([{"params": [self.points3d], "lr": self.joint_lr},
-                                {"params": [self.rot_deg, self.trans_mm], "lr": self.joint_lr * 1000.0}])
-        steps, decay = max(self.stage_steps, 1), self.lr_decay
+        opt = torch.optim.Adam([{"params": [self.points3d], "lr": self.opts.joint_lr},
+                                {"params": [self.rot_deg, self.trans_mm], "lr": self.opts.joint_lr * 1000.0}])
+        steps, decay = max(self.opts.joint_steps, 1), self.opts.lr_decay
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: decay ** min(k / steps, 1.0))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -197,13 +194,13 @@ def find_outliers(residual: np.ndarray, visible: np.ndarray, factor: float) -> n
 
 def run_bundle_adjustment(points2d: np.ndarray, visible: np.ndarray, points3d: np.ndarray, rotation: np.ndarray,
                           translation: np.ndarray, focal: float, cx: float, cy: float, reference: int,
-                          points_steps: int = 500, joint_steps: int = 2000, points_lr: float = 1e-3,
-                          joint_lr: float = 1e-4, lr_decay: float = 0.01, robust: str = "huber",
-                          huber_px: float = 1.0, outlier_factor: float = 2.0, smoothness: float = 0.0,
-                          batch_frames: int = 0, progress: bool = True) -> AdjustedPoses:
-    """The bundle-adjustment stages (see the module docstring) with a Lightning trainer each."""
-    module = BundleAdjustment(points3d, rotation, translation, focal, cx, cy, reference, points_lr, joint_lr,
-                              robust, huber_px, smoothness, lr_decay, joint_steps)
+                          opts: BundleAdjustmentOptions | None = None, progress: bool = True) -> AdjustedPoses:
+    """The bundle-adjustment stages (see the module docstring) with a Lightning trainer each, as
+    ``preprocess.bundle_adjustment`` (``opts``; default: the defaults) sets them; ``max_drift_deg`` is the
+    caller's acceptance rule (:func:`synctalk.stabilizer.checks.judge_bundle_adjustment`)."""
+    o = opts or BundleAdjustmentOptions()
+    module = BundleAdjustment(points3d, rotation, translation, focal, cx, cy, reference, o)
+    points_steps, joint_steps, outlier_factor = o.points_steps, o.joint_steps, o.outlier_factor
     errors = {"initial": module.reprojection_error(points2d, visible)}
     inliers = visible.copy()
     stages = [("points", points_steps), ("joint", joint_steps)]
@@ -224,7 +221,7 @@ def run_bundle_adjustment(points2d: np.ndarray, visible: np.ndarray, points3d: n
         trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                              enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
                              num_sanity_val_steps=0, callbacks=[threads.TickEveryStep()])
-        trainer.fit(module, datamodule=TrackDataModule(points2d, inliers, steps, batch_frames))
+        trainer.fit(module, datamodule=TrackDataModule(points2d, inliers, steps, o.batch_frames))
         errors[stage] = module.reprojection_error(points2d, inliers)
         if not np.isfinite(errors[stage]).all() or errors[stage].mean() > 2 * errors["initial"].mean() + 1.0:
             raise UserError(f"bundle adjustment diverged in stage '{stage}' (reprojection error "

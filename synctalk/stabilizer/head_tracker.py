@@ -1,4 +1,5 @@
-"""Head Motion Tracker: fit a face model to 2D landmarks for many focal lengths at once.
+"""Head Motion Tracker: fit a face model to 2D landmarks for many focal lengths at once (the focal search,
+:mod:`synctalk.stabilizer.focal_search`, chooses among them).
 
 Every focal candidate gets its own poses, identity and expression; all candidates are one
 batched optimisation (leading dimension F). Poses are in the OpenCV camera frame (x right,
@@ -19,10 +20,8 @@ from tqdm import tqdm
 
 from synctalk import threads
 from synctalk.errors import UserError
-from synctalk.stabilizer.face_model import RIGID_68, FaceModel
+from synctalk.face.face_model import FaceModel
 
-#: the landmarks the focal search may score (68-point indices; None: all of the model's points)
-FOCAL_LANDMARKS = {"all": None, "rigid": RIGID_68, "inner": list(range(17, 68))}
 
 # head axes (x right, y up, z out of the face) -> OpenCV object axes used by solvePnP
 _HEAD_TO_CV = np.diag([1.0, -1.0, -1.0])
@@ -156,81 +155,3 @@ def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, cx: float, cy: floa
                        id_c.detach().numpy(), exp_c.detach().numpy(), err.mean(-1).numpy().astype(np.float64))
 
 
-def focal_candidates(start: float, stop: float, step: float) -> np.ndarray:
-    """Inclusive grid ``start, start + step, ..., <= stop``."""
-    if step <= 0 or stop < start:
-        raise UserError(f"the focal range start={start} stop={stop} step={step} has no candidates "
-                        f"(need step > 0 and stop >= start)")
-    return np.arange(start, stop + step * 1e-6, step)
-
-
-@dataclass
-class FocalSearch:
-    """The focal-search result: the grid, its error curve and the chosen focal length."""
-
-    candidates: np.ndarray  # (F,)
-    rms_px: np.ndarray  # (F,)
-    frames: int  # frames the grid was fitted to
-    grid_best: float
-    refined: np.ndarray  # (R,) candidates of the refinement between the grid neighbours (may be empty)
-    refined_rms_px: np.ndarray
-    focal: float  # the result (refined when refinement ran)
-
-    def to_dict(self) -> dict:
-        return {"candidates": self.candidates.tolist(), "rms_px": np.round(self.rms_px, 4).tolist(), "frames": self.frames,
-                "grid_best": float(self.grid_best), "refined": self.refined.tolist(),
-                "refined_rms_px": np.round(self.refined_rms_px, 4).tolist(), "focal": float(self.focal)}
-
-
-def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, start: float, stop: float, step: float,
-                 every_k: int = 10, steps: int = 2000, lr: float = 0.3, refine_points: int = 0,
-                 id_reg: float = 0.5, exp_reg: float = 0.5, progress: bool = False, refine_every_k: int = 1,
-                 landmarks: str = "all", min_frames: int = 50, expressions: bool = False,
-                 max_frames: int = 500) -> FocalSearch:
-    """Choose the focal length whose fit of every ``every_k``-th frame has the lowest landmark error.
-
-    ``every_k`` is lowered as far as needed for at least ``min_frames`` frames (short clips): a focal
-    length is only weakly visible in the landmarks of one frame. Neither the grid nor the refinement uses
-    more than ``max_frames`` frames (evenly spread), so long videos cost no more than a 20 s clip.
-
-    With ``refine_points`` > 0 the winner is refined on that many focals spread between its two
-    grid neighbours, fitted to every ``refine_every_k``-th frame, and a parabola through the best three
-    gives the final value. ``landmarks="rigid"`` scores only the landmarks expressions hardly move
-    (:data:`RIGID_68`), for face models whose expression components do not fit the subject; ``"inner"`` all
-    but the jaw contour (a silhouette that slides over the face as it turns).
-
-    With ``expressions=False`` (the default) the candidates are scored with a rigid face (the model's
-    identity freedom only): per-frame expression components can bend the face to mimic a wrong
-    perspective, and on real clips the rigid score is the stable one (the two halves of a clip agree).
-    """
-    if landmarks not in FOCAL_LANDMARKS:
-        raise UserError(f"tracker.focal_landmarks={landmarks} is not one of {', '.join(FOCAL_LANDMARKS)}")
-    if FOCAL_LANDMARKS[landmarks] is not None:
-        if model.mean.shape[0] != 68:
-            raise UserError(f"tracker.focal_landmarks={landmarks} needs a 68-point face model")
-        model, lms = model.subset(FOCAL_LANDMARKS[landmarks]), lms[:, FOCAL_LANDMARKS[landmarks]]
-    if not expressions:
-        model = model.without_expressions()
-    grid = focal_candidates(start, stop, step)
-    min_k = -(-len(lms) // max(max_frames, 1))  # the smallest stride that fits at most max_frames frames
-    every_k = max(1, min(every_k, len(lms) // max(min_frames, 1)), min_k)
-    sample = lms[::every_k]
-    fit = fit_landmarks(model, sample, grid, cx, cy, steps, lr, id_reg, exp_reg, progress, "focal search")
-    rms = fit.rms_px
-    best = int(np.argmin(rms))
-    focal = float(grid[best])
-    refined, refined_rms = np.zeros(0), np.zeros(0)
-    if refine_points > 0 and len(grid) > 1:
-        lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-        refined = np.linspace(lo, hi, refine_points + 2)[1:-1]
-        refine_k = max(1, refine_every_k, min_k)
-        refined_rms = fit_landmarks(model, lms[::refine_k], refined, cx, cy, steps, lr, id_reg,
-                                    exp_reg, progress, "focal refinement").rms_px
-        j = int(np.argmin(refined_rms))
-        focal = float(refined[j])
-        if 0 < j < len(refined) - 1:  # vertex of the parabola through the best point and its neighbours
-            x, y = refined[j - 1:j + 2], refined_rms[j - 1:j + 2]
-            a, b, _ = np.polyfit(x, y, 2)
-            if a > 0:
-                focal = float(np.clip(-b / (2 * a), x[0], x[2]))
-    return FocalSearch(grid, rms, len(sample), float(grid[best]), refined, refined_rms, focal)

@@ -21,8 +21,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from synctalk.data.human_face import read_obj
-from synctalk.data.landmarks import MESH_TO_68
+from synctalk.face.face_model import read_obj
+from synctalk.face.facemesh import MESH_TO_68
 
 RATIOS = (0.7, 1.0, 1.45)  # the focal (and the camera distance) of the warped frames, times the focal found
 
@@ -111,7 +111,7 @@ def check_perspective(frames: list[Path], mesh: np.ndarray, camera_vertices: Cal
         ``perspective_frames``. The warped frames are written under ``out_dir/r<ratio>/`` and removed at the end;
         ``out_dir.jpg`` keeps the middle frame at each ratio side by side with its landmarks.
     """
-    from synctalk.data.landmarks import to_68
+    from synctalk.face.facemesh import to_68
 
     ids = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
     cx, cy = width / 2.0, height / 2.0

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from synctalk import threads
 from synctalk.errors import UserError
+from synctalk.stabilizer.options import FlowConfig, PointsOptions
 
 EYES_AND_MOUTH = (list(range(36, 42)), list(range(42, 48)), list(range(48, 60)))  # 68-point polygons
 
@@ -92,8 +93,6 @@ def select_keypoints(score: np.ndarray, region: np.ndarray, rule: str, window: i
     Returns:
         (P, 2) integer pixel positions (x, y).
     """
-    if rule not in ("stable", "salient"):
-        raise UserError(f"preprocess.points.rule={rule} is not one of stable, salient")
     kernel = np.ones((window, window), np.uint8)
     s = score.astype(np.float32)
     if rule == "stable":
@@ -218,10 +217,8 @@ def score_frame_runs(n: int, score_frames: int, runs: int = 10) -> list[range]:
 
 
 def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, reference: int,
-                      rule: str = "stable", window: int = 5, min_distance: float = 5.0, max_points: int = 400,
-                      fb_threshold: float = 2.0, min_points: int = 20, erode_px: int = 3, px_scale: float = 1.0,
-                      progress: bool = True, backend: str = "opencv", checkpoint: str | None = None,
-                      upper: bool = False, score_frames: int = 500, workers: int = 0) -> Tracks:
+                      points: PointsOptions | None = None, flow: FlowConfig | None = None, px_scale: float = 1.0,
+                      progress: bool = True) -> Tracks:
     """Track keypoints of the rigid head region through all frames (see the module docstring).
 
     Two passes keep memory independent of the video's length: the flow of the score frames
@@ -235,19 +232,21 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
             ``parsing/<i>_face.png`` (face skin), see ``preprocess.points.region``.
         lms68: (N, 68, 2) landmarks, used to cut out the eyes and the mouth.
         reference: the frame the keypoints are chosen in (a frontal one).
+        points: ``preprocess.points`` (default: the defaults); an ``upper_*`` region keeps only the part of the
+            mask above the nose base (:func:`head_region`).
+        flow: the ``flow`` group: ``opencv`` (DIS flow tracks) or ``cotracker`` (CoTracker tracks of the same
+            keypoints; ``checkpoint`` is its weight file; ``fb_error`` is then NaN: not measured).
         px_scale: ``min_distance`` and ``erode_px`` are multiplied by it (they are given for a 512 px wide
             video; pass width / 512).
-        upper: keep only the part of the region above the nose base (:func:`head_region`).
-        backend: ``opencv`` (DIS flow tracks) or ``cotracker`` (CoTracker tracks of the same keypoints;
-            ``checkpoint`` is its weight file; ``fb_error`` is then NaN: not measured).
     """
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    if backend not in ("opencv", "cotracker"):
-        raise UserError(f"flow.backend={backend} is not one of opencv, cotracker")
-    min_distance = max(1.0, min_distance * px_scale)
-    erode_px = max(1, round(erode_px * px_scale))
+    p, flow = points or PointsOptions(), flow or FlowConfig()
+    rule, window, max_points, fb_threshold, min_points = p.rule, p.window, p.max_points, p.fb_threshold, p.min_points
+    backend, checkpoint, upper = flow.backend, flow.checkpoint, str(p.region).startswith("upper")
+    min_distance = max(1.0, p.min_distance * px_scale)
+    erode_px = max(1, round(p.erode_px * px_scale))
     n = len(frames)
     x0, y0, x1, y1 = flow_box(masks, round(32 * px_scale))  # the flow only where the head can be
     read_gray = lambda p: np.ascontiguousarray(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)[y0:y1, x0:x1])  # noqa: E731
@@ -274,12 +273,12 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
         back = moved + _sample(local.check(img, ref), moved)
         return fwd.astype(np.float32), np.linalg.norm(back - at, axis=-1).astype(np.float32)
 
-    runs = score_frame_runs(n, score_frames)
+    runs = score_frame_runs(n, p.score_frames)
     scored = [t for run in runs for t in run]
     slot = {t: k for k, t in enumerate(scored)}
     fwd = np.zeros((len(scored), len(candidates), 2), np.float32)
     fb = np.zeros((len(scored), len(candidates)), np.float32)
-    pool = ThreadPoolExecutor(max_workers=workers or threads.current_threads())
+    pool = ThreadPoolExecutor(max_workers=p.workers or threads.current_threads())
     bar = tqdm(total=n, desc="head point flow", unit="frame", disable=not progress)
 
     def score_job(t: int) -> None:

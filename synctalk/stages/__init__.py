@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synctalk.config.schema import AudioConfig
+from synctalk.audio.encoders import AudioConfig
 from synctalk.errors import UserError
-from synctalk.stabilizer.pipeline import StabilizerOptions
-from synctalk.stages.audio import AudioFeaturesStage, AudioStage
+from synctalk.stabilizer.options import StabilizerOptions
+from synctalk.stages.audio_track import AudioFeaturesStage, AudioStage
 from synctalk.stages.base import Stage, StageContext, StageRunner
 from synctalk.stages.blendshapes import BlendshapesStage
 from synctalk.stages.crop import CropStage

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from synctalk.data.blendshapes import BLENDSHAPE_NAMES
-from synctalk.data.face_geometry import blendshapes_from_face_landmarker, blendshapes_from_mesh
-from synctalk.data.landmarks import fill_gaps
 from synctalk.external import require_file
+from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES
+from synctalk.face.expressions import blendshapes_from_face_landmarker, blendshapes_from_mesh
+from synctalk.face.facemesh import fill_gaps
 from synctalk.io import atomic_path, save_figure, subplots
 from synctalk.stages.base import Stage, StageContext
 

@@ -13,19 +13,40 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from synctalk.config.schema import CropOptions
+from synctalk.choice import Choice
 from synctalk.errors import UserError
 from synctalk.io import atomic_path, write_json
 from synctalk.stages.base import Stage, StageContext
 from synctalk.stages.source import expected_frames, probe_video, resampled_frames, upright_bgr
 
+
+class CropMode(Choice):
+    auto = "auto"  # the head box, unless the video is already a head-centred square
+    off = "off"  # the frames as they are
+    box = "box"  # the given box
+
+
+@dataclass
+class CropOptions:
+    """``preprocess.crop``: how the head box is chosen."""
+
+    mode: CropMode = CropMode.auto
+    box: Optional[list] = None  # [x, y, side] in source pixels (mode=box)
+    size: int = 512  # side in pixels of the cropped frames
+    face_scale: float = 2.0  # box side / median face size (the HDTF framing)
+    face_centre: float = 0.55  # face centre from the top of the box, share of its side
+    motion_margin: float = 1.15  # the box holds this many times the face plus its motion
+    full_frame_fraction: float = 0.75  # a square video whose box would be at least this share of it is used whole
+    min_face_px: int = 64  # a smaller face in the source is an error
+    samples: int = 60  # frames spread over the clip in which the face is detected
+    min_seconds: float = 1.0  # a shorter clip is an error
+
 log = logging.getLogger(__name__)
-MODES = ("auto", "off", "box")
 
 
 def detect_faces(images: list[np.ndarray], min_confidence: float = 0.5) -> list[np.ndarray]:
@@ -114,8 +135,6 @@ class CropStage(CropOptions, Stage):
     outputs = ("crop.json", "crop.jpg")
 
     def run(self, ctx: StageContext) -> dict:
-        if self.mode not in MODES:
-            raise UserError(f"preprocess.crop.mode={self.mode} is not one of {', '.join(MODES)}")
         info = probe_video(ctx.video)
         source = {k: info[k] for k in ("width", "height", "fps", "duration_s", "codec", "rotation", "pixel_aspect")}
         if info["duration_s"] is not None and info["duration_s"] < self.min_seconds:

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from synctalk import threads
-from synctalk.data.parsing import PersonSegmenter, compose_gt_and_torso, read_parsing
+from synctalk.face.segmentation import PersonSegmenter, compose_gt_and_torso, read_parsing
 from synctalk.io import atomic_path
 from synctalk.stages.base import Stage, StageContext
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from synctalk.data.landmarks import detect_mesh, fill_gaps, jitter, to_68
+from synctalk.face.facemesh import detect_mesh, fill_gaps, jitter, to_68
 from synctalk.io import atomic_path
 from synctalk.stages.base import Stage, StageContext
 

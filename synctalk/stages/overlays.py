@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from synctalk.data.parsing import overlay, read_parsing
+from synctalk.face.segmentation import overlay, read_parsing
 from synctalk.io import atomic_path
 from synctalk.stages.base import Stage, StageContext
 

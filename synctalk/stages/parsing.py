@@ -9,9 +9,9 @@ import numpy as np
 from tqdm import tqdm
 
 from synctalk import threads
-from synctalk.data.parsing import (HEAD, BackgroundAccumulator, PersonSegmenter, face_oval_order,
-                                   labels_from_classes, parse_frame, write_parsing)
 from synctalk.errors import UserError
+from synctalk.face.segmentation import (HEAD, BackgroundAccumulator, PersonSegmenter, face_oval_order,
+                                   labels_from_classes, parse_frame, write_parsing)
 from synctalk.io import atomic_path
 from synctalk.stages.base import Stage, StageContext
 
@@ -38,7 +38,7 @@ class ParsingStage(Stage):
         mesh, oval = np.load(ctx.root / "landmarks_mesh.npy"), face_oval_order()
         bisenet = None
         if self.backend == "bisenet":
-            from synctalk.models.face_parsing import BiSeNetParser
+            from synctalk.face.bisenet import BiSeNetParser
             bisenet = BiSeNetParser(self.bisenet_checkpoint)
         background, head_fractions = None, []
         with (PersonSegmenter() as segmenter, atomic_path(ctx.root / "parsing") as parse_dir,

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from synctalk.data.landmarks import to_68
 from synctalk.data.layout import Transforms, split_train_val
 from synctalk.external import require_file
-from synctalk.stabilizer.pipeline import StabilizerOptions, region_masks, stabilize, transforms_jitter, truth_errors
+from synctalk.face.facemesh import to_68
+from synctalk.stabilizer.options import StabilizerOptions
+from synctalk.stabilizer.pipeline import region_masks, stabilize
+from synctalk.stabilizer.pose_convention import transforms_jitter
+from synctalk.stabilizer.truth import truth_errors
 from synctalk.stages.base import Stage, StageContext
 
 

@@ -1,8 +1,10 @@
 """The LightningModule that trains the talking head: stages ``head``, ``lips`` and ``torso``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -11,14 +13,26 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from synctalk.config.schema import LossConfig, OccupancyConfig, StageConfig
+from synctalk.data.datamodule import SubjectFrames, temporal_context
 from synctalk.errors import UserError
-from synctalk.data.datamodule import SubjectFrames
 from synctalk.geometry import pixel_rays
 from synctalk.models import losses
-from synctalk.models.head_nerf import HeadNeRF, temporal_context
-from synctalk.models.occupancy import OccupancyGrid
+from synctalk.models.head_nerf import HeadNeRF
+from synctalk.models.losses import LossConfig
+from synctalk.models.occupancy import OccupancyConfig, OccupancyGrid
 from synctalk.models.torso import TorsoField
+
+
+@dataclass
+class StageConfig:
+    """The ``stage`` group: which training stage, where it starts from, its rays and patch losses."""
+
+    name: str = "head"  # head | lips | torso
+    init_from: Optional[str] = None  # checkpoint of the previous stage (weights only)
+    lips_ray_fraction: float = 0.0  # share of rays sampled inside the mouth box
+    patch_size: int = 0  # > 0: one square patch of rays per step for the patch losses (px at data resolution)
+    patch_weight: float = 0.0  # patch loss on patches inside the face box (every other step)
+    lips_patch_weight: float = 0.0  # patch loss on patches centred on the mouth (the other steps)
 
 
 class HeadNeRFSystem(pl.LightningModule):

@@ -1,6 +1,6 @@
 """The synthetic subject: a rendered talking head with known ground truth.
 
-No downloaded assets. A head (a human face mesh from :mod:`synctalk.data.human_face` whose eyes blink,
+No downloaded assets. A head (a human face mesh from :mod:`synctalk.synthetic.human_face` whose eyes blink,
 brows rise and mouth opens with a generated speech-like audio track, on a ray-cast skull with hair) moves with a
 known rotation and translation in front of a pinhole camera of known focal length; a
 static neck and torso sit in front of a static background. The result is written in
@@ -20,18 +20,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from synctalk.audio import SAMPLE_RATE, mel_windows, write_wav
-from synctalk.data.blendshapes import BLENDSHAPE_NAMES
-from synctalk.data.human_face import (EYES, INNER_LIPS, MOUTH_COLOR, SKIN, HAIR, TEETH_COLOR, TEXTURE_SIZE, IRIS,
-                                      PUPIL, SCLERA, human_face, rasterize, vertex_normals)
-from synctalk.data.landmarks import MESH_TO_68
-from synctalk.data.layout import PARSING_COLORS, DatasetLayout, Transforms, split_train_val
+from synctalk.audio.features import SAMPLE_RATE, mel_windows, write_wav
+from synctalk.data.layout import DatasetLayout, Transforms, split_train_val
 from synctalk.errors import UserError
+from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES
+from synctalk.face.facemesh import MESH_TO_68
+from synctalk.face.segmentation import PARSING_COLORS
 from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, project_points
 from synctalk.io import atomic_path
+from synctalk.synthetic.human_face import (EYES, INNER_LIPS, MOUTH_COLOR, SKIN, HAIR, TEETH_COLOR, TEXTURE_SIZE, IRIS,
+                                      PUPIL, SCLERA, human_face, rasterize, vertex_normals)
 
 # Head geometry in the head frame (metres; x to the subject's left, y up, z out of the face). The face is the
-# textured mesh of synctalk.data.human_face; the skull (hair on top and behind), the eyeballs and the mouth
+# textured mesh of synctalk.synthetic.human_face; the skull (hair on top and behind), the eyeballs and the mouth
 # cavity are ellipsoids behind it. The skull is wider than the face mesh down to the level of the earlobes, so,
 # as on a real head, the face's edge at the temples and cheeks lies on the head and not on its outline; below
 # SKULL_FLOOR_Y it is cut off, so the jaw stays the outline against the neck.
@@ -339,7 +340,7 @@ def render_frame(size: int, focal: float, distance: float, rotation: np.ndarray,
 
 def landmarks_3d(blink: float, brow: float, mouth: float) -> np.ndarray:
     """The 68 landmarks (iBUG 300-W order) of the synthetic face, (68, 3) in the head frame: its mesh vertices
-    at :data:`synctalk.data.landmarks.MESH_TO_68`."""
+    at :data:`synctalk.face.facemesh.MESH_TO_68`."""
     return human_face().pose(blink, brow, mouth)[MESH_TO_68]
 
 
@@ -374,7 +375,7 @@ def write_video(root: Path, fps: float) -> Path:
     """``<root>/video.mp4``: the subject's original frames with its audio, the input a real subject would
     bring, so the synthetic subject can go through ``synctalk preprocess`` and be compared with its
     ``ground_truth.npz`` (``preprocess.ground_truth``)."""
-    from synctalk.audio import load_audio
+    from synctalk.audio.features import load_audio
     from synctalk.video import VideoWriter
 
     frames = sorted((root / "ori_imgs").glob("*.jpg"), key=lambda p: int(p.stem))

@@ -11,7 +11,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from synctalk.data.blendshapes import BLENDSHAPE_NAMES
+from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES
 
 # FaceMesh indices (the subject's right side is the image's left)
 R_EYE = {"outer": 33, "inner": 133, "upper": 159, "lower": 145}

@@ -25,23 +25,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from synctalk.data.face_geometry import OUTER_EYE_CORNERS_M
-from synctalk.data.landmarks import MESH_TO_68
 from synctalk.errors import UserError
+from synctalk.face.expressions import OUTER_EYE_CORNERS_M
+from synctalk.face.facemesh import MESH_TO_68
 from synctalk.io import atomic_path
 
 CANONICAL_FACE = Path(__file__).with_name("canonical_face_68.txt")  # mm, head axes, Apache-2.0 (see its header)
 CANONICAL_NOTICE = """MediaPipe's canonical metric face mesh (468 vertices, centimetres) from the Face Landmarker model
 (face_landmarker.task: geometry_pipeline_metadata_landmarks.binarypb), reduced to the 68-point layout
-(synctalk.data.landmarks.MESH_TO_68) and written in millimetres, head axes: x to the image's right for a
-frontal face, y up, z out of the face. Regenerate: python -m synctalk.stabilizer.face_model face_landmarker.task
+(synctalk.face.facemesh.MESH_TO_68) and written in millimetres, head axes: x to the image's right for a
+frontal face, y up, z out of the face. Regenerate: python -m synctalk.face.face_model face_landmarker.task
 Copyright 2020-2023 The MediaPipe Authors. Licensed under the Apache License, Version 2.0
 (http://www.apache.org/licenses/LICENSE-2.0); derived work: vertex subset and unit change only."""
-CANONICAL_MESH = Path(__file__).parents[1] / "data" / "canonical_face.obj"  # the synthetic subject's face
+CANONICAL_MESH = Path(__file__).with_name("canonical_face.obj")  # the synthetic subject's face
 CANONICAL_MESH_NOTICE = """MediaPipe's canonical metric face mesh (468 vertices in centimetres, 898 triangles, texture coordinates)
 from the Face Landmarker model (face_landmarker.task: geometry_pipeline_metadata_landmarks.binarypb), head axes:
 x to the image's right for a frontal face, y up, z out of the face. Regenerate:
-python -m synctalk.stabilizer.face_model face_landmarker.task
+python -m synctalk.face.face_model face_landmarker.task
 Copyright 2020-2023 The MediaPipe Authors. Licensed under the Apache License, Version 2.0
 (http://www.apache.org/licenses/LICENSE-2.0); derived work: format change only."""
 CANONICAL_ID_STEP = 0.05  # one identity unit of the canonical model: 5% of the face's width, height or depth
@@ -241,6 +241,25 @@ def write_canonical_template(task_file: str | Path, path: str | Path = CANONICAL
     return points
 
 
+def read_obj(path: Path = CANONICAL_MESH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices (V, 3), texture coordinates (V, 2; v grows downwards) and triangles (T, 3) of an OBJ file whose
+    vertex and texture indices agree (as in ``canonical_face.obj``)."""
+    vertices, uv, faces = [], [], []
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if parts[0] == "v":
+            vertices.append([float(x) for x in parts[1:4]])
+        elif parts[0] == "vt":
+            uv.append([float(x) for x in parts[1:3]])
+        elif parts[0] == "f":
+            faces.append([int(p.split("/")[0]) - 1 for p in parts[1:4]])
+    uv_array = np.array(uv, np.float64)
+    uv_array[:, 1] = 1.0 - uv_array[:, 1]  # OBJ texture v grows upwards
+    return np.array(vertices, np.float64), uv_array, np.array(faces, np.int64)
+
+
 def write_canonical_mesh(task_file: str | Path, path: str | Path = CANONICAL_MESH) -> None:
     """Write the canonical face mesh of ``task_file`` as an OBJ file (cm, texture coordinates), with its notice."""
     vertices, uv, triangles = canonical_mesh_from_task(task_file, with_uv=True)
@@ -308,7 +327,7 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m synctalk.stabilizer.face_model /path/to/face_landmarker.task")
+        sys.exit("usage: python -m synctalk.face.face_model /path/to/face_landmarker.task")
     write_canonical_template(sys.argv[1])
     write_canonical_mesh(sys.argv[1])
     print(f"wrote {CANONICAL_FACE} and {CANONICAL_MESH}")

@@ -10,16 +10,29 @@ Neither weight file can be downloaded by the platform; paths come from ``audio_e
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from synctalk.audio import SAMPLE_RATE, lipsync_mel, mel_windows
+from synctalk.audio.features import SAMPLE_RATE, lipsync_mel, mel_windows
 from synctalk.errors import UserError
 from synctalk.external import load_weights, require
+
+
+@dataclass
+class AudioConfig:
+    """The ``audio_encoder`` group: which per-frame features, their size, and the encoder's weights."""
+
+    name: str = "mel"  # features are read from aud_<name>.npy
+    feature_dim: int = 80  # size of one audio step
+    window: int = 16  # audio steps per video frame
+    checkpoint: Optional[str] = None  # weight file of encoders that need one
+    features_file: Optional[str] = None  # precomputed features to import, e.g. aud_ds.npy of the original tools
 
 AVE_MEL_ROWS = 16  # mel rows per window (0.2 s)
 AVE_ROWS_PER_SECOND = SAMPLE_RATE / 200

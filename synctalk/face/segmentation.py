@@ -7,7 +7,7 @@ face oval with the jaw edge moved down a little (no hair, no ears).
 
 Limits of this default: hair that falls below the jaw line is labelled neck or torso, and
 ears outside the person mask are lost. ``preprocess.parsing.backend=bisenet`` uses a 19-class
-face-parsing checkpoint instead (:mod:`synctalk.models.face_parsing`), grouped into the same labels
+face-parsing checkpoint instead (:mod:`synctalk.face.bisenet`), grouped into the same labels
 by :func:`labels_from_classes`.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-from synctalk.data.layout import PARSING_COLORS
 
+# the colours of parsing/<i>.png (RGB), as in the original SyncTalk / ER-NeRF data
+PARSING_COLORS = {"head": (255, 0, 0), "neck": (0, 255, 0), "torso": (0, 0, 255), "background": (255, 255, 255)}
 BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
 PALETTE_BGR = np.array([PARSING_COLORS[k] for k in ("background", "head", "neck", "torso")], np.uint8)[:, ::-1]
 # colour bits (B*4 + G*2 + R) of the palette -> label: white 7, red 1, green 2, blue 4

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from synctalk.audio import SAMPLE_RATE, load_audio, write_wav
-from synctalk.config.schema import AudioConfig
+from synctalk.audio.encoders import compute_features
+from synctalk.audio.encoders import AudioConfig
+from synctalk.audio.features import SAMPLE_RATE, load_audio, write_wav
 from synctalk.errors import UserError
 from synctalk.io import atomic_path
-from synctalk.models.audio_encoders import compute_features
 from synctalk.stages.base import Stage, StageContext
 
 

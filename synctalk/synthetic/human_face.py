@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-MESH_FILE = Path(__file__).with_name("canonical_face.obj")
+from synctalk.face.face_model import read_obj
+
 TEXTURE_SIZE = 1024
 
 # loops of the mesh (MediaPipe FaceMesh indices), subject's right first
@@ -43,25 +43,6 @@ SKIN, HAIR = np.array([0.86, 0.66, 0.55]), np.array([0.24, 0.15, 0.1])
 LIP_COLOR, BROW_COLOR, LASH_COLOR = np.array([0.72, 0.36, 0.36]), np.array([0.22, 0.14, 0.1]), np.array([0.12, 0.08, 0.07])
 MOUTH_COLOR, TEETH_COLOR = np.array([0.28, 0.05, 0.07]), np.array([0.9, 0.88, 0.82])
 SCLERA, IRIS, PUPIL = np.array([0.93, 0.92, 0.9]), np.array([0.3, 0.2, 0.12]), np.array([0.03, 0.03, 0.03])
-
-
-def read_obj(path: Path = MESH_FILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vertices (V, 3), texture coordinates (V, 2; v grows downwards) and triangles (T, 3) of an OBJ file whose
-    vertex and texture indices agree (as in ``canonical_face.obj``)."""
-    vertices, uv, faces = [], [], []
-    for line in Path(path).read_text().splitlines():
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        if parts[0] == "v":
-            vertices.append([float(x) for x in parts[1:4]])
-        elif parts[0] == "vt":
-            uv.append([float(x) for x in parts[1:3]])
-        elif parts[0] == "f":
-            faces.append([int(p.split("/")[0]) - 1 for p in parts[1:4]])
-    uv_array = np.array(uv, np.float64)
-    uv_array[:, 1] = 1.0 - uv_array[:, 1]  # OBJ texture v grows upwards
-    return np.array(vertices, np.float64), uv_array, np.array(faces, np.int64)
 
 
 def _smooth_shape(points: np.ndarray, amplitude: float, seed: int) -> np.ndarray:

@@ -226,8 +226,7 @@ def plot_metrics_per_value(runs: list[dict[str, Any]], keys: list[str], path: Pa
 
 def plot_quality_vs_focal(runs: list[dict[str, Any]], keys: list[str], path: Path) -> Path | None:
     """Held-out image quality of trained runs against the focal length of their datasets (at 512 px width), when
-    at least two runs were trained on datasets with different focal lengths (``experiments/focal_step_sweep.sh
-    --train``)."""
+    at least two runs were trained on datasets with different focal lengths (``experiment=focal_step``)."""
     done = [r for r in runs if "dataset.focal_at_512" in r["metrics"]]
     names = [m for m in QUALITY if sum(m in r["metrics"] for r in done) >= 2]
     if len({r["metrics"]["dataset.focal_at_512"] for r in done}) < 2 or not names:
