@@ -97,7 +97,8 @@ def test_blendshape_set_sizes_feed_the_model(tmp_path):
 @pytest.mark.parametrize("key,value", [("tracker.pose_source", "flow"), ("tracker.focal_landmarks", "lips"),
                                        ("flow.backend", "raft"), ("preprocess.face_model.backend", "flame"),
                                        ("preprocess.points.region", "hair"), ("preprocess.points.rule", "random"),
-                                       ("preprocess.bundle_adjustment.robust", "cauchy"), ("preprocess.crop.mode", "wide")])
+                                       ("preprocess.bundle_adjustment.robust", "cauchy"), ("preprocess.crop.mode", "wide"),
+                                       ("preprocess.parsing.backend", "sam")])
 def test_a_choice_that_is_not_an_option_fails_when_the_config_is_composed(key, value, tmp_path):
     """Choices are enums in the schema: a bad one is a one-line error naming the key and the options, before any
     work starts (the algorithms do not check their choices again)."""

@@ -91,6 +91,7 @@ def test_gpu_benchmark_runs_in_its_tiny_mode_and_writes_json(tmp_path):
         assert bf16 == {"skipped": "the device has no native bf16"}
 
 
+@pytest.mark.slow
 def test_speedup_benchmark_times_a_git_revision_beside_the_working_tree(tmp_path):
     """benchmarks/speedup.py exports a revision with git archive and runs its own speed benchmark beside this
     tree's (tiny sizes here; the real measurement is 128 px, 1000 steps and the demo)."""

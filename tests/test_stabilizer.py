@@ -214,8 +214,6 @@ def test_keypoint_rules_pick_minima_or_maxima_apart():
     assert s_vals.max() < m_vals.min()
     d = np.linalg.norm(stable[:, None] - stable[None], axis=-1) + np.eye(20) * 99
     assert d.min() >= 5.0 and region[stable[:, 1].astype(int), stable[:, 0].astype(int)].all()
-    with pytest.raises(UserError, match="rule"):
-        select_keypoints(score, region, "random", 5, 5.0, 30)
 
 
 @pytest.mark.slow

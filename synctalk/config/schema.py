@@ -15,6 +15,7 @@ from synctalk.models.occupancy import OccupancyConfig
 from synctalk.stabilizer.options import (BundleAdjustmentOptions, FaceModelOptions, FlowConfig, PointsOptions,
                                          TrackerConfig)
 from synctalk.stages.crop import CropOptions
+from synctalk.stages.parsing import ParsingOptions
 from synctalk.synthetic.subject import SyntheticSpec
 from synctalk.systems.head import StageConfig
 
@@ -169,12 +170,6 @@ class ReportConfig:
 class LandmarkOptions:
     max_gap: int = 5  # longest run of frames without a face that is interpolated
     max_missing_fraction: float = 0.1  # above this share of faceless frames the stage fails
-
-
-@dataclass
-class ParsingOptions:
-    backend: str = "mediapipe"  # mediapipe (weight-free) | bisenet (19-class face-parsing checkpoint)
-    bisenet_checkpoint: Optional[str] = None  # 79999_iter.pth of the face-parsing BiSeNet
 
 
 @dataclass

@@ -3,19 +3,32 @@ mask (``parsing/<i>_face.png``), the head mask (``face_mask/<i>.png``) and the s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from synctalk import threads
+from synctalk.choice import Choice
 from synctalk.errors import UserError
 from synctalk.face.segmentation import (HEAD, BackgroundAccumulator, PersonSegmenter, face_oval_order,
-                                   labels_from_classes, parse_frame, write_parsing)
+                                        labels_from_classes, parse_frame, write_parsing)
 from synctalk.io import atomic_path
 from synctalk.stages.base import Stage, StageContext
 
-BACKENDS = ("mediapipe", "bisenet")
+
+class ParsingBackend(Choice):
+    mediapipe = "mediapipe"  # selfie segmentation + the FaceMesh face oval (weight-free)
+    bisenet = "bisenet"  # the 19-class face-parsing BiSeNet (preprocess.parsing.bisenet_checkpoint)
+
+
+@dataclass
+class ParsingOptions:
+    """``preprocess.parsing``: how frames are parsed into head, neck, torso and background."""
+
+    backend: ParsingBackend = ParsingBackend.mediapipe
+    bisenet_checkpoint: Optional[str] = None  # 79999_iter.pth of the face-parsing BiSeNet
 
 
 @dataclass
@@ -32,8 +45,6 @@ class ParsingStage(Stage):
     background_every: int = 20
 
     def run(self, ctx: StageContext) -> dict:
-        if self.backend not in BACKENDS:
-            raise UserError(f"preprocess.parsing.backend={self.backend} is not one of {', '.join(BACKENDS)}")
         layout, n = ctx.layout, ctx.frame_count()
         mesh, oval = np.load(ctx.root / "landmarks_mesh.npy"), face_oval_order()
         bisenet = None
