@@ -25,7 +25,8 @@ def face_subject(tmp_path_factory):
                     progress=False)
 
 
-#: stages before and after the poses are what most tests check: a short face-model fit is enough there
+#: a short focal search and landmark fit (600 Adam steps, no refinement) where a test checks the rest of the stage
+QUICK_FOCAL = ("tracker.steps=600", "tracker.refine_points=0")
 
 
 def DS(**kw) -> AudioConfig:
@@ -118,6 +119,7 @@ def test_blendshapes_and_stabilized_poses_follow_the_synthetic_truth(tmp_path):
     # "perspective"), so this test measures the rest of the pipeline with the subject's own FaceMesh shape
     opts = IngestOptions(progress=False)
     opts.stabilizer.face_model = FaceModelOptions(backend="subject")
+    opts.stabilizer.tracker.steps, opts.stabilizer.tracker.refine_points = 600, 0  # a short focal search and fit
     report = run_ingest(video, root, opts)
     gt = np.load(subject / "ground_truth.npz")
     bs = np.load(root / "bs.npy")
@@ -157,9 +159,11 @@ def test_synthetic_generation_never_replaces_a_real_dataset(tmp_path):
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
-    """From a real video to a trained head and a rendered mp4, at smoke size."""
+    """From a real video to a trained head and a rendered mp4, at smoke size (bundle adjustment as by default, with
+    a short focal search and 600 joint steps)."""
     root = run_cli.root / "katie"
-    assert run_cli("preprocess", f"data.video={real_data / 'WDA_KatieHill_000.mp4'}", f"data.root={root}") == 0
+    assert run_cli("preprocess", f"data.video={real_data / 'WDA_KatieHill_000.mp4'}", f"data.root={root}",
+                   *QUICK_FOCAL, "preprocess.bundle_adjustment.joint_steps=600") == 0
     check_real_clip_dataset(root)
     poses = json.loads((root / ".stages" / "poses.json").read_text())["report"]
     assert poses["pose_source"] == "bundle_adjustment" and poses["frames_with_few_points"] == 0
@@ -412,10 +416,11 @@ def check_real_clip_dataset(root: Path) -> None:
 @pytest.mark.parametrize("clip", ["RD_Radio34_000.mp4", "WDA_BobMenendez_000.mp4"])
 def test_ingest_a_real_clip(real_data, run_cli, clip):
     """Two more real faces through every stage (the third, KatieHill, with the default bundle adjustment, in
-    test_a_real_clip_trains_evaluates_and_renders); the poses from the face-model fit, to keep the suite short."""
+    test_a_real_clip_trains_evaluates_and_renders); the poses from the face-model fit and a short focal search
+    (600 steps, no refinement: 12 s instead of 70 on a 2-core machine), to keep the suite short."""
     root = run_cli.root / "subject"
     assert run_cli("preprocess", f"data.video={real_data / clip}", f"data.root={root}",
-                   "tracker.pose_source=landmarks") == 0
+                   "tracker.pose_source=landmarks", *QUICK_FOCAL) == 0
     check_real_clip_dataset(root)
     poses = json.loads((root / ".stages" / "poses.json").read_text())["report"]
     assert poses["poses_written"] == "landmarks" and poses["focal_interior"]

@@ -287,16 +287,17 @@ def test_stabilizer_accuracy_on_the_synthetic_subject(tmp_path):
     from synctalk.stabilizer.options import FaceModelOptions, StabilizerOptions
     from synctalk.face.facemesh import detect_mesh
 
-    spec = SyntheticSpec(num_frames=100, size=512, seed=0, antialias=1)
+    n = 60
+    spec = SyntheticSpec(num_frames=n, size=512, seed=0, antialias=1)
     root = generate(spec, tmp_path / "s", progress=False)
     layout = DatasetLayout(root)
     truth = np.load(root / "ground_truth.npz")
     lms = truth["landmarks_2d"][..., :2] + np.random.default_rng(0).normal(0, 1.0, truth["landmarks_2d"][..., :2].shape)
-    mesh = detect_mesh([layout.frame(i) for i in range(100)], progress=False)  # the expression components
+    mesh = detect_mesh([layout.frame(i) for i in range(n)], progress=False)  # the expression components
     opts = StabilizerOptions(face_model=FaceModelOptions(backend="template", template=str(root / "face_template.npy")))
     opts.tracker.focal.start = opts.tracker.focal.stop = 1350.0  # the true focal: poses only
     opts.tracker.refine_points = 0
-    result = stabilize([layout.frame(i) for i in range(100)], region_masks(layout, 100, "head"), mesh, lms, 512, 512,
+    result = stabilize([layout.frame(i) for i in range(n)], region_masks(layout, n, "head"), mesh, lms, 512, 512,
                        spec.fps, opts, tmp_path / "stab", progress=False)
     landmarks = pose_errors(result["c2w_landmarks"], truth["c2w"])
     adjusted = pose_errors(result["c2w"], truth["c2w"])
