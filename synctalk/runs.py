@@ -216,12 +216,14 @@ def write_run_info(out_dir: Path, cfg: DictConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "config_resolved.yaml") as tmp:
         tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_container(cfg))))
+    governor = threads.current()  # it found the usable cores when the job started
     write_json(out_dir / "run_info.json", {
         "git_revision": git_revision(), "command": [Path(sys.argv[0]).name] + sys.argv[1:],
         "python": platform.python_version(), "torch": torch.__version__,
         "pytorch_lightning": pytorch_lightning.__version__, "cuda_available": torch.cuda.is_available(),
         "optional_packages": external.report(), "torch_threads": torch.get_num_threads(),
-        "usable_cores": threads.usable_cores()[0], "threads_configured": cfg.get("threads"),
+        "usable_cores": governor.cores if governor else threads.usable_cores()[0],
+        "threads_configured": cfg.get("threads"),
     })
 
 

@@ -322,6 +322,14 @@ def current() -> ThreadGovernor | None:
     return _current[-1] if _current else None
 
 
+def record(into: dict) -> dict:
+    """``into`` with the running job's :meth:`ThreadGovernor.summary` under ``threads`` (unchanged outside
+    :func:`governed`), for the job's ``metrics.json`` or result."""
+    if _current:
+        into["threads"] = _current[-1].summary()
+    return into
+
+
 def current_threads() -> int:
     """The thread count a job should size its own worker pools by (the governor's, else the usable cores)."""
     return _current[-1].threads if _current else usable_cores()[0]

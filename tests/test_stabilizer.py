@@ -9,7 +9,7 @@ import torch
 
 from synctalk.errors import UserError
 from synctalk.face.face_model import (RIGID_68, FaceModel, bfm_face_model, read_template, subject_face_model,
-                                            template_face_model)
+                                      template_face_model)
 from synctalk.geometry import euler_to_matrix
 from synctalk.stabilizer.bundle_adjustment import find_outliers, run_bundle_adjustment
 from synctalk.stabilizer.checks import focal_at_range_end

@@ -29,8 +29,7 @@ def run(cfg: DictConfig) -> dict:
                              run_cfg.data.fps, run_cfg.model.loss.lpips_backbone, out / "eval_sample.png",
                              weights_root=cfg.paths.root_dir)
     metrics.update(ckpt=str(Path(cfg.ckpt).resolve()), data_root=str(root), split=cfg.split)
-    if threads.current() is not None:
-        metrics["threads"] = threads.current().summary()
+    threads.record(metrics)
     write_json(out / "metrics.json", metrics)
     for key, value in metrics.items():
         log.info("%-22s %s", key, f"{value:.4f}" if isinstance(value, float) else value)

@@ -66,7 +66,4 @@ def run(cfg: DictConfig) -> dict:
             writer.write(image.numpy())
             threads.tick()
     log.info("wrote %s: %d frames, %.2f s of audio", output, n, len(samples) / 16000)
-    result = {"output": str(output), "frames": n, "seconds": len(samples) / 16000}
-    if threads.current() is not None:
-        result["threads"] = threads.current().summary()
-    return result
+    return threads.record({"output": str(output), "frames": n, "seconds": len(samples) / 16000})

@@ -71,8 +71,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
                        mlp_dtype=str(system.net.density_net.compute_dtype(system.device)).removeprefix("torch."),
                        encoding_lookup=system.net.encoding.grid.lookup(system.device),
                        dataset=dataset_summary(datamodule.root))
-        if threads.current() is not None:
-            metrics["threads"] = threads.current().summary()
+        threads.record(metrics)
         for logger in loggers:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},
                                step=trainer.global_step)

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from synctalk.face.face_model import (FaceModel, bfm_face_model, canonical_face_model, subject_face_model,
-                                            template_face_model)
+                                      template_face_model)
 from synctalk.io import StepCache, atomic_path, write_json
 from synctalk.stabilizer.bundle_adjustment import MIN_POINTS_PER_FRAME, run_bundle_adjustment
 from synctalk.stabilizer.checks import (PERSPECTIVE_GAIN_WARN, focal_at_range_end, focal_half_agreement,
-                                       focal_is_interior, judge_bundle_adjustment)
+                                        focal_is_interior, judge_bundle_adjustment)
 from synctalk.stabilizer.focal_search import search_focal
 from synctalk.stabilizer.head_tracker import fit_landmarks
 from synctalk.stabilizer.options import FaceModelBackend, FaceModelOptions, FlowBackend, PoseSource, StabilizerOptions
@@ -67,7 +67,7 @@ def region_masks(layout, count: int, region: str) -> list[Path]:
     """The per-frame masks of ``preprocess.points.region`` in a dataset folder (a :class:`DatasetLayout`):
     the parsing's head class (hair included) or the face skin; ``upper_*`` regions are cut further by the
     point tracker."""
-    head = str(region).endswith("head")
+    head = region.endswith("head")
     return [layout.head_mask(i) if head else layout.face_only_mask(i) for i in range(count)]
 
 

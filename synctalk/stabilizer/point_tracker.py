@@ -244,7 +244,7 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
 
     p, flow = points or PointsOptions(), flow or FlowConfig()
     rule, window, max_points, fb_threshold, min_points = p.rule, p.window, p.max_points, p.fb_threshold, p.min_points
-    backend, checkpoint, upper = flow.backend, flow.checkpoint, str(p.region).startswith("upper")
+    backend, checkpoint, upper = flow.backend, flow.checkpoint, p.region.startswith("upper")
     min_distance = max(1.0, p.min_distance * px_scale)
     erode_px = max(1, round(p.erode_px * px_scale))
     n = len(frames)

@@ -29,7 +29,7 @@ from synctalk.face.segmentation import PARSING_COLORS
 from synctalk.geometry import euler_to_matrix, head_pose_to_c2w, project_points
 from synctalk.io import atomic_path
 from synctalk.synthetic.human_face import (EYES, INNER_LIPS, MOUTH_COLOR, SKIN, HAIR, TEETH_COLOR, TEXTURE_SIZE, IRIS,
-                                      PUPIL, SCLERA, human_face, rasterize, vertex_normals)
+                                           PUPIL, SCLERA, human_face, rasterize, vertex_normals)
 
 # Head geometry in the head frame (metres; x to the subject's left, y up, z out of the face). The face is the
 # textured mesh of synctalk.synthetic.human_face; the skull (hair on top and behind), the eyeballs and the mouth
