@@ -19,8 +19,8 @@ Synthetic subject (512 px, focal 1350, +-10 deg yaw), four entries:
 - ``perspective``: the subject filmed at three focal lengths with the camera distance scaled so the face keeps its
   size (:data:`PERSPECTIVE_FOCALS`): the focal found on the true landmarks and on FaceMesh's, and the share of the
   change of perspective each follows (``gain``: 1 follows the image, 0 reports one focal whatever the camera).
-- ``user``: as a user runs it: the subject's ``video.mp4`` through ``synctalk preprocess`` with its defaults
-  (crop, FaceMesh, ``canonical`` face model, bundle adjustment), errors against the truth.
+- ``user``: as a user runs it: the subject's ``video.mp4`` through ``synctalk preprocess`` (the command, in a child
+  process) with its defaults (crop, FaceMesh, ``canonical`` face model, bundle adjustment), errors against the truth.
 
 The subject's face is a human face (MediaPipe's canonical mesh with an identity of its own: wider, shorter, a
 longer nose, a random shape; :mod:`synctalk.synthetic.human_face`), so the default face model meets a real identity
@@ -30,7 +30,7 @@ For each: the focal on the grid and after refinement, the pose errors of the lan
 adjustment (rotation and translation after the alignment of ``pose_errors``: the head frame and the
 global scale are not observable) and the time of the whole stabilizer.
 
-Real clips (no truth), preprocessed as a user does: the focal (also in face-detector boxes: ``focal_over_face_px``,
+Real clips (no truth), each through ``synctalk preprocess`` as a user runs it: the focal (also in face-detector boxes: ``focal_over_face_px``,
 to set beside the ``perspective`` entry's pull), whether it is an interior minimum of the error
 curve, the focal of each half of the clip and their difference, the rotation jitter of the face-model fit and
 of bundle adjustment, which poses were written and the jitter measured from the written transforms json.
@@ -38,13 +38,19 @@ of bundle adjustment, which poses were written and the jitter measured from the 
 ``--long-minutes M``: the ``poses`` stage of an M-minute 512 px video (the first real clip played forwards and
 backwards, built from its preprocessed frames and masks), run in a child process: seconds and peak memory.
 
-Writes benchmarks/results/stabilizer.json.
+Writes benchmarks/results/stabilizer.json and, for ``synctalk report``, one job folder per entry in
+benchmarks/results/stabilizer/ (the ``synctalk preprocess`` run folders of the user entry and the real clips; a
+folder with the settings and numbers of each synthetic entry):
+
+    synctalk report benchmarks/results/stabilizer
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,14 +60,14 @@ from omegaconf import OmegaConf
 
 from synctalk.config import config_dir, to_dataclass
 from synctalk.data.layout import DatasetLayout
-from synctalk.errors import UserError
-from synctalk.face.facemesh import detect_mesh, to_68
-from synctalk.stabilizer.options import FaceModelOptions, StabilizerOptions, TrackerConfig
+from synctalk.face.face_model import CanonicalFace, FaceModelSpec, SubjectFace, TemplateFace
+from synctalk.face.facemesh import to_68
+from synctalk.face.landmark_detectors import FaceMesh
+from synctalk.stabilizer.options import StabilizerOptions, TrackerConfig
 from synctalk.stabilizer.perspective_check import perspective_response
 from synctalk.stabilizer.pipeline import region_masks, stabilize
-from synctalk.stabilizer.pose_convention import transforms_jitter
 from synctalk.stabilizer.truth import pose_errors
-from synctalk.stages import IngestOptions, run_ingest
+from synctalk.sweep_report import write_job
 from synctalk.synthetic.subject import SyntheticSpec, generate
 
 REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
@@ -79,8 +85,23 @@ def noisy_landmarks(truth: dict, seed: int, sigma_px: float = 1.0) -> np.ndarray
     return clean + np.random.default_rng(seed).normal(0, sigma_px, clean.shape)
 
 
+def preprocess(video: Path, root: Path, run_dir: Path, *overrides: str) -> dict:
+    """``synctalk preprocess`` on ``video`` as a user runs it (a child process), its run folder at ``run_dir``.
+
+    Returns:
+        {stage: its report} read from the dataset's stage records, or {"error": the command's one-line error}.
+    """
+    cmd = [sys.executable, "-m", "synctalk", "preprocess", f"data.video='{video}'", f"data.root='{root}'",
+           f"hydra.run.dir='{run_dir}'", *overrides]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {done.returncode}"}
+    return {p.stem: json.loads(p.read_text())["report"] for p in (root / ".stages").glob("*.json")}
+
+
 def run_preset(name: str, paths: list, masks: list, mesh: np.ndarray, lms: np.ndarray, spec: SyntheticSpec,
-               truth: dict, work: Path, face_model: FaceModelOptions, focal_landmarks: str = "all",
+               truth: dict, work: Path, face_model: FaceModelSpec, focal_landmarks: str = "all",
                pose_source: str | None = None, focal_range: tuple[float, float, float] | None = None) -> dict:
     """The stabilizer with a tracker preset on the synthetic subject; ``focal_range`` (start, stop, step; px at
     512) replaces the preset's focal grid."""
@@ -101,21 +122,24 @@ def run_preset(name: str, paths: list, masks: list, mesh: np.ndarray, lms: np.nd
             "bundle_adjustment": pose_errors(res["c2w"], truth["c2w"]), "report": res["report"]}
 
 
-def synthetic(frames: int, work: Path, presets: list[str]) -> dict:
+def synthetic(frames: int, work: Path, presets: list[str], runs: Path) -> dict:
     spec = SyntheticSpec(num_frames=frames, size=512, seed=0)
     root = generate(spec, work / "synthetic", progress=True)
     layout = DatasetLayout(root)
     truth = dict(np.load(root / "ground_truth.npz"))
     paths = [layout.frame(i) for i in range(frames)]
     masks = region_masks(layout, frames, preset(presets[0]).points.region)
-    mesh = detect_mesh(paths, progress=False)
+    mesh = FaceMesh().detect_files(paths, progress=False)
     noisy = noisy_landmarks(truth, 0)
     out = {"frames": frames, "size": 512, "true_focal": float(truth["focal"]), "truth_landmarks": {}, "facemesh": {}}
-    template = FaceModelOptions(backend="template", template=str(root / "face_template.npy"))
+    template = TemplateFace(template=str(root / "face_template.npy"))
     for name in presets:
         out["truth_landmarks"][name] = run_preset(name, paths, masks, mesh, noisy, spec, truth, work / f"truth_{name}",
                                                   template, "rigid")
         print("truth landmarks", name, json.dumps(out["truth_landmarks"][name]), flush=True)
+        write_job(runs / f"truth_landmarks_{name}", {"entry": "truth_landmarks", "tracker": name,
+                                                     "face_model": "template", "tracker.focal_landmarks": "rigid"},
+                  out["truth_landmarks"][name])
     # the focal's spread over landmark-noise draws (focal search only)
     name = presets[0]
     out["focal_noise_draws"] = {"preset": name, "focal": []}
@@ -124,31 +148,36 @@ def synthetic(frames: int, work: Path, presets: list[str]) -> dict:
                           template, "rigid", pose_source="landmarks")
         out["focal_noise_draws"]["focal"].append(draw["focal"])
     print("focal over noise draws", out["focal_noise_draws"], flush=True)
-    for backend in ("canonical", "subject"):
+    for backend, face_model in (("canonical", CanonicalFace()), ("subject", SubjectFace())):
         out["facemesh"][backend] = run_preset(name, paths, masks, mesh, to_68(mesh)[..., :2], spec, truth,
-                                              work / f"facemesh_{backend}", FaceModelOptions(backend=backend))
+                                              work / f"facemesh_{backend}", face_model)
         print("facemesh", backend, json.dumps(out["facemesh"][backend]), flush=True)
-    out["user"] = as_a_user(root, work / "user")
+        write_job(runs / f"facemesh_{backend}", {"entry": "facemesh", "tracker": name, "face_model": backend},
+                  out["facemesh"][backend])
+    out["user"] = as_a_user(root, work / "user", runs / "user")
     print("as a user", json.dumps(out["user"]), flush=True)
     out["perspective"] = detector_perspective(frames, work)
     print("perspective response", json.dumps(out["perspective"]), flush=True)
+    for source in ("truth", "facemesh"):
+        write_job(runs / f"perspective_{source}", {"entry": "perspective", "landmarks": source},
+                  out["perspective"][source])
     return out
 
 
-def as_a_user(subject: Path, root: Path) -> dict:
+def as_a_user(subject: Path, root: Path, run_dir: Path) -> dict:
     """The subject's video.mp4 through ``synctalk preprocess`` with its defaults (the halves and perspective checks
     on): the focal and pose errors against its ground truth, and the self-checks a user sees."""
-    opts = IngestOptions(progress=False, ground_truth=str(subject / "ground_truth.npz"))
-    opts.stabilizer.tracker.check_halves = True
-    opts.stabilizer.tracker.check_perspective = True
     start = time.perf_counter()
-    full = run_ingest(subject / "video.mp4", root, opts)
+    full = preprocess(subject / "video.mp4", root, run_dir, f"preprocess.ground_truth='{subject / 'ground_truth.npz'}'",
+                      "tracker.check_halves=true", "tracker.check_perspective=true")
+    if "error" in full:
+        raise SystemExit(f"synctalk preprocess refused the synthetic subject: {full['error']}")
     report = full["poses"]
     return {"seconds": round(time.perf_counter() - start, 1), "crop_applied": full["crop"].get("applied"),
             **{k: report.get(k) for k in ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct",
                                           "perspective_focals", "perspective_gain", "face_model", "poses_written",
-                                          "bundle_adjustment_rejected")},
-            "truth": report["truth"], "jitter_written": transforms_jitter(root)}
+                                          "bundle_adjustment_rejected", "jitter_written")},
+            "truth": report["truth"]}
 
 
 PERSPECTIVE_FOCALS = (700.0, 1350.0, 2600.0)  # px at 512; the camera 0.47, 0.9 and 1.73 m from the head
@@ -168,11 +197,11 @@ def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
         root = generate(spec, work / name, progress=False)
         layout, truth = DatasetLayout(root), dict(np.load(root / "ground_truth.npz"))
         paths = [layout.frame(i) for i in range(frames)]
-        mesh = detect_mesh(paths, progress=False)
+        mesh = FaceMesh().detect_files(paths, progress=False)
         masks = region_masks(layout, frames, preset("synctalk").points.region)
         for source, lms in (("truth", truth["landmarks_2d"][..., :2]), ("facemesh", to_68(mesh)[..., :2])):
             res = run_preset("synctalk", paths, masks, mesh, lms, spec, truth, work / f"{name}_{source}",
-                             FaceModelOptions(), pose_source="landmarks",
+                             CanonicalFace(), pose_source="landmarks",
                              focal_range=(0.4 * focal, 2.5 * focal, 0.05 * focal))
             found[source].append(res["focal"])
         print("perspective", focal, {k: v[-1] for k, v in found.items()}, flush=True)
@@ -185,24 +214,21 @@ REAL_KEYS = ("focal", "focal_interior", "focal_halves", "focal_halves_difference
              "jitter_written", "ba_drift_median_deg", "perspective_focals", "perspective_gain", "elapsed_s")
 
 
-def real_clips(clips: list[Path], work: Path, check_perspective: bool = False) -> dict:
-    """Each clip preprocessed with the defaults and the halves check (and with ``check_perspective`` the perspective
-    check: how much of a change of perspective FaceMesh follows on the clip); a clip the pipeline refuses (no face,
-    no audio, ...) is recorded with its error and the others still run."""
+def real_clips(clips: list[Path], work: Path, runs: Path, check_perspective: bool = False) -> dict:
+    """Each clip through ``synctalk preprocess`` with the defaults and the halves check (and with
+    ``check_perspective`` the perspective check: how much of a change of perspective FaceMesh follows on the clip);
+    a clip the command refuses (no face, no audio, ...) is recorded with its error and the others still run."""
     out = {}
     for clip in clips:
-        opts = IngestOptions(progress=False)
-        opts.stabilizer.tracker.check_halves = True
-        opts.stabilizer.tracker.check_perspective = check_perspective
         root = work / clip.stem
-        try:
-            full = run_ingest(clip, root, opts)
-        except UserError as e:
-            out[clip.stem] = {"error": str(e)}
-            print(clip.stem, "refused:", e, flush=True)
+        full = preprocess(clip, root, runs / clip.stem, "tracker.check_halves=true",
+                          f"tracker.check_perspective={str(check_perspective).lower()}")
+        if "error" in full:
+            out[clip.stem] = full
+            print(clip.stem, "refused:", full["error"], flush=True)
             continue
         report, width = full["poses"], full["frames"]["width"]
-        written = transforms_jitter(root)["rotation_deg"]
+        written = report["jitter_written"]["rotation_deg"]
         face_px = full["crop"].get("face_px_output")  # the face detector's box in the dataset's frames
         out[clip.stem] = {**{k: report.get(k) for k in REAL_KEYS},
                           "focal_at_512": round(report["focal"] * 512 / width, 1), "face_px": face_px,
@@ -288,7 +314,7 @@ def long_video(clips: list[Path], minutes: float, work: Path) -> dict:
     clip = next((c for c in clips if c.stem == "German_20s"), clips[0])
     source = work / clip.stem
     if not (source / "landmarks_mesh.npy").is_file():
-        run_ingest(clip, source, IngestOptions(progress=False))
+        preprocess(clip, source, work / "runs" / clip.stem)
     root = work / f"long_{clip.stem}"
     frames = long_video_dataset(source, minutes, root)
     print(f"long video: {frames} frames from {clip.stem}; running the poses stage", flush=True)
@@ -319,15 +345,16 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        result = {"synthetic": synthetic(args.frames, work, args.presets) if args.synthetic else None,
-                  "real": real_clips(args.clips, work, args.perspective_check)}
+        runs = args.out.with_suffix("")  # the job folders synctalk report reads
+        result = {"synthetic": synthetic(args.frames, work, args.presets, runs) if args.synthetic else None,
+                  "real": real_clips(args.clips, work, runs, args.perspective_check)}
         if args.long_minutes > 0:
             result["long_video"] = long_video(args.clips, args.long_minutes, work)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     if result["real"]:
         print(real_table(result["real"]))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}; compare the entries with: synctalk report {args.out.with_suffix('')}")
 
 
 if __name__ == "__main__":

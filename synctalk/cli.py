@@ -23,6 +23,23 @@ USAGE = "usage: synctalk <job> [key=value ...] [-m] [--help]\n\njobs:\n" + "\n".
     "\n'-m' sweeps comma-separated values (multirun). Errors print one line; set HYDRA_FULL_ERROR=1 for a stack trace.")
 
 
+#: settings that moved: the old key (a prefix when it ends with '.') -> the override to write now
+RENAMED = {
+    "preprocess.face_model.backend": "face_model={value}",
+    "preprocess.face_model.": "face_model.{rest}={value}",
+}
+
+
+def renamed_override(args: list[str]) -> str | None:
+    """The first command-line override that uses a moved key, as an error naming the new spelling; else None."""
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        for old, new in RENAMED.items():
+            if sep and (key == old or (old.endswith(".") and key.startswith(old))):
+                return f"{key} was renamed: write {new.format(value=value, rest=key[len(old):])}"
+    return None
+
+
 def _task(job: str, module, cfg):
     """The Hydra task: validate the config against the job's schema, then run the job."""
     from pathlib import Path
@@ -65,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if job == "report" and rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest[0] = f"sweep_dir={rest[0]}"
+    moved = renamed_override(rest)
+    if moved:
+        print(f"synctalk {job}: error: {moved}", file=sys.stderr)
+        return 2
 
     import hydra
     from hydra.errors import HydraException

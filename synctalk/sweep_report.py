@@ -57,6 +57,21 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def write_job(folder: Path, settings: dict[str, Any], metrics: dict[str, Any]) -> Path:
+    """A job folder :func:`collect_runs` reads, for results measured outside a Hydra run (a benchmark's entries):
+    ``settings`` ({key: value}, what tells the entries apart) become the overrides and the config, ``metrics``
+    (nested or flat) ``metrics.json``."""
+    from synctalk.io import write_json
+
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / ".hydra" / "overrides.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump([f"{k}={v}" for k, v in settings.items()]))
+    with atomic_path(folder / ".hydra" / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(dict(settings)))
+    write_json(folder / "metrics.json", metrics)
+    return folder
+
+
 def _job_folders(sweep_dir: Path) -> list[Path]:
     if (sweep_dir / ".hydra" / "overrides.yaml").is_file():
         return [sweep_dir]

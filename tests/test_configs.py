@@ -8,12 +8,15 @@ from omegaconf import OmegaConf
 from synctalk.config import config_dir, validate
 from synctalk.config.schema import (EvaluateConfig, PreprocessConfig, RenderConfig, ReportConfig, TrainConfig)
 from synctalk.errors import UserError
+from synctalk.face.face_model import FaceModelSpec
+from synctalk.face.landmark_detectors import LandmarkDetector
 from tests.conftest import compose_config
 
 JOBS = {"train": TrainConfig, "demo": TrainConfig, "evaluate": EvaluateConfig, "render": RenderConfig,
         "report": ReportConfig, "preprocess": PreprocessConfig}
 GROUPS = sorted(p.name for p in config_dir().iterdir()
                 if p.is_dir() and p.name not in ("hydra", "local", "experiment", "debug"))
+PREPROCESS_ONLY = ("face_model", "landmark_detector")
 
 
 def options(group: str) -> list[str]:
@@ -33,8 +36,9 @@ def test_every_group_option_composes(group, option, tmp_path):
         overrides.append("stage.init_from=/some/head.ckpt")
     if group == "data" and option == "subject":
         overrides.append("data.root=/some/dataset")
-    cfg = compose_config("train", overrides, root=tmp_path)
-    validate(cfg, TrainConfig)
+    job = "preprocess" if group in PREPROCESS_ONLY else "train"
+    cfg = compose_config(job, overrides, root=tmp_path)
+    validate(cfg, JOBS[job])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
 
@@ -56,6 +60,24 @@ def test_groups_instantiate(tmp_path):
             assert instantiate(c.logger) is not None
     optimizer = instantiate(cfg.model.optimizer)(net.parameters())
     assert optimizer.defaults["betas"] == (0.9, 0.99)
+
+
+@pytest.mark.parametrize("group,base", [("face_model", FaceModelSpec), ("landmark_detector", LandmarkDetector)])
+def test_component_groups_instantiate_one_class_per_file(group, base, tmp_path):
+    """A face model or a landmark detector is a class plus a YAML file naming it: each option builds its own."""
+    classes = set()
+    for option in options(group):
+        component = instantiate(compose_config("preprocess", [f"{group}={option}"], root=tmp_path)[group])
+        assert isinstance(component, base) and type(component) is not base, option
+        classes.add(type(component))
+    assert len(classes) == len(options(group)) >= 2
+
+
+def test_an_unknown_component_or_a_moved_key_is_a_one_line_error(run_cli, capsys):
+    assert run_cli("preprocess", "data.video=x.mp4", "face_model=flame") == 2
+    assert "face_model/flame" in capsys.readouterr().err
+    assert run_cli("preprocess", "data.video=x.mp4", "preprocess.face_model.backend=bfm") == 2
+    assert "preprocess.face_model.backend was renamed: write face_model=bfm" in capsys.readouterr().err
 
 
 def test_tracker_presets_hold_their_focal_grids(tmp_path):
@@ -95,7 +117,7 @@ def test_blendshape_set_sizes_feed_the_model(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("tracker.pose_source", "flow"), ("tracker.focal_landmarks", "lips"),
-                                       ("flow.backend", "raft"), ("preprocess.face_model.backend", "flame"),
+                                       ("flow.backend", "raft"),
                                        ("preprocess.points.region", "hair"), ("preprocess.points.rule", "random"),
                                        ("preprocess.bundle_adjustment.robust", "cauchy"), ("preprocess.crop.mode", "wide"),
                                        ("preprocess.parsing.backend", "sam")])

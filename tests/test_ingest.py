@@ -12,7 +12,7 @@ from synctalk.audio.encoders import AudioConfig
 from synctalk.audio.features import load_audio
 from synctalk.errors import UserError
 from synctalk.face.facemesh import MESH_TO_68, fill_gaps
-from synctalk.stabilizer.options import FaceModelOptions
+from synctalk.face.face_model import SubjectFace
 from synctalk.stages import IngestOptions, run_ingest
 from synctalk.stages.crop import CropStage
 from synctalk.synthetic.subject import SyntheticSpec, generate
@@ -118,7 +118,7 @@ def test_blendshapes_and_stabilized_poses_follow_the_synthetic_truth(tmp_path):
     # follow 60-64% of the perspective, and the face is not the model's; benchmarks/stabilizer.py, "user" and
     # "perspective"), so this test measures the rest of the pipeline with the subject's own FaceMesh shape
     opts = IngestOptions(progress=False)
-    opts.stabilizer.face_model = FaceModelOptions(backend="subject")
+    opts.stabilizer.face_model = SubjectFace()
     opts.stabilizer.tracker.steps, opts.stabilizer.tracker.refine_points = 600, 0  # a short focal search and fit
     report = run_ingest(video, root, opts)
     gt = np.load(subject / "ground_truth.npz")

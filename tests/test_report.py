@@ -96,3 +96,22 @@ def test_trained_runs_on_datasets_of_different_focal_are_plotted_against_it(tmp_
     text = write_report(sweep).read_text()
     assert "dataset.focal_at_512" in text and "dataset.jitter_written.rotation_deg" in text
     assert (sweep / "report" / "quality_vs_focal.png").is_file() and "quality_vs_focal" in text
+
+
+def test_results_measured_outside_a_hydra_run_are_job_folders_the_report_reads(tmp_path):
+    """A benchmark's entries (benchmarks/stabilizer.py) become job folders: their settings tell them apart and their
+    nested numbers are the metrics."""
+    from synctalk.sweep_report import write_job
+
+    sweep = tmp_path / "stabilizer"
+    write_job(sweep / "facemesh_canonical", {"entry": "facemesh", "face_model": "canonical"},
+              {"focal": 1290.0, "landmark_fit": {"rotation_median_deg": 0.8}, "report": {"poses_written": "ba"}})
+    write_job(sweep / "facemesh_subject", {"entry": "facemesh", "face_model": "subject"},
+              {"focal": 2100.0, "landmark_fit": {"rotation_median_deg": 1.9}})
+    runs = {r["config"]["face_model"]: r for r in collect_runs(sweep)}
+    assert runs["canonical"]["metrics"]["focal"] == 1290.0
+    assert runs["subject"]["metrics"]["landmark_fit.rotation_median_deg"] == 1.9
+    runs = list(runs.values())
+    assert varying_keys(runs) == ["face_model"]
+    text = write_report(sweep).read_text()
+    assert "face_model" in text and "1290" in text and "2100" in text

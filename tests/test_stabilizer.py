@@ -284,8 +284,9 @@ def test_stabilizer_accuracy_on_the_synthetic_subject(tmp_path):
     from synctalk.data.layout import DatasetLayout
     from synctalk.synthetic.subject import SyntheticSpec, generate
     from synctalk.stabilizer.pipeline import region_masks, stabilize
-    from synctalk.stabilizer.options import FaceModelOptions, StabilizerOptions
-    from synctalk.face.facemesh import detect_mesh
+    from synctalk.face.face_model import TemplateFace
+    from synctalk.face.landmark_detectors import FaceMesh
+    from synctalk.stabilizer.options import StabilizerOptions
 
     n = 60
     spec = SyntheticSpec(num_frames=n, size=512, seed=0, antialias=1)
@@ -293,8 +294,8 @@ def test_stabilizer_accuracy_on_the_synthetic_subject(tmp_path):
     layout = DatasetLayout(root)
     truth = np.load(root / "ground_truth.npz")
     lms = truth["landmarks_2d"][..., :2] + np.random.default_rng(0).normal(0, 1.0, truth["landmarks_2d"][..., :2].shape)
-    mesh = detect_mesh([layout.frame(i) for i in range(n)], progress=False)  # the expression components
-    opts = StabilizerOptions(face_model=FaceModelOptions(backend="template", template=str(root / "face_template.npy")))
+    mesh = FaceMesh().detect_files([layout.frame(i) for i in range(n)], progress=False)  # the expression components
+    opts = StabilizerOptions(face_model=TemplateFace(template=str(root / "face_template.npy")))
     opts.tracker.focal.start = opts.tracker.focal.stop = 1350.0  # the true focal: poses only
     opts.tracker.refine_points = 0
     result = stabilize([layout.frame(i) for i in range(n)], region_masks(layout, n, "head"), mesh, lms, 512, 512,
@@ -561,7 +562,8 @@ def test_poses_stage_checks_the_detector_perspective_on_facemesh(tmp_path, caplo
     warped frames."""
     import logging
 
-    from synctalk.face.facemesh import detect_mesh, to_68
+    from synctalk.face.facemesh import to_68
+    from synctalk.face.landmark_detectors import FaceMesh
     from synctalk.data.layout import DatasetLayout
     from synctalk.synthetic.subject import SyntheticSpec, generate
     from synctalk.stabilizer.checks import PERSPECTIVE_GAIN_WARN
@@ -571,7 +573,7 @@ def test_poses_stage_checks_the_detector_perspective_on_facemesh(tmp_path, caplo
     n = 20
     root = generate(SyntheticSpec(num_frames=n, size=256, seed=0), tmp_path / "s", progress=False)
     frames = [DatasetLayout(root).frame(i) for i in range(n)]
-    mesh = detect_mesh(frames, progress=False)
+    mesh = FaceMesh().detect_files(frames, progress=False)
     opts = StabilizerOptions()
     opts.tracker.pose_source, opts.tracker.steps, opts.tracker.refine_points = "landmarks", 300, 3
     opts.tracker.check_perspective, opts.tracker.perspective_frames = True, 12

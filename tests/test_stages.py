@@ -220,7 +220,7 @@ def test_preprocessing_killed_inside_the_poses_stage_resumes_to_the_same_dataset
     subject = generate(SyntheticSpec(num_frames=40, size=128, seed=4), tmp_path / "s", progress=False)
     video = make_video(subject, tmp_path / "v.mp4", fps=25, frames=40)
     short = ["tracker.steps=300", "tracker.check_halves=false", "preprocess.bundle_adjustment.points_steps=100",
-             "preprocess.bundle_adjustment.joint_steps=400", "preprocess.face_model.backend=subject"]
+             "preprocess.bundle_adjustment.joint_steps=400", "face_model=subject"]
 
     def preprocess(root, run_dir):
         args = [sys.executable, "-m", "synctalk", "preprocess", f"data.video={video}", f"data.root={root}",
@@ -298,3 +298,32 @@ def test_real_blendshapes_from_the_face_landmarker_on_a_real_clip(real_data, fac
     jaw = bs[:, BLENDSHAPE_NAMES.index("jawOpen")]
     opening = face_action_measures(np.load(tmp_path / "d" / "landmarks_mesh.npy"))["mouth_open"]
     assert np.corrcoef(jaw, opening)[0, 1] > 0.6
+
+
+@pytest.mark.real_data
+def test_both_landmark_detectors_find_the_same_face_and_key_the_landmarks_stage(real_data, face_landmarker_task,
+                                                                                 tmp_path):
+    """``landmark_detector=facemesh|face_landmarker``: the same 478-point topology on a real face, agreeing to a few
+    pixels; a detector other than the default is part of the landmarks stage's cache key."""
+    import cv2
+
+    from synctalk.face.facemesh import to_68
+    from synctalk.face.landmark_detectors import FaceLandmarker, FaceMesh
+    from synctalk.stages.landmarks import LandmarksStage
+
+    cap, frames = cv2.VideoCapture(str(real_data / "WDA_KatieHill_000.mp4")), []
+    while len(frames) < 12:
+        ok, bgr = cap.read()
+        assert ok
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    mesh = FaceMesh().detect(iter(frames), len(frames), progress=False)
+    task = FaceLandmarker(model=str(face_landmarker_task)).detect(iter(frames), len(frames), progress=False)
+    assert mesh.shape == task.shape == (12, 478, 3) and np.isfinite(mesh).all() and np.isfinite(task).all()
+    gap = np.linalg.norm(to_68(mesh) - to_68(task), axis=-1)
+    assert np.median(gap) < 0.02 * frames[0].shape[1], np.median(gap)
+    assert "detector" not in LandmarksStage().settings()  # datasets made before the choice keep their cache
+    key = LandmarksStage(detector=FaceLandmarker(model=str(face_landmarker_task), weights_root="/x")).settings()
+    assert key["detector"] == {"class": "synctalk.face.landmark_detectors.FaceLandmarker",
+                               "model": str(face_landmarker_task), "min_confidence": 0.5}
+    with pytest.raises(UserError, match="landmark_detector.model"):
+        FaceLandmarker(model=str(tmp_path / "missing.task")).detect(iter(frames), len(frames), progress=False)

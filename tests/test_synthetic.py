@@ -36,7 +36,7 @@ def test_layout_is_complete(tiny_dataset):
     assert len(train.img_ids) == int(n * 10 / 11)
     torso = cv2.imread(str(layout.torso_image(0)), cv2.IMREAD_UNCHANGED)
     assert torso.shape == (64, 64, 4)
-    # the true neutral shape, for face_model.backend=template: the 3D landmarks with no blink, brow or mouth
+    # the true neutral shape, for face_model=template: the 3D landmarks with no blink, brow or mouth
     from synctalk.synthetic.subject import landmarks_3d
     from synctalk.face.face_model import read_template
 

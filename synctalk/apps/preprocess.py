@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from synctalk.audio.encoders import AudioConfig
 from synctalk.config import to_dataclass
 from synctalk.config.schema import PreprocessConfig
 from synctalk.errors import UserError
-from synctalk.stabilizer.options import (BundleAdjustmentOptions, FaceModelOptions, FlowConfig, PointsOptions,
-                                         StabilizerOptions, TrackerConfig)
+from synctalk.stabilizer.options import (BundleAdjustmentOptions, FlowConfig, PointsOptions, StabilizerOptions,
+                                         TrackerConfig)
 from synctalk.stages import IngestOptions, run_ingest
 from synctalk.stages.crop import CropOptions, CropStage
 from synctalk.synthetic.subject import SyntheticSpec, generate
@@ -38,13 +39,13 @@ def run(cfg: DictConfig) -> dict:
         raise UserError("set data.video=/path/to/video.mp4 (and data.root=/path/to/dataset), or use data=synthetic")
     p = cfg.preprocess
     stabilizer = StabilizerOptions(
-        tracker=to_dataclass(cfg.tracker, TrackerConfig), face_model=to_dataclass(p.face_model, FaceModelOptions),
+        tracker=to_dataclass(cfg.tracker, TrackerConfig), face_model=instantiate(cfg.face_model),
         points=to_dataclass(p.points, PointsOptions),
         bundle_adjustment=to_dataclass(p.bundle_adjustment, BundleAdjustmentOptions),
         flow=to_dataclass(cfg.flow, FlowConfig))
     crop = CropStage(**vars(to_dataclass(p.crop, CropOptions)))
     landmarker, note = face_landmarker(p.face_landmarker, cfg.paths.root_dir)
-    opts = IngestOptions(fps=cfg.data.fps, crop=crop, audio=to_dataclass(cfg.audio_encoder, AudioConfig),
+    opts = IngestOptions(fps=cfg.data.fps, crop=crop, detector=instantiate(cfg.landmark_detector), audio=to_dataclass(cfg.audio_encoder, AudioConfig),
                          force=list(p.force), max_gap=p.landmarks.max_gap,
                          max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
                          stabilizer=stabilizer, overlay_every=p.overlay_every, face_landmarker=landmarker,

@@ -12,8 +12,7 @@ from typing import Any, Optional
 from synctalk.audio.encoders import AudioConfig
 from synctalk.models.losses import LossConfig
 from synctalk.models.occupancy import OccupancyConfig
-from synctalk.stabilizer.options import (BundleAdjustmentOptions, FaceModelOptions, FlowConfig, PointsOptions,
-                                         TrackerConfig)
+from synctalk.stabilizer.options import BundleAdjustmentOptions, FlowConfig, PointsOptions, TrackerConfig
 from synctalk.stages.crop import CropOptions
 from synctalk.stages.parsing import ParsingOptions
 from synctalk.synthetic.subject import SyntheticSpec
@@ -181,7 +180,6 @@ class PreprocessOptions:
     background_every: int = 20  # every k-th frame is used for the static background
     overlay_every: int = 25  # every k-th frame gets a checking image in overlays/
     face_landmarker: Optional[str] = "auto"  # face_landmarker.task with blendshapes; auto: found in the weight folders; None: landmark geometry
-    face_model: FaceModelOptions = field(default_factory=FaceModelOptions)
     points: PointsOptions = field(default_factory=PointsOptions)
     bundle_adjustment: BundleAdjustmentOptions = field(default_factory=BundleAdjustmentOptions)
     ground_truth: Optional[str] = None  # ground_truth.npz of a synthetic subject: the poses stage reports focal and pose errors
@@ -192,3 +190,5 @@ class PreprocessConfig(SubjectGroups):
     task_name: str = "preprocess"
     threads: Optional[int] = None  # CPU threads (None: the free cores, re-decided as the job runs; synctalk.threads)
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
+    landmark_detector: Any = None  # _target_ node: a synctalk.face.landmark_detectors.LandmarkDetector
+    face_model: Any = None  # _target_ node: a synctalk.face.face_model.FaceModelSpec

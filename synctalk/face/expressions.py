@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import cv2
 import numpy as np
 
 from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES
@@ -84,26 +83,20 @@ def face_landmarker_blendshapes(images: Iterable[np.ndarray], count: int, model_
     Returns:
         (count, 52) scores in category order; frames without a face are NaN.
     """
-    import mediapipe as mp
-    from tqdm import tqdm
+    from synctalk.face.landmark_detectors import face_landmarker_results
 
-    vision = mp.tasks.vision
-    mode = vision.RunningMode.VIDEO if fps else vision.RunningMode.IMAGE
-    options = vision.FaceLandmarkerOptions(base_options=mp.tasks.BaseOptions(model_asset_path=str(model_path)),
-                                           running_mode=mode, output_face_blendshapes=True, num_faces=1)
     out = np.full((count, len(BLENDSHAPE_NAMES)), np.nan, np.float32)
-    with vision.FaceLandmarker.create_from_options(options) as landmarker:
-        for i, rgb in enumerate(tqdm(images, total=count, desc="blendshapes", unit="frame", disable=not progress)):
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-            result = (landmarker.detect_for_video(image, int(round(i * 1000 / fps))) if fps
-                      else landmarker.detect(image))
-            if result.face_blendshapes:
-                for category in result.face_blendshapes[0]:
-                    out[i, category.index] = category.score
+    results = face_landmarker_results(images, count, model_path, fps, blendshapes=True, desc="blendshapes",
+                                      progress=progress)
+    for i, (_, result) in enumerate(results):
+        if result.face_blendshapes:
+            for category in result.face_blendshapes[0]:
+                out[i, category.index] = category.score
     return out
 
 
 def blendshapes_from_face_landmarker(frame_paths: list, model_path, fps: float, progress: bool = True) -> np.ndarray:
     """:func:`face_landmarker_blendshapes` of image files in video mode: (N, 52), NaN where no face."""
-    images = (cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for path in frame_paths)
-    return face_landmarker_blendshapes(images, len(frame_paths), model_path, fps, progress)
+    from synctalk.face.landmark_detectors import read_rgb
+
+    return face_landmarker_blendshapes(read_rgb(frame_paths), len(frame_paths), model_path, fps, progress)

@@ -19,7 +19,9 @@ image's right for a frontal face, y up, z out of the face, origin about 5 cm beh
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -166,11 +168,11 @@ def _metres_per_unit(points: np.ndarray, eye_corners: tuple[int, int]) -> float:
 def read_template(path: str | Path) -> np.ndarray:
     """A 68-point 3D face template (``.npy`` or a whitespace text file, 68 rows x 3) in metres, head axes."""
     if not path:
-        raise UserError("the face template is not configured: set preprocess.face_model.template=/path/to/68x3 "
+        raise UserError("the face template is not configured: set face_model.template=/path/to/68x3 "
                         "(.npy or .txt; head axes: x to the image's right for a frontal face, y up, z out of the face)")
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"face template {path} does not exist (preprocess.face_model.template)")
+        raise UserError(f"face template {path} does not exist (face_model.template)")
     try:
         points = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
     except ValueError as err:
@@ -294,7 +296,7 @@ def bfm_face_model(folder: str | Path | None, num_id: int = 100, num_exp: int = 
     from scipy.io import loadmat
 
     if not folder:
-        raise UserError("the BFM folder is not configured: set preprocess.face_model.bfm_dir=/path/to/BFM")
+        raise UserError("the BFM folder is not configured: set face_model.bfm_dir=/path/to/BFM")
     folder = Path(folder).expanduser()
     names = ("01_MorphableModel.mat", "Exp_Pca.bin", "std_exp.txt", "BFM_exp_idx.mat", "landmarks_68.txt")
     missing = [n for n in names if not (folder / n).is_file()]
@@ -321,6 +323,63 @@ def bfm_face_model(folder: str | Path | None, num_id: int = 100, num_exp: int = 
     id_basis = (shape_pc[rows, :num_id] * shape_ev[None, :num_id]).reshape(68, 3, num_id) * unit
     exp_basis = (exp_pc[:num_exp, exp_rows].T * exp_std[None, :num_exp]).reshape(68, 3, num_exp) * unit
     return FaceModel(_head_frame(mean), id_basis, exp_basis, "bfm")
+
+
+
+@dataclass
+class FaceModelSpec:
+    """The ``face_model`` config group: the face model the Head Motion Tracker fits (a subclass per model, its
+    settings as fields) and how strongly the fit holds its coefficients to zero.
+
+    Adding a face model: a subclass with :meth:`build` and ``conf/face_model/<name>.yaml`` naming it by
+    ``_target_``; ``synctalk preprocess face_model=<name>`` then fits it.
+    """
+
+    num_exp: int = 10  # expression components (from the subject's landmarks, except where a model has its own)
+    id_reg: float = 0.5  # weight of mean(identity^2) in the landmark fit
+    exp_reg: float = 0.5  # weight of mean(expression^2)
+
+    def build(self, mesh: np.ndarray) -> FaceModel:
+        """The model for one video; mesh: (N, 478, 3) landmarks of the video (pixels)."""
+        raise NotImplementedError
+
+
+@dataclass
+class CanonicalFace(FaceModelSpec):
+    """:func:`canonical_face_model`: MediaPipe's metric face, bounded identity (weight-free, shipped)."""
+
+    def build(self, mesh: np.ndarray) -> FaceModel:
+        return canonical_face_model(mesh, self.num_exp)
+
+
+@dataclass
+class SubjectFace(FaceModelSpec):
+    """:func:`subject_face_model`: the subject's own mean landmarks, free identity."""
+
+    def build(self, mesh: np.ndarray) -> FaceModel:
+        return subject_face_model(mesh, self.num_exp)
+
+
+@dataclass
+class TemplateFace(FaceModelSpec):
+    """:func:`template_face_model`: a fixed 3D shape; ``template``: its 68 x 3 file (.npy or text)."""
+
+    template: Optional[str] = None
+
+    def build(self, mesh: np.ndarray) -> FaceModel:
+        return template_face_model(self.template, mesh, self.num_exp)
+
+
+@dataclass
+class BaselFace(FaceModelSpec):
+    """:func:`bfm_face_model`: the Basel Face Model 2009 from the files in ``bfm_dir``."""
+
+    bfm_dir: Optional[str] = None
+    num_id: int = 100
+    num_exp: int = 79
+
+    def build(self, mesh: np.ndarray) -> FaceModel:
+        return bfm_face_model(self.bfm_dir, self.num_id, self.num_exp)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Face landmarks: MediaPipe FaceMesh (478 points, model bundled in the wheel) and the
-68-point layout used by the rest of the field (iBUG 300-W order, written as ``.lms``).
+"""The 478-point MediaPipe face mesh (what every :mod:`~synctalk.face.landmark_detectors` detector gives) and
+the 68-point layout used by the rest of the field (iBUG 300-W order, written as ``.lms``).
 
 Frames without a detected face are filled by linear interpolation over time when the gap
 is short; otherwise the stage stops and names the frames.
@@ -7,13 +7,8 @@ is short; otherwise the stage stops and names the frames.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
-from typing import Iterable
 
-import cv2
 import numpy as np
-from tqdm import tqdm
 
 from synctalk.errors import UserError
 
@@ -31,39 +26,6 @@ MESH_TO_68 = np.array([
     61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,  # 48-59 outer lips
     78, 81, 13, 311, 308, 402, 14, 178,  # 60-67 inner lips
 ])
-
-
-def detect_mesh(frame_paths: list[Path], progress: bool = True) -> np.ndarray:
-    """FaceMesh landmarks of every frame file (video mode: tracking between frames).
-
-    Returns:
-        (N, 478, 3) pixel x, y and a depth in pixels; NaN where no face was found.
-    """
-    def frames():
-        for path in frame_paths:
-            bgr = cv2.imread(str(path))
-            if bgr is None:
-                raise UserError(f"cannot read frame {path}")
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-    return detect_mesh_frames(frames(), len(frame_paths), progress)
-
-
-def detect_mesh_frames(frames: Iterable[np.ndarray], count: int, progress: bool = True) -> np.ndarray:
-    """FaceMesh landmarks of ``count`` (H, W, 3) RGB uint8 frames, in order; see :func:`detect_mesh`."""
-    import mediapipe as mp
-
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    out = np.full((count, 478, 3), np.nan, np.float32)
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
-                                         min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
-        for i, rgb in enumerate(tqdm(frames, total=count, desc="landmarks", unit="frame", disable=not progress)):
-            result = mesh.process(np.ascontiguousarray(rgb))
-            if result.multi_face_landmarks:
-                h, w = rgb.shape[:2]
-                pts = result.multi_face_landmarks[0].landmark
-                out[i] = np.array([(p.x * w, p.y * h, p.z * w) for p in pts], np.float32)
-    return out
 
 
 def fill_gaps(landmarks: np.ndarray, max_gap: int, max_missing_fraction: float) -> tuple[np.ndarray, list[int]]:

@@ -46,9 +46,9 @@ class FaceReader:
             return {"mouth": bs[:, [cols[n] for n in MOUTH_BLENDSHAPES]],
                     "upper": bs[:, [cols[n] for n in UPPER_FACE_BLENDSHAPES]]}
         from synctalk.face.expressions import face_action_measures
-        from synctalk.face.facemesh import detect_mesh_frames
+        from synctalk.face.landmark_detectors import FaceMesh
 
-        measures = face_action_measures(detect_mesh_frames(iter(clip), len(clip), progress=False))
+        measures = face_action_measures(FaceMesh().detect(iter(clip), len(clip), progress=False))
         return {"mouth": np.stack([measures[k] for k in GEOMETRIC_MOUTH], 1)}
 
     @property

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from synctalk.face.expressions import LOWER_FACE, UPPER_FACE, face_action_measures
-from synctalk.face.facemesh import detect_mesh_frames, to_68
+from synctalk.face.facemesh import to_68
+from synctalk.face.landmark_detectors import FaceMesh
 
 MOUTH_68 = slice(48, 68)
 #: what the aue_* numbers are, written next to them in metrics.json
@@ -45,8 +46,8 @@ def motion_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         ``{"lmd", "aue_upper", "aue_lower", "face_found"}``; ``face_found`` is the share of frames where
         both clips have a detected face (the only frames scored). Raises ValueError when there is none.
     """
-    pred_mesh = detect_mesh_frames(iter(pred), len(pred), progress=False)
-    gt_mesh = detect_mesh_frames(iter(gt), len(gt), progress=False)
+    pred_mesh = FaceMesh().detect(iter(pred), len(pred), progress=False)  # the metric's detector is fixed
+    gt_mesh = FaceMesh().detect(iter(gt), len(gt), progress=False)
     found = ~np.isnan(pred_mesh[:, 0, 0]) & ~np.isnan(gt_mesh[:, 0, 0])
     if not found.any():
         raise ValueError(f"no frame where FaceMesh finds a face in both clips (render: {int((~np.isnan(pred_mesh[:, 0, 0])).sum())}"

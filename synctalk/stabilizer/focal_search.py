@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from synctalk.errors import UserError
-from synctalk.face.face_model import RIGID_68, FaceModel
+from synctalk.face.face_model import RIGID_68, CanonicalFace, FaceModel, FaceModelSpec
 from synctalk.stabilizer.head_tracker import fit_landmarks
-from synctalk.stabilizer.options import FaceModelOptions, FocalLandmarks, TrackerConfig
+from synctalk.stabilizer.options import FocalLandmarks, TrackerConfig
 
 
 #: the landmarks the focal search may score (68-point indices; None: all of the model's points)
@@ -44,7 +44,7 @@ class FocalSearch:
 
 
 def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, config: TrackerConfig,
-                 face_model: FaceModelOptions | None = None, focal_range: tuple[float, float, float] | None = None,
+                 face_model: FaceModelSpec | None = None, focal_range: tuple[float, float, float] | None = None,
                  px_scale: float = 1.0, progress: bool = False) -> FocalSearch:
     """Choose the focal length whose fit of every ``config.every_k``-th frame has the lowest landmark error.
 
@@ -68,7 +68,7 @@ def search_focal(model: FaceModel, lms: np.ndarray, cx: float, cy: float, config
     identity freedom only): per-frame expression components can bend the face to mimic a wrong
     perspective, and on real clips the rigid score is the stable one (the two halves of a clip agree).
     """
-    c, fm = config, face_model or FaceModelOptions()
+    c, fm = config, face_model or CanonicalFace()
     start, stop, step = focal_range or (c.focal.start * px_scale, c.focal.stop * px_scale, c.focal.step * px_scale)
     landmarks = FocalLandmarks(c.focal_landmarks)
     if FOCAL_LANDMARKS[landmarks] is not None:

@@ -1,5 +1,6 @@
 """Settings of the Head-Sync Stabilizer, each the schema of its config node: the ``tracker`` and ``flow`` groups
-and ``preprocess.face_model``, ``preprocess.points``, ``preprocess.bundle_adjustment``. The algorithms take these
+and ``preprocess.points``, ``preprocess.bundle_adjustment`` (the ``face_model`` and ``landmark_detector`` groups are
+classes, :mod:`synctalk.face.face_model` and :mod:`synctalk.face.landmark_detectors`). The algorithms take these
 objects as they are (same names as in the YAML files); choices are enums, checked when the config is composed."""
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from synctalk.choice import Choice
+from synctalk.face.face_model import CanonicalFace, FaceModelSpec
+from synctalk.face.landmark_detectors import FaceMesh, LandmarkDetector
 
 
 class FocalLandmarks(Choice):
@@ -57,23 +60,6 @@ class FlowBackend(Choice):
 class FlowConfig:
     backend: FlowBackend = FlowBackend.opencv
     checkpoint: Optional[str] = None
-
-
-class FaceModelBackend(Choice):
-    canonical = "canonical"  # MediaPipe's canonical metric face (weight-free, shipped)
-    subject = "subject"  # the subject's own FaceMesh landmarks as a template
-    template = "template"  # a fixed 68 x 3 shape from a file
-    bfm = "bfm"  # the Basel Face Model 2009
-
-
-@dataclass
-class FaceModelOptions:
-    backend: FaceModelBackend = FaceModelBackend.canonical
-    bfm_dir: Optional[str] = None  # folder with the BFM files (backend=bfm)
-    template: Optional[str] = None  # 68 x 3 face shape, .npy or text (backend=template)
-    num_exp: int = 10  # expression components of the subject model
-    id_reg: float = 0.5  # weight of mean(identity^2) in the landmark fit
-    exp_reg: float = 0.5  # weight of mean(expression^2)
 
 
 class PointsRegion(Choice):
@@ -127,7 +113,8 @@ class StabilizerOptions:
     """Everything the stabilizer reads from the config."""
 
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    face_model: FaceModelOptions = field(default_factory=FaceModelOptions)
+    face_model: FaceModelSpec = field(default_factory=CanonicalFace)
     points: PointsOptions = field(default_factory=PointsOptions)
     bundle_adjustment: BundleAdjustmentOptions = field(default_factory=BundleAdjustmentOptions)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    detector: LandmarkDetector = field(default_factory=FaceMesh)  # the dataset's, for the perspective check

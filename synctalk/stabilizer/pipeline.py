@@ -14,33 +14,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synctalk.face.face_model import (FaceModel, bfm_face_model, canonical_face_model, subject_face_model,
-                                      template_face_model)
+from synctalk.face.face_model import FaceModel
+from synctalk.face.landmark_detectors import LandmarkDetector
 from synctalk.io import StepCache, atomic_path, write_json
 from synctalk.stabilizer.bundle_adjustment import MIN_POINTS_PER_FRAME, run_bundle_adjustment
 from synctalk.stabilizer.checks import (PERSPECTIVE_GAIN_WARN, focal_at_range_end, focal_half_agreement,
                                         focal_is_interior, judge_bundle_adjustment)
 from synctalk.stabilizer.focal_search import search_focal
 from synctalk.stabilizer.head_tracker import fit_landmarks
-from synctalk.stabilizer.options import FaceModelBackend, FaceModelOptions, FlowBackend, PoseSource, StabilizerOptions
+from synctalk.stabilizer.options import FlowBackend, PoseSource, StabilizerOptions
 from synctalk.stabilizer.plots import plot_focal, plot_poses
 from synctalk.stabilizer.point_tracker import track_head_points
 from synctalk.stabilizer.pose_convention import as_written, c2w_from_cv_poses, jitter, rotation_angles_deg
 
 log = logging.getLogger(__name__)
 
-
-
-def build_face_model(opts: FaceModelOptions, mesh: np.ndarray) -> FaceModel:
-    """The face model ``preprocess.face_model`` chooses; mesh: (N, 478, 3) FaceMesh points of the video."""
-    backend = FaceModelBackend(opts.backend)
-    if backend == FaceModelBackend.subject:
-        return subject_face_model(mesh, opts.num_exp)
-    if backend == FaceModelBackend.template:
-        return template_face_model(opts.template, mesh, opts.num_exp)
-    if backend == FaceModelBackend.bfm:
-        return bfm_face_model(opts.bfm_dir)
-    return canonical_face_model(mesh, opts.num_exp)
 
 
 def backproject(keypoints: np.ndarray, landmarks_cam: np.ndarray, landmarks_px: np.ndarray, rotation: np.ndarray,
@@ -71,11 +59,10 @@ def region_masks(layout, count: int, region: str) -> list[Path]:
     return [layout.head_mask(i) if head else layout.face_only_mask(i) for i in range(count)]
 
 
-def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, fit, focal: float, width: int,
-                       height: int, search_fn, count: int, out_dir: Path) -> dict:
-    """:func:`synctalk.stabilizer.perspective_check.check_perspective` with the fitted face and FaceMesh; the focal
-    searched over 0.4-2.5 x the focal each warp should give, with the stage's search settings."""
-    from synctalk.face.facemesh import detect_mesh
+def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, fit, focal: float,
+                       size: tuple[int, int], search_fn, detector: LandmarkDetector, count: int, out_dir: Path) -> dict:
+    """:func:`synctalk.stabilizer.perspective_check.check_perspective` with the fitted face and the dataset's
+    landmark detector; size: (width, height) px; the focal searched over 0.4-2.5 x the focal each warp should give, with the stage's search settings."""
     from synctalk.stabilizer.perspective_check import check_perspective, dense_face
 
     with torch.no_grad():
@@ -83,9 +70,9 @@ def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, f
     dense = dense_face(neutral)
     rotation, translation = fit.rotation[0], fit.translation[0]
     return check_perspective(
-        frames, mesh, lambda i: dense @ rotation[i].T + translation[i], focal, width, height,
+        frames, mesh, lambda i: dense @ rotation[i].T + translation[i], focal, *size,
         lambda lms, expected: search_fn(lms, (0.4 * expected, 2.5 * expected, 0.05 * expected)).focal,
-        lambda paths: detect_mesh(paths, progress=False), out_dir / "perspective_check", count)
+        lambda paths: detector.detect_files(paths, progress=False), out_dir / "perspective_check", count)
 
 
 def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
@@ -113,7 +100,7 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
     out_dir.mkdir(parents=True, exist_ok=True)
     cx, cy = width / 2.0, height / 2.0
     fm = opts.face_model
-    model = build_face_model(fm, mesh)
+    model = fm.build(mesh)
     to_px = width / 512.0  # the focal range is given for a 512 px wide video, as in the original tools
 
     def search_fn(lms: np.ndarray, focal_range: tuple[float, float, float] | None = None):
@@ -135,7 +122,7 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
     if at_end:
         log.warning("the focal search chose the end of its range (%.0f px): the landmark error keeps falling that "
                     "way, so the focal is not measured. Widen tracker.focal.start/stop, or use a face model with a "
-                    "true 3D shape (preprocess.face_model.backend=canonical, template or bfm), or set the focal "
+                    "true 3D shape (face_model=canonical, template or bfm), or set the focal "
                     "(tracker.focal.start=stop=<px>)", search.grid_best)
     report = {"pose_source": t.pose_source, "focal": focal, "focal_grid_best": search.grid_best,
               "focal_at_range_end": at_end, "focal_interior": focal_is_interior(search),
@@ -151,7 +138,7 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
                         "(tracker.focal.start=stop=<px>)", report["focal_halves"])
     if t.check_perspective:
         report.update(steps("perspective_check", lambda: _check_perspective(
-            frames, mesh, model, fit, focal, width, height, search_fn, t.perspective_frames, out_dir)))
+            frames, mesh, model, fit, focal, (width, height), search_fn, opts.detector, t.perspective_frames, out_dir)))
         if report["perspective_gain"] is None:
             log.warning("the perspective check found too few faces on the warped frames to measure anything: %s",
                         report["perspective_focals"])

@@ -21,11 +21,12 @@ stopped and a stage whose outputs changed after it finished is redone. The sourc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from synctalk.audio.encoders import AudioConfig
 from synctalk.errors import UserError
+from synctalk.face.landmark_detectors import FaceMesh, LandmarkDetector
 from synctalk.stabilizer.options import StabilizerOptions
 from synctalk.stages.audio_track import AudioFeaturesStage, AudioStage
 from synctalk.stages.base import Stage, StageContext, StageRunner
@@ -48,6 +49,7 @@ class IngestOptions:
     crop: CropStage = field(default_factory=CropStage)
     audio: AudioConfig = field(default_factory=AudioConfig)  # the audio_encoder config group
     force: list = field(default_factory=list)
+    detector: LandmarkDetector = field(default_factory=FaceMesh)  # the landmark_detector group
     max_gap: int = 5
     max_missing_fraction: float = 0.1
     background_every: int = 20
@@ -67,12 +69,12 @@ def build_stages(opts: IngestOptions) -> list[Stage]:
     return [
         opts.crop,
         FramesStage(),
-        LandmarksStage(**gaps),
+        LandmarksStage(**gaps, detector=opts.detector),
         ParsingStage(opts.parsing_backend, opts.bisenet_checkpoint, opts.background_every),
         GtImagesStage(),
         OverlaysStage(opts.overlay_every),
         BlendshapesStage(opts.face_landmarker, fallback_note=opts.face_landmarker_note, **gaps),
-        PosesStage(opts.stabilizer, opts.ground_truth),
+        PosesStage(replace(opts.stabilizer, detector=opts.detector), opts.ground_truth),
         AudioStage(),
         AudioFeaturesStage(opts.audio),
     ]

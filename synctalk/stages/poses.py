@@ -3,11 +3,12 @@ landmarks and head masks, written as ``transforms_train.json`` / ``transforms_va
 and plots are in ``stabilizer/``. A poses stage killed midway resumes after its last finished step."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
 
+from synctalk.choice import component_key
 from synctalk.data.layout import Transforms, split_train_val
 from synctalk.external import require_file
 from synctalk.face.facemesh import to_68
@@ -29,6 +30,12 @@ class PosesStage(Stage):
 
     stabilizer: StabilizerOptions = field(default_factory=StabilizerOptions)
     ground_truth: str | None = None
+
+    def settings(self) -> dict:
+        out = asdict(self)
+        out["stabilizer"]["face_model"] = component_key(self.stabilizer.face_model)
+        del out["stabilizer"]["detector"]  # the landmarks it gave are an input of this stage
+        return out
 
     def run(self, ctx: StageContext) -> dict:
         layout = ctx.layout

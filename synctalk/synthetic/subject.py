@@ -6,7 +6,7 @@ known rotation and translation in front of a pinhole camera of known focal lengt
 static neck and torso sit in front of a static background. The result is written in
 the same dataset layout as real preprocessing (:mod:`synctalk.data.layout`) plus
 ``ground_truth.npz`` (focal, poses, 2D/3D landmarks, blink / brow / mouth curves) and
-``face_template.npy`` (the neutral 68 landmarks in the head frame, for ``face_model.backend=template``).
+``face_template.npy`` (the neutral 68 landmarks in the head frame, for ``face_model=template``).
 Everything is deterministic for a seed.
 """
 from __future__ import annotations
