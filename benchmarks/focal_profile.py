@@ -1,0 +1,91 @@
+"""Is the focal visible in the tracked head points? The bundle-adjustment error profile over the focal length.
+
+    python benchmarks/focal_profile.py --focals 700 1350 2600 [--region upper_head] [--joint-steps 3000]
+
+The synthetic subject (512 px, 100 frames) filmed at each true focal with the camera distance scaled so that the
+face keeps its size. For each: FaceMesh landmarks, the default focal search (over 0.4-2.5 x the true focal) and
+landmark fit, the head points tracked as the ``poses`` stage tracks them, then bundle adjustment (points, then
+points and poses; no outlier stage) run again at 11 focal lengths from 0.5 to 2 times the landmark focal, each
+started from the landmark fit with the camera distance scaled by the focal ratio. The focal with the lowest
+reprojection error would be the focal the points measure, free of the face model's shape (the points' 3D
+positions are free). Writes benchmarks/results/focal_profile.json: per true focal, the landmark focal and the
+(focal, RMS px) curve.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synctalk.data.layout import DatasetLayout
+from synctalk.face.face_model import CanonicalFace
+from synctalk.face.facemesh import to_68
+from synctalk.face.landmark_detectors import FaceMesh
+from synctalk.stabilizer.bundle_adjustment import run_bundle_adjustment
+from synctalk.stabilizer.focal_search import search_focal
+from synctalk.stabilizer.head_tracker import fit_landmarks
+from synctalk.stabilizer.options import BundleAdjustmentOptions, StabilizerOptions
+from synctalk.stabilizer.pipeline import backproject, region_masks
+from synctalk.stabilizer.point_tracker import track_head_points
+from synctalk.stabilizer.pose_convention import rotation_angles_deg
+from synctalk.synthetic.subject import SyntheticSpec, generate
+
+
+def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps: int) -> dict:
+    spec = SyntheticSpec(num_frames=frames, size=512, seed=0, focal_at_512=true_focal,
+                         distance=SyntheticSpec.distance * true_focal / SyntheticSpec.focal_at_512)
+    root = generate(spec, work / f"subject_{true_focal:.0f}", progress=False)
+    layout = DatasetLayout(root)
+    paths = [layout.frame(i) for i in range(frames)]
+    mesh = FaceMesh().detect_files(paths, progress=False)
+    lms = to_68(mesh)[..., :2]
+    opts, face = StabilizerOptions(), CanonicalFace()
+    opts.points.region = region
+    model, cx, cy = face.build(mesh), 256.0, 256.0
+    search = search_focal(model, lms, cx, cy, opts.tracker, face,
+                          focal_range=(0.4 * true_focal, 2.5 * true_focal, 0.05 * true_focal))
+    f0 = round(search.focal, 2)
+    fit = fit_landmarks(model, lms, [f0], cx, cy, opts.tracker.steps, opts.tracker.lr, face.id_reg, face.exp_reg)
+    rot, trans = fit.rotation[0], fit.translation[0]
+    ref = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot), axis=1)))
+    tracks = track_head_points(paths, region_masks(layout, frames, region), lms, ref, opts.points, opts.flow,
+                               progress=False)
+    with torch.no_grad():
+        shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [ref]]))[0, 0].numpy()
+    ba = BundleAdjustmentOptions(points_steps=300, joint_steps=joint_steps, outlier_factor=0)
+    curve, start = [], time.perf_counter()
+    for ratio in np.exp(np.linspace(np.log(0.5), np.log(2.0), 11)):
+        focal, moved = f0 * ratio, trans.copy()
+        moved[:, 2] *= ratio  # the same image size at this focal: the head farther or nearer
+        points3d = backproject(tracks.points[ref], shape @ rot[ref].T + moved[ref], lms[ref], rot[ref], moved[ref],
+                               focal, cx, cy)
+        adjusted = run_bundle_adjustment(tracks.points, tracks.visible, points3d, rot, moved, focal, cx, cy, ref, ba,
+                                         progress=False)
+        curve.append((round(focal, 1), round(float(np.sqrt((adjusted.error_px["joint"] ** 2).mean())), 4)))
+        print(true_focal, *curve[-1], flush=True)
+    return {"true_focal": true_focal, "landmark_focal": f0, "points": int(tracks.points.shape[1]), "curve": curve,
+            "profile_focal": min(curve, key=lambda c: c[1])[0], "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--focals", type=float, nargs="+", default=[700.0, 1350.0, 2600.0])
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--region", default="head", choices=["head", "face", "upper_head", "upper_face"])
+    parser.add_argument("--joint-steps", type=int, default=800)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/synctalk_focal_profile"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "focal_profile.json")
+    args = parser.parse_args()
+    result = {"region": args.region, "joint_steps": args.joint_steps,
+              "runs": [profile(f, args.work, args.frames, args.region, args.joint_steps) for f in args.focals]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps([{k: r[k] for k in ("true_focal", "landmark_focal", "profile_focal")} for r in result["runs"]]))
+
+
+if __name__ == "__main__":
+    main()
