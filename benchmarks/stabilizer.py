@@ -30,9 +30,9 @@ For each: the focal on the grid and after refinement, the pose errors of the lan
 adjustment (rotation and translation after the alignment of ``pose_errors``: the head frame and the
 global scale are not observable) and the time of the whole stabilizer.
 
-Real clips (no truth), each through ``synctalk preprocess`` as a user runs it: the focal (also in face-detector boxes: ``focal_over_face_px``,
-to set beside the ``perspective`` entry's pull), whether it is an interior minimum of the error
-curve, the focal of each half of the clip and their difference, the rotation jitter of the face-model fit and
+Real clips (no truth), each through ``synctalk preprocess`` as a user runs it: the focal (also in face-detector
+boxes: ``focal_over_face_px``, to set beside the ``perspective`` entry's pull), whether it is an interior minimum
+of the error curve, the focal of each half of the clip and their difference, the rotation jitter of the face-model fit and
 of bundle adjustment, which poses were written and the jitter measured from the written transforms json.
 
 ``--long-minutes M``: the ``poses`` stage of an M-minute 512 px video (the first real clip played forwards and

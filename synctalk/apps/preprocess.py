@@ -45,7 +45,8 @@ def run(cfg: DictConfig) -> dict:
         flow=to_dataclass(cfg.flow, FlowConfig))
     crop = CropStage(**vars(to_dataclass(p.crop, CropOptions)))
     landmarker, note = face_landmarker(p.face_landmarker, cfg.paths.root_dir)
-    opts = IngestOptions(fps=cfg.data.fps, crop=crop, detector=instantiate(cfg.landmark_detector), audio=to_dataclass(cfg.audio_encoder, AudioConfig),
+    opts = IngestOptions(fps=cfg.data.fps, crop=crop, detector=instantiate(cfg.landmark_detector),
+                         audio=to_dataclass(cfg.audio_encoder, AudioConfig),
                          force=list(p.force), max_gap=p.landmarks.max_gap,
                          max_missing_fraction=p.landmarks.max_missing_fraction, background_every=p.background_every,
                          stabilizer=stabilizer, overlay_every=p.overlay_every, face_landmarker=landmarker,

@@ -325,7 +325,6 @@ def bfm_face_model(folder: str | Path | None, num_id: int = 100, num_exp: int = 
     return FaceModel(_head_frame(mean), id_basis, exp_basis, "bfm")
 
 
-
 @dataclass
 class FaceModelSpec:
     """The ``face_model`` config group: the face model the Head Motion Tracker fits (a subclass per model, its

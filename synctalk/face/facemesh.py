@@ -6,13 +6,10 @@ is short; otherwise the stage stops and names the frames.
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from synctalk.errors import UserError
 
-log = logging.getLogger(__name__)
 
 #: FaceMesh index of each of the 68 points (subject's right side first, as in the 68-point layout).
 MESH_TO_68 = np.array([

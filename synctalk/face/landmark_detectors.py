@@ -12,7 +12,6 @@ landmark_detector=<name>`` then uses it, and the ``landmarks`` stage's cache key
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from tqdm import tqdm
 
 from synctalk.errors import UserError
 
-log = logging.getLogger(__name__)
 MESH_POINTS = 478
 
 
@@ -52,7 +50,6 @@ class LandmarkDetector:
     def detect_files(self, paths: list[Path], fps: float = 25.0, progress: bool = True) -> np.ndarray:
         """:meth:`detect` of image files."""
         return self.detect(read_rgb(paths), len(paths), fps, progress)
-
 
 
 @dataclass

@@ -62,7 +62,8 @@ def region_masks(layout, count: int, region: str) -> list[Path]:
 def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, fit, focal: float,
                        size: tuple[int, int], search_fn, detector: LandmarkDetector, count: int, out_dir: Path) -> dict:
     """:func:`synctalk.stabilizer.perspective_check.check_perspective` with the fitted face and the dataset's
-    landmark detector; size: (width, height) px; the focal searched over 0.4-2.5 x the focal each warp should give, with the stage's search settings."""
+    landmark detector; size: (width, height) px; the focal searched over 0.4-2.5 x the focal each warp should give,
+    with the stage's search settings."""
     from synctalk.stabilizer.perspective_check import check_perspective, dense_face
 
     with torch.no_grad():
