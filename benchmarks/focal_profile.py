@@ -1,15 +1,19 @@
-"""Is the focal visible in the tracked head points? The bundle-adjustment error profile over the focal length.
+"""Is the focal visible in the tracked head points? The focal measured on them, or the error profile over the focal.
 
-    python benchmarks/focal_profile.py --focals 700 1350 2600 [--region upper_head] [--joint-steps 3000]
+    python benchmarks/focal_profile.py --focals 700 1350 2600              # tracker.focal_source=points
+    python benchmarks/focal_profile.py --datasets data/clip1 data/clip2     # the same on preprocessed datasets
+    python benchmarks/focal_profile.py --estimator profile [--region upper_head] [--joint-steps 3000]
 
 The synthetic subject (512 px, 100 frames) filmed at each true focal with the camera distance scaled so that the
 face keeps its size. For each: FaceMesh landmarks, the default focal search (over 0.4-2.5 x the true focal) and
-landmark fit, the head points tracked as the ``poses`` stage tracks them, then bundle adjustment (points, then
+landmark fit, the head points tracked as the ``poses`` stage tracks them, then either the focal measured on them as
+the ``poses`` stage measures it (``--estimator points``, the default: :func:`measure_focal` with the default
+``tracker.focal_points``), or (``--estimator profile``, measured and not kept) bundle adjustment (points, then
 points and poses; no outlier stage) run again at 11 focal lengths from 0.5 to 2 times the landmark focal, each
 started from the landmark fit with the camera distance scaled by the focal ratio. The focal with the lowest
 reprojection error would be the focal the points measure, free of the face model's shape (the points' 3D
-positions are free). Writes benchmarks/results/focal_profile.json: per true focal, the landmark focal and the
-(focal, RMS px) curve.
+positions are free). ``--datasets``: folders made by ``synctalk preprocess`` (their frames, parsing, FaceMesh
+points and landmark fit), the points tracked and the focal measured on them the same way. Writes benchmarks/results/focal_profile.json.
 """
 from __future__ import annotations
 
@@ -26,16 +30,18 @@ from synctalk.face.face_model import CanonicalFace
 from synctalk.face.facemesh import to_68
 from synctalk.face.landmark_detectors import FaceMesh
 from synctalk.stabilizer.bundle_adjustment import run_bundle_adjustment
+from synctalk.stabilizer.focal_from_points import measure_focal
+from synctalk.stabilizer.perspective_check import perspective_response
 from synctalk.stabilizer.focal_search import search_focal
 from synctalk.stabilizer.head_tracker import fit_landmarks
-from synctalk.stabilizer.options import BundleAdjustmentOptions, StabilizerOptions
+from synctalk.stabilizer.options import BundleAdjustmentOptions, FocalPointsOptions, StabilizerOptions
 from synctalk.stabilizer.pipeline import backproject, region_masks
 from synctalk.stabilizer.point_tracker import track_head_points
 from synctalk.stabilizer.pose_convention import rotation_angles_deg
 from synctalk.synthetic.subject import SyntheticSpec, generate
 
 
-def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps: int) -> dict:
+def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps: int, estimator: str) -> dict:
     spec = SyntheticSpec(num_frames=frames, size=512, seed=0, focal_at_512=true_focal,
                          distance=SyntheticSpec.distance * true_focal / SyntheticSpec.focal_at_512)
     root = generate(spec, work / f"subject_{true_focal:.0f}", progress=False)
@@ -56,6 +62,16 @@ def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps
                                progress=False)
     with torch.no_grad():
         shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [ref]]))[0, 0].numpy()
+    if estimator == "points":
+        start = time.perf_counter()
+        points3d = backproject(tracks.points[ref], shape @ rot[ref].T + trans[ref], lms[ref], rot[ref], trans[ref], f0,
+                               cx, cy)
+        found = measure_focal(tracks.points, tracks.visible, points3d, rot, trans, f0, cx, cy, ref,
+                              FocalPointsOptions())
+        print(true_focal, f0, found.to_dict(), flush=True)
+        return {"true_focal": true_focal, "landmark_focal": f0, **found.to_dict(),
+                "error_pct": round((found.focal / true_focal - 1) * 100, 2),
+                "seconds": round(time.perf_counter() - start, 1)}
     ba = BundleAdjustmentOptions(points_steps=300, joint_steps=joint_steps, outlier_factor=0)
     curve, start = [], time.perf_counter()
     for ratio in np.exp(np.linspace(np.log(0.5), np.log(2.0), 11)):
@@ -71,20 +87,57 @@ def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps
             "profile_focal": min(curve, key=lambda c: c[1])[0], "seconds": round(time.perf_counter() - start, 1)}
 
 
+def on_dataset(root: Path, region: str) -> dict:
+    """The focal measured on the tracked points of a dataset made by ``synctalk preprocess``, from its landmark fit."""
+    import cv2
+
+    layout = DatasetLayout(root)
+    mesh = np.load(root / "landmarks_mesh.npy")
+    lms = to_68(mesh)[..., :2]
+    fit = np.load(root / "stabilizer" / "landmark_fit.npz")
+    n = len(lms)
+    height, width = cv2.imread(str(layout.frame(0))).shape[:2]
+    cx, cy = width / 2.0, height / 2.0
+    rot, trans, f0 = fit["rotation"], fit["translation"], float(fit["focal"])
+    ref = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot), axis=1)))
+    opts = StabilizerOptions()
+    opts.points.region = region
+    start = time.perf_counter()
+    tracks = track_head_points([layout.frame(i) for i in range(n)], region_masks(layout, n, region), lms, ref,
+                               opts.points, opts.flow, px_scale=width / 512, progress=False)
+    model = CanonicalFace().build(mesh)
+    with torch.no_grad():
+        shape = model(torch.as_tensor(fit["id_coeff"])[None], torch.as_tensor(fit["exp_coeff"][[ref]])[None])[0, 0]
+    points3d = backproject(tracks.points[ref], shape.numpy() @ rot[ref].T + trans[ref], lms[ref], rot[ref], trans[ref],
+                           f0, cx, cy)
+    found = measure_focal(tracks.points, tracks.visible, points3d, rot, trans, f0, cx, cy, ref, FocalPointsOptions())
+    print(root.name, f0, found.to_dict(), flush=True)
+    return {"dataset": str(root), "frames": n, "landmark_focal": f0, **found.to_dict(),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--focals", type=float, nargs="+", default=[700.0, 1350.0, 2600.0])
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--region", default="head", choices=["head", "face", "upper_head", "upper_face"])
     parser.add_argument("--joint-steps", type=int, default=800)
+    parser.add_argument("--estimator", default="points", choices=["points", "profile"])
+    parser.add_argument("--datasets", type=Path, nargs="*", default=[])
     parser.add_argument("--work", type=Path, default=Path("/tmp/synctalk_focal_profile"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "focal_profile.json")
     args = parser.parse_args()
-    result = {"region": args.region, "joint_steps": args.joint_steps,
-              "runs": [profile(f, args.work, args.frames, args.region, args.joint_steps) for f in args.focals]}
+    if args.datasets:
+        result = {"region": args.region, "datasets": [on_dataset(root, args.region) for root in args.datasets]}
+    else:
+        runs = [profile(f, args.work, args.frames, args.region, args.joint_steps, args.estimator) for f in args.focals]
+        result = {"region": args.region, "estimator": args.estimator, "joint_steps": args.joint_steps, "runs": runs}
+        key = "focal_points" if args.estimator == "points" else "profile_focal"
+        if len(runs) >= 2:
+            result["gain"] = perspective_response([r["true_focal"] for r in runs], [r[key] for r in runs])
+        print(json.dumps([{k: r[k] for k in ("true_focal", "landmark_focal", key)} for r in runs]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps([{k: r[k] for k in ("true_focal", "landmark_focal", "profile_focal")} for r in result["runs"]]))
 
 
 if __name__ == "__main__":

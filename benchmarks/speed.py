@@ -50,7 +50,7 @@ class StepTimer(pl.Callback):
 def real_dataset(clip: Path, cache: Path) -> Path:
     """The clip preprocessed at 512 px (cached; landmark poses, no bundle adjustment)."""
     root = cache / clip.stem
-    quick_poses = TrackerConfig(steps=300, refine_points=0, pose_source="landmarks")
+    quick_poses = TrackerConfig(steps=300, refine_points=0, pose_source="landmarks", focal_source="landmarks")
     opts = IngestOptions(stabilizer=StabilizerOptions(tracker=quick_poses))
     run_ingest(clip, root, opts)
     return root

@@ -102,13 +102,15 @@ def preprocess(video: Path, root: Path, run_dir: Path, *overrides: str) -> dict:
 
 def run_preset(name: str, paths: list, masks: list, mesh: np.ndarray, lms: np.ndarray, spec: SyntheticSpec,
                truth: dict, work: Path, face_model: FaceModelSpec, focal_landmarks: str = "all",
-               pose_source: str | None = None, focal_range: tuple[float, float, float] | None = None) -> dict:
+               pose_source: str | None = None, focal_range: tuple[float, float, float] | None = None,
+               focal_source: str | None = None) -> dict:
     """The stabilizer with a tracker preset on the synthetic subject; ``focal_range`` (start, stop, step; px at
     512) replaces the preset's focal grid."""
     opts = preset(name)
     opts.face_model = face_model
     opts.tracker.focal_landmarks = focal_landmarks
     opts.tracker.pose_source = pose_source or opts.tracker.pose_source
+    opts.tracker.focal_source = focal_source or opts.tracker.focal_source
     if focal_range is not None:
         opts.tracker.focal.start, opts.tracker.focal.stop, opts.tracker.focal.step = focal_range
     start = time.perf_counter()
@@ -186,9 +188,10 @@ PERSPECTIVE_FOCALS = (700.0, 1350.0, 2600.0)  # px at 512; the camera 0.47, 0.9 
 def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
     """The synthetic subject (its motion drawn with ``seed``) filmed at PERSPECTIVE_FOCALS, the camera distance
     scaled with the focal so the face keeps its size: the focal the default ``poses`` stage finds (focal search
-    only, over 0.4-2.5 x the true focal) on the true landmarks and on FaceMesh's, and how much of the change of
-    perspective each follows (:func:`perspective_response`)."""
-    found, distances = {"truth": [], "facemesh": []}, []
+    only, over 0.4-2.5 x the true focal) on the true landmarks and on FaceMesh's, the focal measured on the tracked
+    head points from FaceMesh's (``points``, whether or not its checks let the stage use it), and how much of the
+    change of perspective each follows (:func:`perspective_response`)."""
+    found, distances = {"truth": [], "facemesh": [], "points": []}, []
     for focal in PERSPECTIVE_FOCALS:
         spec = SyntheticSpec(num_frames=frames, size=512, seed=seed, focal_at_512=focal,
                              distance=SyntheticSpec.distance * focal / SyntheticSpec.focal_at_512)
@@ -202,16 +205,21 @@ def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
         for source, lms in (("truth", truth["landmarks_2d"][..., :2]), ("facemesh", to_68(mesh)[..., :2])):
             res = run_preset("synctalk", paths, masks, mesh, lms, spec, truth, work / f"{name}_{source}",
                              CanonicalFace(), pose_source="landmarks",
-                             focal_range=(0.4 * focal, 2.5 * focal, 0.05 * focal))
-            found[source].append(res["focal"])
+                             focal_range=(0.4 * focal, 2.5 * focal, 0.05 * focal),
+                             focal_source="landmarks" if source == "truth" else "points")
+            found[source].append(res["report"]["focal_landmarks"])
+            if source == "facemesh":
+                found["points"].append(res["report"]["focal_points"])
         print("perspective", focal, {k: v[-1] for k, v in found.items()}, flush=True)
     return {"seed": seed, "true_focal": list(PERSPECTIVE_FOCALS), "distance_m": [round(d, 3) for d in distances],
             **{source: {"focal": f, **perspective_response(PERSPECTIVE_FOCALS, f)} for source, f in found.items()}}
 
 
-REAL_KEYS = ("focal", "focal_interior", "focal_halves", "focal_halves_difference_pct", "jitter_landmarks",
-             "jitter_bundle_adjustment", "bundle_adjustment_kept", "bundle_adjustment_rejected", "poses_written",
-             "jitter_written", "ba_drift_median_deg", "perspective_focals", "perspective_gain", "elapsed_s")
+REAL_KEYS = ("focal", "focal_landmark_search", "focal_interior", "focal_halves", "focal_halves_difference_pct",
+             "focal_points", "focal_points_std_pct", "focal_points_halves", "focal_points_halves_difference_pct",
+             "focal_points_used", "focal_points_rejected", "perspective_points_focals", "perspective_points_gain",
+             "jitter_landmarks", "jitter_bundle_adjustment", "bundle_adjustment_kept", "bundle_adjustment_rejected",
+             "poses_written", "jitter_written", "ba_drift_median_deg", "perspective_focals", "perspective_gain", "elapsed_s")
 
 
 def real_clips(clips: list[Path], work: Path, runs: Path, check_perspective: bool = False) -> dict:
@@ -244,16 +252,28 @@ def real_clips(clips: list[Path], work: Path, runs: Path, check_perspective: boo
     return out
 
 
+def _points_cells(c: dict) -> str:
+    """The focal measured on the tracked points: value (std %; halves), used or why not, its perspective gain."""
+    if c.get("focal_points") is None:
+        return "not measured | | "
+    halves = " / ".join(f"{h:.0f}" for h in c["focal_points_halves"])
+    gain = c.get("perspective_points_gain")
+    return (f"{c['focal_points']:.0f} ({c['focal_points_std_pct']:.1f}%; {halves}) | "
+            f"{'yes' if c['focal_points_used'] else 'no: ' + '; '.join(c['focal_points_rejected'])} | "
+            f"{'not checked' if gain is None else f'{gain:.2f}'}")
+
+
 def real_table(real: dict) -> str:
     """The real-clip results as a markdown table, one row per clip, with the stabilizer's checks: an interior focal,
     halves within 10%, written poses no worse than the face-model fit."""
     rows = ["| clip | focal (px at 512) | interior | halves (difference) | rotation jitter, fit -> written (deg) | "
-            "written | FaceMesh's perspective gain | checks |", "|---|---|---|---|---|---|---|---|"]
+            "written | FaceMesh's perspective gain | points focal (std; halves) | used | points' perspective gain | "
+            "checks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in real.items():
         if name == "summary":
             continue
         if "error" in c:
-            rows.append(f"| {name} | refused: {c['error']} | | | | | | |")
+            rows.append(f"| {name} | refused: {c['error']} | | | | | | | | | |")
             continue
         fit, written = c["jitter_landmarks"]["rotation_deg"], c["jitter_written"]["rotation_deg"]
         halves = " / ".join(f"{h:.0f}" for h in c["focal_halves"])
@@ -267,7 +287,7 @@ def real_table(real: dict) -> str:
         rows.append(f"| {name} | {c['focal_at_512']:.0f} | {'yes' if c['focal_interior'] else 'no'} | {halves} "
                     f"({c['focal_halves_difference_pct']:.1f}%) | {fit:.3f} -> {written:.3f} "
                     f"({-c['jitter_reduction_pct']:+.0f}%) | {c['poses_written']} | {gain or 'not checked'} | "
-                    f"{'ok' if not failed else ', '.join(failed)} |")
+                    f"{_points_cells(c)} | {'ok' if not failed else ', '.join(failed)} |")
     if "summary" in real:
         rows.append(f"\nmedian jitter reduction: {real['summary']['median_jitter_reduction_pct']:.0f}%")
     return "\n".join(rows)

@@ -88,7 +88,8 @@ def latest_run(root: Path, task: str = "train") -> Path:
 SMOKE = ("experiment=smoke", "logger=none", "trainer.enable_progress_bar=false")
 
 # the poses stage at its cheapest: the face-model fit alone, a short focal search
-QUICK_POSES = {"stabilizer": StabilizerOptions(tracker=TrackerConfig(steps=200, refine_points=0, pose_source="landmarks"))}
+QUICK_POSES = {"stabilizer": StabilizerOptions(tracker=TrackerConfig(steps=200, refine_points=0, pose_source="landmarks",
+                                                                focal_source="landmarks"))}
 
 
 def synctalk(*args, cwd, env_extra=None) -> subprocess.CompletedProcess:

@@ -120,6 +120,7 @@ def test_blendshapes_and_stabilized_poses_follow_the_synthetic_truth(tmp_path):
     opts = IngestOptions(progress=False)
     opts.stabilizer.face_model = SubjectFace()
     opts.stabilizer.tracker.steps, opts.stabilizer.tracker.refine_points = 600, 0  # a short focal search and fit
+    opts.stabilizer.tracker.focal_source = "landmarks"
     report = run_ingest(video, root, opts)
     gt = np.load(subject / "ground_truth.npz")
     bs = np.load(root / "bs.npy")
@@ -163,10 +164,14 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
     a short focal search and 600 joint steps)."""
     root = run_cli.root / "katie"
     assert run_cli("preprocess", f"data.video={real_data / 'WDA_KatieHill_000.mp4'}", f"data.root={root}",
-                   *QUICK_FOCAL, "preprocess.bundle_adjustment.joint_steps=600") == 0
+                   *QUICK_FOCAL, "preprocess.bundle_adjustment.joint_steps=600", "tracker.focal_points.frames=60") == 0
     check_real_clip_dataset(root)
     poses = json.loads((root / ".stages" / "poses.json").read_text())["report"]
     assert poses["pose_source"] == "bundle_adjustment" and poses["frames_with_few_points"] == 0
+    # the focal measured again on the tracked points (the default), written only when its checks pass
+    assert poses["focal_points_frames"] == 60 and len(poses["focal_points_halves"]) == 2
+    assert (poses["focal"] == poses["focal_points"]) == poses["focal_points_used"]
+    assert poses["focal_points_used"] == (not poses["focal_points_rejected"])
     assert poses["ba_reprojection_px"]["joint"] < poses["ba_reprojection_px"]["initial"]
     assert poses["jitter_bundle_adjustment"]["rotation_deg"] < poses["jitter_landmarks"]["rotation_deg"]
     assert run_cli("train", "experiment=smoke", "data=subject", f"data.root={root}", "data.downscale=4",
@@ -420,7 +425,7 @@ def test_ingest_a_real_clip(real_data, run_cli, clip):
     (600 steps, no refinement: 12 s instead of 70 on a 2-core machine), to keep the suite short."""
     root = run_cli.root / "subject"
     assert run_cli("preprocess", f"data.video={real_data / clip}", f"data.root={root}",
-                   "tracker.pose_source=landmarks", *QUICK_FOCAL) == 0
+                   "tracker.pose_source=landmarks", "tracker.focal_source=landmarks", *QUICK_FOCAL) == 0
     check_real_clip_dataset(root)
     poses = json.loads((root / ".stages" / "poses.json").read_text())["report"]
     assert poses["poses_written"] == "landmarks" and poses["focal_interior"]

@@ -74,7 +74,8 @@ def test_the_wheel_installed_in_a_fresh_environment_preprocesses_and_trains(tmp_
     video = make_video(subject, tmp_path / "clip.mp4", fps=25)
     synctalk = str(env / "bin" / "synctalk")
     pre = subprocess.run([synctalk, "preprocess", f"data.video={video}", f"data.root={work / 'clip'}",
-                          "tracker.steps=200", "tracker.check_halves=false", "tracker.pose_source=landmarks"],
+                          "tracker.steps=200", "tracker.check_halves=false", "tracker.pose_source=landmarks",
+                          "tracker.focal_source=landmarks"],
                          cwd=work, env=run_env, capture_output=True, text=True, timeout=900)
     assert pre.returncode == 0, pre.stdout[-2000:] + pre.stderr[-3000:]
     assert (work / "clip" / "transforms_train.json").is_file() and (work / "clip" / "crop.json").is_file()

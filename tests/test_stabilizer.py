@@ -559,7 +559,7 @@ def test_perspective_check_measures_how_much_a_detector_follows(tmp_path):
 def test_poses_stage_checks_the_detector_perspective_on_facemesh(tmp_path, caplog):
     """tracker.check_perspective on the synthetic subject with FaceMesh: the report gives the focal found on frames
     warped to 0.7, 1 and 1.45 x the focal and the detector's gain, warns below 0.8, keeps the sheet and removes the
-    warped frames."""
+    warped frames; the same for the focal measured on the tracked points."""
     import logging
 
     from synctalk.face.facemesh import to_68
@@ -585,6 +585,14 @@ def test_poses_stage_checks_the_detector_perspective_on_facemesh(tmp_path, caplo
     assert (report["perspective_gain"] < PERSPECTIVE_GAIN_WARN) == ("follows only" in caplog.text)
     assert (tmp_path / "stab" / "perspective_check.jpg").is_file()
     assert not (tmp_path / "stab" / "perspective_check").exists()
+    # the focal measured again on the tracked head points (the default tracker.focal_source=points), with its own
+    # perspective check on warped tracks; used only when sure, else the landmark focal is written
+    assert report["focal_points_frames"] == n and len(report["focal_points_halves"]) == 2
+    assert len(report["perspective_points_focals"]) == 3 and report["perspective_points_gain"] is not None
+    if report["focal_points_used"]:
+        assert report["focal"] == report["focal_points"] and not report["focal_points_rejected"]
+    else:
+        assert report["focal"] == report["focal_landmark_search"] and "is not used" in caplog.text
 
 
 def test_shipped_canonical_face_is_derived_from_the_face_landmarker(face_landmarker_task, tmp_path):

@@ -30,6 +30,27 @@ class FocalRange:
     step: float = 50.0
 
 
+class FocalSource(Choice):
+    landmarks = "landmarks"  # the landmark focal search alone
+    points = "points"  # measured again on the tracked head points (bundle adjustment with the focal free)
+
+
+@dataclass
+class FocalPointsOptions:
+    """The focal measured on the tracked head points (:mod:`synctalk.stabilizer.focal_from_points`)."""
+
+    frames: int = 150  # frames spread over the clip that the focal is fitted on
+    rounds: int = 3  # fits, each after dropping the outliers of the one before
+    outlier_factor: float = 2.0  # points / observations over this many times the median error are dropped
+    huber_px: float = 1.0
+    iterations: int = 40  # Levenberg-Marquardt steps per fit at most
+    check_halves: bool = True  # also fit each half of the clip alone
+    max_std_pct: float = 3.0  # above: not measurable on this clip, the landmark focal is kept
+    max_halves_pct: float = 10.0  # halves further apart: the landmark focal is kept
+    min_ratio: float = 0.33  # the accepted focal, times the landmark focal: at least
+    max_ratio: float = 3.0  # and at most
+
+
 @dataclass
 class TrackerConfig:
     """The Head Motion Tracker: the focal search, the landmark fit, its checks and where the poses come from."""
@@ -49,6 +70,8 @@ class TrackerConfig:
     perspective_frames: int = 60  # frames warped to other focal lengths by the perspective check
     focal_expressions: bool = False  # score focal candidates with the expression components (default: a rigid face)
     pose_source: PoseSource = PoseSource.bundle_adjustment
+    focal_source: FocalSource = FocalSource.points
+    focal_points: FocalPointsOptions = field(default_factory=FocalPointsOptions)
 
 
 class FlowBackend(Choice):

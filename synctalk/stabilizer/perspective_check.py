@@ -152,3 +152,33 @@ def _tile(path: Path, points: np.ndarray, label: str) -> np.ndarray:
         cv2.circle(image, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
     cv2.putText(image, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
     return image
+
+
+def warp_tracks(points2d: np.ndarray, visible: np.ndarray, face_xy: np.ndarray, face_depth: np.ndarray, ratio: float,
+                width: int, height: int, anchors: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """Tracked points moved as :func:`warp_image` moves the pixels under them: per frame, the displacement of the
+    face vertices (:func:`warp_points`) interpolated linearly at the points, falling to 0 at the image edges.
+
+    Args:
+        points2d: (N, P, 2) px; visible: (N, P); face_xy: (N, V, 2) the face vertices in the image (NaN: no face);
+        face_depth: (N, V) their depths (any unit); ratio: the warped frames' focal, times the clip's.
+    Returns:
+        (N, P, 2) warped tracks and (N, P) visibility (False in frames without a face).
+    """
+    from scipy.interpolate import LinearNDInterpolator
+
+    cx, cy = width / 2.0, height / 2.0
+    edge = [(x, y) for x in np.linspace(0, width - 1, anchors) for y in (0, height - 1)]
+    edge += [(x, y) for y in np.linspace(0, height - 1, anchors)[1:-1] for x in (0, width - 1)]
+    edge = np.asarray(edge, np.float64)
+    out, seen = points2d.astype(np.float64).copy(), visible.copy()
+    for i in range(len(points2d)):
+        xy = face_xy[i]
+        if np.isnan(xy).any():
+            seen[i] = False
+            continue
+        centre = float(face_depth[i][np.unique(MESH_TO_68)].mean())
+        moved = warp_points(xy, face_depth[i], ratio, centre, cx, cy) - xy
+        field = LinearNDInterpolator(np.concatenate([xy, edge]), np.concatenate([moved, np.zeros_like(edge)]))
+        out[i] += np.nan_to_num(field(points2d[i]))
+    return out, seen

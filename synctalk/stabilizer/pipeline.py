@@ -20,9 +20,10 @@ from synctalk.io import StepCache, atomic_path, write_json
 from synctalk.stabilizer.bundle_adjustment import MIN_POINTS_PER_FRAME, run_bundle_adjustment
 from synctalk.stabilizer.checks import (PERSPECTIVE_GAIN_WARN, focal_at_range_end, focal_half_agreement,
                                         focal_is_interior, judge_bundle_adjustment)
+from synctalk.stabilizer.focal_from_points import measure_focal
 from synctalk.stabilizer.focal_search import search_focal
 from synctalk.stabilizer.head_tracker import fit_landmarks
-from synctalk.stabilizer.options import FlowBackend, PoseSource, StabilizerOptions
+from synctalk.stabilizer.options import FlowBackend, FocalSource, PoseSource, StabilizerOptions
 from synctalk.stabilizer.plots import plot_focal, plot_poses
 from synctalk.stabilizer.point_tracker import track_head_points
 from synctalk.stabilizer.pose_convention import as_written, c2w_from_cv_poses, jitter, rotation_angles_deg
@@ -59,6 +60,16 @@ def region_masks(layout, count: int, region: str) -> list[Path]:
     return [layout.head_mask(i) if head else layout.face_only_mask(i) for i in range(count)]
 
 
+def _keypoints_3d(model: FaceModel, fit, tracks, reference: int, lms68: np.ndarray, focal: float, cx: float,
+                  cy: float) -> np.ndarray:
+    """(P, 3) head-frame positions of the tracked points, back-projected on the landmark fit's face in the
+    reference frame (:func:`backproject`)."""
+    rot, trans = fit.rotation[0][reference], fit.translation[0][reference]
+    with torch.no_grad():
+        shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [reference]]))[0, 0].numpy()
+    return backproject(tracks.points[reference], shape @ rot.T + trans, lms68[reference], rot, trans, focal, cx, cy)
+
+
 def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, fit, focal: float,
                        size: tuple[int, int], search_fn, detector: LandmarkDetector, count: int, out_dir: Path) -> dict:
     """:func:`synctalk.stabilizer.perspective_check.check_perspective` with the fitted face and the dataset's
@@ -74,6 +85,31 @@ def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, f
         frames, mesh, lambda i: dense @ rotation[i].T + translation[i], focal, *size,
         lambda lms, expected: search_fn(lms, (0.4 * expected, 2.5 * expected, 0.05 * expected)).focal,
         lambda paths: detector.detect_files(paths, progress=False), out_dir / "perspective_check", count)
+
+
+def _check_perspective_points(tracks, mesh: np.ndarray, model: FaceModel, fit, focal: float, reference: int,
+                              lms68: np.ndarray, size: tuple[int, int], opts) -> dict:
+    """The perspective check of the focal measured on the points: the tracks moved as frames warped to
+    :data:`~synctalk.stabilizer.perspective_check.RATIOS` x the landmark focal would move them (the face's depth from
+    the fitted face model, as the landmark check warps), and the focal measured on them from the same start."""
+    from dataclasses import replace
+
+    from synctalk.stabilizer.perspective_check import RATIOS, dense_face, perspective_response, warp_tracks
+
+    with torch.no_grad():
+        neutral = model(torch.as_tensor(fit.id_coeff), torch.zeros(1, 1, model.num_exp))[0, 0].numpy()
+    dense = dense_face(neutral)
+    rotation, translation = fit.rotation[0], fit.translation[0]
+    depth = np.einsum("vb,nab->nva", dense, rotation)[..., 2] + translation[:, None, 2]
+    start = _keypoints_3d(model, fit, tracks, reference, lms68, focal, size[0] / 2.0, size[1] / 2.0)
+    found = []
+    for ratio in RATIOS:
+        points, visible = warp_tracks(tracks.points, tracks.visible, mesh[:, :468, :2], depth, ratio, *size)
+        found.append(round(measure_focal(points, visible, start, rotation, translation, focal, size[0] / 2.0,
+                                         size[1] / 2.0, reference, replace(opts, check_halves=False)).focal, 1))
+    gain = perspective_response([r * focal for r in RATIOS], found)["gain"]
+    return {"perspective_points_ratios": list(RATIOS), "perspective_points_focals": found,
+            "perspective_points_gain": gain}
 
 
 def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
@@ -112,24 +148,20 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
     write_json(out_dir / "focal_search.json", search.to_dict())
     plot_focal(search, out_dir / "focal_curve.png")
     focal = round(search.focal, 2)  # as written in the transforms json and the report
-    fit = steps("landmark_fit", lambda: fit_landmarks(model, lms68, [focal], cx, cy, t.steps, t.lr, fm.id_reg,
-                                                      fm.exp_reg, progress, "landmark fit"))
-    rot_lm, trans_lm = fit.rotation[0], fit.translation[0]
-    with atomic_path(out_dir / "landmark_fit.npz") as tmp:
-        np.savez(tmp, focal=focal, rotation=rot_lm, translation=trans_lm, id_coeff=fit.id_coeff[0],
-                 exp_coeff=fit.exp_coeff[0], error_px=fit.error_px[0], face_model=model.name)
-    c2w_lm = c2w_from_cv_poses(rot_lm, trans_lm)
+
+    def landmark_fit(at: float):
+        return fit_landmarks(model, lms68, [at], cx, cy, t.steps, t.lr, fm.id_reg, fm.exp_reg, progress, "landmark fit")
+
+    fit = steps("landmark_fit", lambda: landmark_fit(focal))
     at_end = focal_at_range_end(search)
     if at_end:
         log.warning("the focal search chose the end of its range (%.0f px): the landmark error keeps falling that "
                     "way, so the focal is not measured. Widen tracker.focal.start/stop, or use a face model with a "
                     "true 3D shape (face_model=canonical, template or bfm), or set the focal "
                     "(tracker.focal.start=stop=<px>)", search.grid_best)
-    report = {"pose_source": t.pose_source, "focal": focal, "focal_grid_best": search.grid_best,
-              "focal_at_range_end": at_end, "focal_interior": focal_is_interior(search),
-              "face_model": model.name,
-              "landmark_rms_px": round(float(np.sqrt((fit.error_px[0] ** 2).mean())), 4),
-              "jitter_landmarks": jitter(*as_written(c2w_lm))}
+    report = {"pose_source": t.pose_source, "focal_source": t.focal_source, "focal_landmark_search": focal,
+              "focal_grid_best": search.grid_best, "focal_at_range_end": at_end,
+              "focal_interior": focal_is_interior(search), "face_model": model.name}
     if t.check_halves:
         halves = steps("focal_halves", lambda: [search_fn(part) for part in np.array_split(lms68, 2)])
         report.update(focal_half_agreement(search, halves))
@@ -149,18 +181,39 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
                         "own idea of a face and may be off by tens of percent, although the search finds a clear "
                         "minimum (see stabilizer/perspective_check.jpg)", 100 * report["perspective_gain"],
                         report["perspective_ratios"], report["perspective_focals"], focal)
-    curves = {"landmark fit": (rot_lm, trans_lm)}
-    c2w = c2w_lm
-    if t.pose_source == PoseSource.bundle_adjustment:
-        reference = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot_lm), axis=1)))  # the most frontal frame
+    tracks = reference = None
+    if t.pose_source == PoseSource.bundle_adjustment or t.focal_source == FocalSource.points:
+        reference = int(np.argmin(np.linalg.norm(rotation_angles_deg(fit.rotation[0]), axis=1)))  # most frontal
         tracks = steps("tracks", lambda: track_head_points(frames, masks, lms68, reference, opts.points, opts.flow,
                                                            px_scale=to_px, progress=progress))
         tracks.save(out_dir / "tracks.npz")
-        with torch.no_grad():
-            shape = model(torch.as_tensor(fit.id_coeff), torch.as_tensor(fit.exp_coeff[:, [reference]]))[0, 0].numpy()
-        lms_cam = shape @ rot_lm[reference].T + trans_lm[reference]
-        points3d = backproject(tracks.points[reference], lms_cam, lms68[reference], rot_lm[reference],
-                               trans_lm[reference], focal, cx, cy)
+    if t.focal_source == FocalSource.points and len(search.candidates) == 1:
+        report["focal_points_skipped"] = "the focal is set (tracker.focal.start = stop)"
+    elif t.focal_source == FocalSource.points:
+        measured = steps("focal_points", lambda: measure_focal(
+            tracks.points, tracks.visible, _keypoints_3d(model, fit, tracks, reference, lms68, focal, cx, cy),
+            fit.rotation[0], fit.translation[0], focal, cx, cy, reference, t.focal_points, progress))
+        report.update(measured.to_dict())
+        if t.check_perspective:
+            report.update(steps("perspective_check_points", lambda: _check_perspective_points(
+                tracks, mesh, model, fit, focal, reference, lms68, (width, height), t.focal_points)))
+        if measured.used:
+            focal = round(measured.focal, 2)
+            fit = steps("landmark_fit_points", lambda: landmark_fit(focal))
+        else:
+            log.warning("the focal measured on the tracked head points (%.0f px) is not used: %s. The landmark focal "
+                        "(%.0f px) is kept", measured.focal, "; ".join(measured.reasons), focal)
+    rot_lm, trans_lm = fit.rotation[0], fit.translation[0]
+    with atomic_path(out_dir / "landmark_fit.npz") as tmp:
+        np.savez(tmp, focal=focal, rotation=rot_lm, translation=trans_lm, id_coeff=fit.id_coeff[0],
+                 exp_coeff=fit.exp_coeff[0], error_px=fit.error_px[0], face_model=model.name)
+    c2w_lm = c2w_from_cv_poses(rot_lm, trans_lm)
+    report.update({"focal": focal, "landmark_rms_px": round(float(np.sqrt((fit.error_px[0] ** 2).mean())), 4),
+                   "jitter_landmarks": jitter(*as_written(c2w_lm))})
+    curves = {"landmark fit": (rot_lm, trans_lm)}
+    c2w = c2w_lm
+    if t.pose_source == PoseSource.bundle_adjustment:
+        points3d = _keypoints_3d(model, fit, tracks, reference, lms68, focal, cx, cy)
         ba = steps("bundle_adjustment", lambda: run_bundle_adjustment(
             tracks.points, tracks.visible, points3d, rot_lm, trans_lm, focal, cx, cy, reference,
             opts.bundle_adjustment, progress=progress))

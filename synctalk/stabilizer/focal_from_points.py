@@ -1,0 +1,293 @@
+"""The focal length measured on the tracked head points: bundle adjustment with the focal free (self-calibration).
+
+The landmark focal search reads perspective through a landmark detector, which follows only part of it (its shape
+prior pulls the focal towards one value; ``tracker.check_perspective``). The head points tracked by optical flow move
+with the pixels, so their perspective is the camera's. Here the points (P, 3), the poses of the frames and one focal
+are fitted together to the tracks by Levenberg-Marquardt (Gauss-Newton with an adaptive damping), starting from the
+landmark fit:
+
+- each frame's translation is written ``t = focal * tau``: changing the focal alone moves the head away or closer so
+  that it keeps its size in the image, which is the valley the reprojection error has along the focal (with plain
+  translations first-order steps crawl along it);
+- the reference frame's rotation and ``tau`` stay fixed (the gauge: a rigid motion and a scale of the whole scene);
+  the scale of the head is that of the face-model fit;
+- the normal equations are solved with the frames eliminated (a Schur complement over their 6 x 6 blocks), so a step
+  costs one dense solve over the points and the focal (3P + 1 unknowns), whatever the number of frames;
+- a Huber loss (iteratively re-weighted); after each round the points and observations over ``outlier_factor`` times
+  the median error are dropped and the fit runs again (expressions, occluding contours, drifting flow);
+- the focal's standard deviation comes from the inverse of the normal matrix at the solution, scaled by the residual
+  variance. It assumes independent track errors, so it is a lower bound; the halves of the clip (each fitted alone)
+  show the spread that correlated errors leave.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+MIN_VIEWS = 3  # points seen in fewer of the fitted frames are left out
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) -> (..., 3, 3) cross-product matrices."""
+    zero = torch.zeros_like(v[..., 0])
+    return torch.stack([zero, -v[..., 2], v[..., 1], v[..., 2], zero, -v[..., 0], -v[..., 1], v[..., 0], zero],
+                       -1).reshape(*v.shape[:-1], 3, 3)
+
+
+def _rotate(w: torch.Tensor) -> torch.Tensor:
+    """(..., 3) axis-angle (radians) -> (..., 3, 3) rotation matrices."""
+    theta = w.norm(dim=-1, keepdim=True).clamp(min=1e-15)
+    k = _skew(w / theta)
+    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
+    return torch.eye(3, dtype=w.dtype) + s * k + (1 - c) * (k @ k)
+
+
+@dataclass
+class FocalFit:
+    """One self-calibrating bundle adjustment: the focal (px), its standard deviation (px), the fitted scene."""
+
+    focal: float
+    std_px: float
+    rms_px: float  # over the observations used
+    rotation: np.ndarray  # (N, 3, 3) head -> OpenCV camera
+    translation: np.ndarray  # (N, 3) metres
+    points3d: np.ndarray  # (P, 3) head frame, metres
+    used: np.ndarray  # (N, P) bool: the observations of the last round
+    iterations: int
+
+
+class _Problem:
+    """Reprojection residuals of tracks (N, P, 2) and their Jacobians, float64."""
+
+    def __init__(self, points2d: np.ndarray, cx: float, cy: float, huber_px: float):
+        self.uv = torch.as_tensor(points2d, dtype=torch.float64)
+        self.cx, self.cy, self.huber = cx, cy, huber_px
+
+    def residuals(self, rot, tau, points, focal) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P, 2) projected - tracked px and (N, P, 3) camera-frame points."""
+        cam = torch.einsum("nab,pb->npa", rot, points) + (focal * tau)[:, None]
+        z = cam[..., 2].clamp(min=1e-6)
+        proj = torch.stack([focal * cam[..., 0] / z + self.cx, focal * cam[..., 1] / z + self.cy], -1)
+        return proj - self.uv, cam
+
+    def cost(self, rot, tau, points, focal, used) -> float:
+        """Huber cost (px^2) of the used observations."""
+        err = self.residuals(rot, tau, points, focal)[0].norm(dim=-1)
+        d = self.huber
+        return float((torch.where(err < d, 0.5 * err ** 2, d * (err - 0.5 * d)) * used).sum())
+
+
+def fit_focal(points2d: np.ndarray, used: np.ndarray, points3d: np.ndarray, rotation: np.ndarray,
+              translation: np.ndarray, focal: float, cx: float, cy: float, reference: int, huber_px: float = 1.0,
+              max_iterations: int = 50, tolerance: float = 1e-9) -> FocalFit:
+    """Levenberg-Marquardt over points, poses and the focal (see the module docstring).
+
+    Args:
+        points2d: (N, P, 2) tracks, px; used: (N, P) bool, the observations to fit; points3d: (P, 3) metres;
+        rotation (N, 3, 3), translation (N, 3): starting poses (head -> OpenCV camera) at ``focal`` px;
+        reference: the frame whose rotation and translation / focal stay fixed.
+        tolerance: stops when an accepted step lowers the cost by less than this fraction.
+    """
+    f64 = torch.float64
+    problem = _Problem(points2d, cx, cy, huber_px)
+    w_used = torch.as_tensor(used, dtype=f64)
+    rot = torch.as_tensor(rotation, dtype=f64).clone()
+    f = torch.tensor(float(focal), dtype=f64)
+    tau = torch.as_tensor(translation, dtype=f64) / f
+    pts = torch.as_tensor(points3d, dtype=f64).clone()
+    n, p = w_used.shape
+    free = torch.ones(n, dtype=f64)
+    free[reference] = 0.0
+    fixed_block = torch.diag_embed((1 - free)[:, None].expand(n, 6))  # the reference frame's block: identity
+    lam, cost = 1e-3, problem.cost(rot, tau, pts, f, w_used)
+    iterations = 0
+    normal = None
+    for iterations in range(1, max_iterations + 1):
+        normal = _normal_equations(problem, rot, tau, pts, f, w_used, free)
+        h_cc, h_cz, h_zz, g_c, g_z = normal
+        improved = False
+        while lam < 1e10:
+            d_c, d_z = _solve(h_cc + lam * torch.diag_embed(torch.diagonal(h_cc, dim1=-2, dim2=-1)) + fixed_block,
+                              h_cz, h_zz + lam * torch.diag(torch.diagonal(h_zz)), g_c, g_z)
+            f_new = f + d_z[-1]
+            if f_new <= 0:
+                lam *= 4
+                continue
+            rot_new, tau_new = _rotate(d_c[:, :3]) @ rot, tau + d_c[:, 3:]
+            pts_new = pts + d_z[:-1].reshape(p, 3)
+            new_cost = problem.cost(rot_new, tau_new, pts_new, f_new, w_used)
+            if new_cost < cost:
+                rot, tau, pts, f = rot_new, tau_new, pts_new, f_new
+                improved, gain = True, (cost - new_cost) / max(cost, 1e-12)
+                cost, lam = new_cost, max(lam / 3, 1e-12)
+                break
+            lam *= 4
+        if not improved or gain < tolerance:
+            break
+    normal = _normal_equations(problem, rot, tau, pts, f, w_used, free)
+    h_cc, h_cz, h_zz, _, _ = normal
+    err = problem.residuals(rot, tau, pts, f)[0].norm(dim=-1)
+    rms = float(((err ** 2 * w_used).sum() / w_used.sum().clamp(min=1)).sqrt())
+    dof = max(2 * float(w_used.sum()) - 6 * (n - 1) - 3 * p - 1, 1.0)
+    std = float(np.sqrt(2 * cost / dof * _focal_variance(h_cc + fixed_block, h_cz, h_zz)))
+    return FocalFit(float(f), std, rms, rot.numpy(), (tau * f).numpy(), pts.numpy(), np.asarray(used, bool),
+                    iterations)
+
+
+def _normal_equations(problem: _Problem, rot, tau, pts, f, w_used, free):
+    """Gauss-Newton normal equations with Huber weights: frame blocks ``h_cc`` (N, 6, 6), frame-scene blocks
+    ``h_cz`` (N, 6, 3P + 1), scene block ``h_zz`` (3P + 1, 3P + 1), gradients ``g_c`` (N, 6), ``g_z`` (3P + 1,)
+    (negative gradients of the cost). Frame unknowns: rotation (left increment, radians), tau; scene: points, focal."""
+    r, cam = problem.residuals(rot, tau, pts, f)
+    n, p = w_used.shape
+    err = r.norm(dim=-1)
+    w = w_used * torch.where(err < problem.huber, torch.ones_like(err), problem.huber / err.clamp(min=1e-12))
+    x, y, z = cam.unbind(-1)
+    a = torch.zeros(n, p, 2, 3, dtype=r.dtype)  # d(projection) / d(camera point)
+    a[..., 0, 0] = a[..., 1, 1] = f / z
+    a[..., 0, 2], a[..., 1, 2] = -f * x / z ** 2, -f * y / z ** 2
+    j_rot = -a @ _skew(cam - (f * tau)[:, None])
+    j_c = torch.cat([j_rot, a * f], -1) * free[:, None, None, None]  # (N, P, 2, 6)
+    j_x = a @ rot[:, None]  # (N, P, 2, 3)
+    j_f = torch.stack([x / z, y / z], -1)[..., None] + a @ tau[:, None, :, None]  # (N, P, 2, 1)
+    wr = w[..., None, None]
+    jt_c = j_c.transpose(-1, -2)
+    h_cc = (jt_c @ (wr * j_c)).sum(1)
+    h_cp = (jt_c @ (wr * j_x)).permute(0, 2, 1, 3).reshape(n, 6, 3 * p)
+    h_cf = (jt_c @ (wr * j_f)).sum(1)
+    h_cz = torch.cat([h_cp, h_cf], -1)
+    jt_x = j_x.transpose(-1, -2)
+    h_pp = (jt_x @ (wr * j_x)).sum(0)  # (P, 3, 3)
+    h_pf = (jt_x @ (wr * j_f)).sum(0).reshape(3 * p)
+    h_ff = (j_f.transpose(-1, -2) @ (wr * j_f)).sum((0, 1))[0, 0]
+    h_zz = torch.zeros(3 * p + 1, 3 * p + 1, dtype=r.dtype)
+    h_zz[:-1, :-1] = torch.block_diag(*h_pp)
+    h_zz[:-1, -1] = h_zz[-1, :-1] = h_pf
+    h_zz[-1, -1] = h_ff
+    wres = wr * r[..., None]
+    g_c = -(jt_c @ wres).sum(1)[..., 0]
+    g_z = -torch.cat([(jt_x @ wres).sum(0).reshape(3 * p), (j_f.transpose(-1, -2) @ wres).sum((0, 1))[0]])
+    return h_cc, h_cz, h_zz, g_c, g_z
+
+
+def _solve(h_cc, h_cz, h_zz, g_c, g_z):
+    """The damped normal equations with the frames eliminated: (N, 6) and (3P + 1,) increments."""
+    n = len(h_cc)
+    inv_cc = torch.linalg.inv(h_cc)
+    b = inv_cc @ h_cz  # (N, 6, Z)
+    schur = h_zz - h_cz.reshape(n * 6, -1).T @ b.reshape(n * 6, -1) + _unseen(h_zz)
+    rhs = g_z - (b.transpose(1, 2) @ g_c[..., None]).sum(0)[:, 0]
+    d_z = torch.linalg.solve(schur, rhs)
+    d_c = (inv_cc @ (g_c[..., None] - h_cz @ d_z[:, None]))[..., 0]
+    return d_c, d_z
+
+
+def _unseen(h_zz: torch.Tensor) -> torch.Tensor:
+    """Ones on the diagonal of unknowns no observation constrains (points not used): they stay where they are."""
+    return torch.diag((torch.diagonal(h_zz) == 0).to(h_zz.dtype))
+
+
+def _focal_variance(h_cc, h_cz, h_zz) -> float:
+    """The focal's entry of the inverse normal matrix (unit residual variance), px^2."""
+    n = len(h_cc)
+    b = torch.linalg.inv(h_cc) @ h_cz
+    schur = h_zz - h_cz.reshape(n * 6, -1).T @ b.reshape(n * 6, -1) + _unseen(h_zz)
+    unit = torch.zeros(len(schur), dtype=schur.dtype)
+    unit[-1] = 1.0
+    return float(torch.linalg.solve(schur, unit)[-1].clamp(min=0))
+
+
+def drop_outliers(fit: FocalFit, points2d: np.ndarray, cx: float, cy: float, factor: float) -> np.ndarray:
+    """The observations of ``fit.used`` kept for the next round: points whose median error is over ``factor``
+    times the median over points, and single observations over ``factor`` times the median observation, go."""
+    from synctalk.stabilizer.bundle_adjustment import find_outliers
+
+    problem = _Problem(points2d, cx, cy, 1.0)
+    err = problem.residuals(torch.as_tensor(fit.rotation), torch.as_tensor(fit.translation) / fit.focal,
+                            torch.as_tensor(fit.points3d), torch.tensor(fit.focal, dtype=torch.float64))[0]
+    return fit.used & ~find_outliers(err.norm(dim=-1).numpy(), fit.used, factor)
+
+
+@dataclass
+class FocalFromPoints:
+    """The focal measured on the tracked points, with how sure it is and whether it is used."""
+
+    focal: float  # px, the whole clip's
+    std_pct: float  # the standard deviation, % of the focal (independent track errors: a lower bound)
+    halves: list = field(default_factory=list)  # px, each half of the clip fitted alone ([] when not run)
+    halves_difference_pct: float | None = None
+    rms_px: float = 0.0
+    frames: int = 0
+    points: int = 0
+    used: bool = False
+    reasons: list = field(default_factory=list)  # why it is not used
+
+    def to_dict(self) -> dict:
+        return {"focal_points": round(self.focal, 2), "focal_points_std_pct": round(self.std_pct, 2),
+                "focal_points_halves": [round(h, 1) for h in self.halves],
+                "focal_points_halves_difference_pct": (None if self.halves_difference_pct is None
+                                                       else round(self.halves_difference_pct, 2)),
+                "focal_points_rms_px": round(self.rms_px, 4), "focal_points_frames": self.frames,
+                "focal_points_tracked": self.points, "focal_points_used": self.used,
+                "focal_points_rejected": self.reasons}
+
+
+def measure_focal(points2d: np.ndarray, visible: np.ndarray, points3d: np.ndarray, rotation: np.ndarray,
+                  translation: np.ndarray, focal: float, cx: float, cy: float, reference: int, opts,
+                  progress: bool = False) -> FocalFromPoints:
+    """The focal of the tracked points on at most ``opts.frames`` frames spread over the clip (the reference among
+    them), the whole clip and then each half of it, and whether to use it.
+
+    Args:
+        points2d: (N, P, 2) tracks px; visible: (N, P); points3d (P, 3), rotation (N, 3, 3), translation (N, 3):
+            the start (the landmark fit at ``focal`` px; points back-projected on it).
+        opts: ``tracker.focal_points`` (:class:`synctalk.stabilizer.options.FocalPointsOptions`).
+    It is not used (the landmark focal is kept, and the reasons are given) when its standard deviation is over
+    ``opts.max_std_pct`` % (too little head motion to see perspective), when the halves differ by more than
+    ``opts.max_halves_pct`` % from each other or from the whole clip's, or when it lands outside
+    ``opts.min_ratio``-``opts.max_ratio`` times the landmark focal.
+    """
+    n = len(points2d)
+    ids = np.unique(np.r_[np.linspace(0, n - 1, min(opts.frames, n)).round().astype(int), reference])
+    ref = int(np.searchsorted(ids, reference))
+    halves = [part for part in np.array_split(np.arange(len(ids)), 2)]
+    jobs = [np.arange(len(ids))] + ([np.unique(np.r_[h, ref]) for h in halves] if opts.check_halves else [])
+    results = []
+    for job in tqdm(jobs, desc="focal from points", disable=not progress):
+        sel = ids[job]
+        used = visible[sel] & (visible[sel].sum(0) >= MIN_VIEWS)[None]
+        start = (points3d, rotation[sel], translation[sel], focal)
+        fit = None
+        for round_ in range(max(opts.rounds, 1)):
+            fit = fit_focal(points2d[sel], used, *start, cx, cy, int(np.searchsorted(sel, reference)), opts.huber_px,
+                            opts.iterations)
+            if round_ + 1 < opts.rounds and opts.outlier_factor > 0:
+                used = drop_outliers(fit, points2d[sel], cx, cy, opts.outlier_factor)
+                start = (fit.points3d, fit.rotation, fit.translation, fit.focal)
+        results.append(fit)
+    whole = results[0]
+    out = FocalFromPoints(whole.focal, 100 * whole.std_px / whole.focal, rms_px=whole.rms_px, frames=len(ids),
+                          points=int(whole.used.any(0).sum()))
+    if len(results) == 3:
+        out.halves = [results[1].focal, results[2].focal]
+        out.halves_difference_pct = 100 * abs(out.halves[0] - out.halves[1]) / whole.focal
+    if out.std_pct > opts.max_std_pct:
+        out.reasons.append(f"its standard deviation is {out.std_pct:.1f}% (limit {opts.max_std_pct}%): the head "
+                           f"moves too little for the perspective to be measured")
+    if out.halves_difference_pct is not None and out.halves_difference_pct > opts.max_halves_pct:
+        out.reasons.append(f"the halves of the clip give {out.halves[0]:.0f} and {out.halves[1]:.0f} px "
+                           f"({out.halves_difference_pct:.0f}% apart, limit {opts.max_halves_pct}%)")
+    if out.halves:
+        apart = 100 * abs(whole.focal - np.mean(out.halves)) / whole.focal
+        if apart > opts.max_halves_pct:
+            out.reasons.append(f"the whole clip's focal is {apart:.0f}% from its halves' mean (limit "
+                               f"{opts.max_halves_pct}%)")
+    if not opts.min_ratio * focal <= whole.focal <= opts.max_ratio * focal:
+        out.reasons.append(f"it is outside {opts.min_ratio}-{opts.max_ratio} x the landmark focal ({focal:.0f} px)")
+    out.used = not out.reasons
+    return out

@@ -1,0 +1,82 @@
+"""The focal measured on tracked head points (synctalk.stabilizer.focal_from_points) and its perspective check."""
+import numpy as np
+
+from synctalk.stabilizer.focal_from_points import fit_focal, measure_focal
+from synctalk.stabilizer.options import FocalPointsOptions
+from synctalk.stabilizer.perspective_check import warp_points, warp_tracks
+
+TRUE_FOCAL, SIZE = 1200.0, 512
+
+
+def _euler(yaw, pitch, roll):
+    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return rz @ rx @ ry
+
+
+def _scene(frames=40, points=80, motion_deg=15.0, noise_px=0.1, seed=0):
+    """Points on the front of a head-sized ellipsoid filmed at TRUE_FOCAL as the head turns, and the start a
+    landmark fit would give at 900 px: translations scaled so the head keeps its size, points flat at its depth."""
+    rng = np.random.default_rng(seed)
+    theta, phi = rng.uniform(-1.2, 1.2, points), rng.uniform(-0.9, 0.9, points)
+    head = np.stack([0.08 * np.sin(theta) * np.cos(phi), 0.11 * np.sin(phi), 0.09 * np.cos(theta) * np.cos(phi)], 1)
+    t = np.linspace(0, 2 * np.pi, frames)
+    a = np.radians(motion_deg)
+    rotation = np.stack([_euler(a * np.sin(k), 0.5 * a * np.sin(2 * k + 1), 0.2 * a * np.cos(k)) for k in t])
+    translation = np.stack([0.01 * np.sin(t), 0.005 * np.cos(t), np.full(frames, 0.8)], 1)
+    cam = np.einsum("nab,pb->npa", rotation, head) + translation[:, None]
+    tracks = TRUE_FOCAL * cam[..., :2] / cam[..., 2:] + SIZE / 2 + rng.normal(0, noise_px, cam[..., :2].shape)
+    start_focal, ref = 900.0, 0
+    start_t = translation * start_focal / TRUE_FOCAL
+    rays = np.concatenate([(tracks[ref] - SIZE / 2) / start_focal, np.ones((points, 1))], 1) * start_t[ref, 2]
+    start_points = (rays - start_t[ref]) @ rotation[ref]
+    return tracks, np.ones((frames, points), bool), start_points, rotation, start_t, start_focal, ref
+
+
+def test_bundle_adjustment_with_a_free_focal_finds_the_camera_focal():
+    tracks, visible, points, rotation, translation, focal, ref = _scene()
+    fit = fit_focal(tracks, visible, points, rotation, translation, focal, SIZE / 2, SIZE / 2, ref)
+    assert abs(fit.focal / TRUE_FOCAL - 1) < 0.01 and fit.rms_px < 0.15
+    assert 0 < fit.std_px < 0.01 * TRUE_FOCAL
+    assert np.allclose(fit.rotation[ref], rotation[ref]) and np.allclose(fit.translation[ref] / fit.focal,
+                                                                          translation[ref] / focal)
+
+
+def test_measured_focal_is_used_only_when_the_motion_shows_perspective():
+    opts = FocalPointsOptions(frames=30, rounds=2, iterations=25)
+    moving = measure_focal(*_scene()[:5], *_scene()[5:6], SIZE / 2, SIZE / 2, 0, opts)
+    assert moving.used and not moving.reasons and abs(moving.focal / TRUE_FOCAL - 1) < 0.02
+    assert len(moving.halves) == 2 and moving.halves_difference_pct < 5 and moving.frames == 30
+    still = _scene(motion_deg=0.3, noise_px=0.3)
+    rigid = measure_focal(*still[:6], SIZE / 2, SIZE / 2, 0, opts)
+    assert not rigid.used and any("standard deviation" in r for r in rigid.reasons)
+    report = rigid.to_dict()
+    assert report["focal_points_used"] is False and report["focal_points_rejected"] == rigid.reasons
+
+
+def test_warped_tracks_move_as_the_warped_pixels():
+    rng = np.random.default_rng(0)
+    face = rng.uniform(150, 350, (1, 468, 2))
+    depth = rng.uniform(0.75, 0.85, (1, 468))
+    tracks = np.concatenate([face[:, :5], [[[10.0, 10.0]]]], 1)  # five face vertices and a point near the corner
+    visible = np.ones((1, 6), bool)
+    same, seen = warp_tracks(tracks, visible, face, depth, 1.0, SIZE, SIZE)
+    assert np.allclose(same, tracks) and seen.all()
+    warped, _ = warp_tracks(tracks, visible, face, depth, 1.45, SIZE, SIZE)
+    from synctalk.face.facemesh import MESH_TO_68
+
+    centre = depth[0][np.unique(MESH_TO_68)].mean()
+    expected = warp_points(face[0, :5], depth[0, :5], 1.45, centre, SIZE / 2, SIZE / 2)
+    assert np.allclose(warped[0, :5], expected, atol=1e-6)
+    assert np.abs(warped[0, 5] - tracks[0, 5]).max() < 1.0  # near the image edge the warp fades out
+    gone, seen = warp_tracks(tracks, visible, np.full_like(face, np.nan), depth, 1.45, SIZE, SIZE)
+    assert not seen.any()
+
+
+def test_a_start_far_from_the_truth_converges():
+    tracks, visible, points, rotation, translation, focal, ref = _scene()
+    wide = translation * 2000.0 / focal
+    fit = fit_focal(tracks, visible, points * 1.0, rotation, wide, 2000.0, SIZE / 2, SIZE / 2, ref)
+    assert abs(fit.focal / TRUE_FOCAL - 1) < 0.01
