@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 MIN_VIEWS = 3  # points seen in fewer of the fitted frames are left out
+MIN_POINTS = 6  # frames with fewer used points are left out
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -90,18 +91,21 @@ def fit_focal(points2d: np.ndarray, used: np.ndarray, points3d: np.ndarray, rota
     Args:
         points2d: (N, P, 2) tracks, px; used: (N, P) bool, the observations to fit; points3d: (P, 3) metres;
         rotation (N, 3, 3), translation (N, 3): starting poses (head -> OpenCV camera) at ``focal`` px;
-        reference: the frame whose rotation and translation / focal stay fixed.
+        reference: the frame whose rotation and translation / focal stay fixed; frames with fewer than
+            :data:`MIN_POINTS` used observations are left out (their poses returned as given).
         tolerance: stops when an accepted step lowers the cost by less than this fraction.
     """
     f64 = torch.float64
     problem = _Problem(points2d, cx, cy, huber_px)
+    few = np.asarray(used).sum(1) < MIN_POINTS  # frames that cannot fix a pose: left out, their pose kept
+    used = np.where(few[:, None], False, used)
     w_used = torch.as_tensor(used, dtype=f64)
     rot = torch.as_tensor(rotation, dtype=f64).clone()
     f = torch.tensor(float(focal), dtype=f64)
     tau = torch.as_tensor(translation, dtype=f64) / f
     pts = torch.as_tensor(points3d, dtype=f64).clone()
     n, p = w_used.shape
-    free = torch.ones(n, dtype=f64)
+    free = torch.as_tensor(~few, dtype=f64)
     free[reference] = 0.0
     fixed_block = torch.diag_embed((1 - free)[:, None].expand(n, 6))  # the reference frame's block: identity
     lam, cost = 1e-3, problem.cost(rot, tau, pts, f, w_used)

@@ -109,6 +109,7 @@ class PointsOptions:
     erode_px: int = 3  # the region mask is eroded by this much before choosing points
     score_frames: int = 500  # frames whose flow scores the keypoints (longer videos: 10 runs spread over it)
     workers: int = 0  # threads computing the flow (0: the job's current thread count)
+    normalize_px: float = 3.0  # local contrast normalisation before the flow (Gaussian sigma, px at 512; 0: raw frames)
 
 
 class RobustLoss(Choice):

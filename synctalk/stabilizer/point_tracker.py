@@ -1,7 +1,8 @@
 """Head Points Tracker: keypoints on the rigid head region tracked through the video.
 
 1. Dense optical flow of every frame against a reference frame (OpenCV DIS flow at full resolution
-   by default), forward (reference -> frame) and backward (frame -> reference).
+   by default), forward (reference -> frame) and backward (frame -> reference), on images with their local
+   contrast normalised (``preprocess.points.normalize_px``) so that shading does not move the tracks.
 2. A temporal Laplacian score per reference pixel, ``sum_t |f_t - (f_{t-1} + f_{t+1}) / 2|``:
    how irregularly the pixel's flow changes over time.
 3. Keypoints from the score map inside the head region (the head with its hair, or the face skin,
@@ -53,6 +54,17 @@ def head_region(mask: np.ndarray, lms68: np.ndarray, erode_px: int, upper: bool 
         ys, xs = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
         keep &= (bx - ax) * (ys - ay) - (by - ay) * (xs - ax) <= 0  # on the forehead's side of the line
     return keep
+
+
+def normalize_contrast(gray: np.ndarray, sigma_px: float) -> np.ndarray:
+    """(H, W) uint8 -> (H, W) uint8 with its local mean removed and its local contrast equalised (Gaussian windows
+    of ``sigma_px``): the texture stays, smooth shading goes. Flow between such images follows the skin, not the
+    light: with the light fixed and the head turning, shading moves over the face and pulls brightness-constancy
+    flow with it (on the synthetic subject that biased the focal measured on the tracks by -9% at 1350 px)."""
+    f = gray.astype(np.float32)
+    mean = cv2.GaussianBlur(f, (0, 0), sigma_px)
+    var = cv2.GaussianBlur((f - mean) ** 2, (0, 0), sigma_px)
+    return np.clip((f - mean) / np.sqrt(var + 4.0) * 40.0 + 128.0, 0, 255).astype(np.uint8)
 
 
 class DenseFlow:
@@ -249,7 +261,12 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
     erode_px = max(1, round(p.erode_px * px_scale))
     n = len(frames)
     x0, y0, x1, y1 = flow_box(masks, round(32 * px_scale))  # the flow only where the head can be
-    read_gray = lambda p: np.ascontiguousarray(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)[y0:y1, x0:x1])  # noqa: E731
+    sigma = p.normalize_px * px_scale
+
+    def read_gray(path: Path) -> np.ndarray:
+        gray = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)[y0:y1, x0:x1])
+        return normalize_contrast(gray, sigma) if sigma > 0 else gray
+
     ref = read_gray(frames[reference])
     h, w = ref.shape
     reference_mask = _read_mask(masks[reference])
