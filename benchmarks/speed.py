@@ -57,12 +57,14 @@ def real_dataset(clip: Path, cache: Path) -> Path:
 
 
 def measure(subject: str, size: int, steps: int, work: Path, real_root: Path | None, extra: tuple = (),
-            precision: str = "32-true", prepare=None, render_frames: int = 3) -> dict:
-    """Train ``steps`` steps of the demo model and render ``render_frames`` validation frames.
+            precision: str = "32-true", prepare=None, render_frames: int = 3, experiment: str = "demo") -> dict:
+    """Train ``steps`` steps of the ``experiment`` model (the demo's by default) and render ``render_frames``
+    validation frames.
 
     ``extra``: more config overrides; ``precision``: the Trainer's; ``prepare(system)``: called on the built
     system before training (e.g. to compile it). On CUDA the peak GPU memory is reported too."""
-    overrides = ["experiment=demo", f"paths.root_dir={work}", f"paths.output_dir={work}/out", "logger=none", *extra]
+    overrides = [f"experiment={experiment}", f"paths.root_dir={work}", f"paths.output_dir={work}/out", "logger=none",
+                 *extra]
     if subject == "synthetic":
         overrides += [f"data.synthetic.size={size}", "data.synthetic.num_frames=40"]
     else:
@@ -96,7 +98,7 @@ def measure(subject: str, size: int, steps: int, work: Path, real_root: Path | N
     render_s = (time.perf_counter() - start) / frames
     occupied = system.occupancy.occupied_fraction if system.occupancy is not None else 1.0
     return {"subject": subject, "size": size, "rays_per_step": cfg.data.rays_per_step,
-            "samples_per_ray": cfg.model.net.num_samples, "levels": cfg.encoding.num_levels,
+            "samples_per_ray": cfg.model.net.num_samples, "levels": cfg.encoding.num_levels, "experiment": experiment,
             "timed_steps": timer.steps, "train_steps_per_s": timer.steps / timer.seconds,
             "render_fps": 1 / render_s, "render_rays_per_s": size * size / render_s,
             "occupied_fraction": occupied, "precision": precision,

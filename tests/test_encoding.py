@@ -140,6 +140,73 @@ def test_without_a_compiler_the_encoding_warns_once_and_uses_tensor_ops(monkeypa
     assert torch.equal(got, reference(points))
 
 
+TRITON_CHECK = """
+import json, sys
+import torch
+from synctalk.models import encoding
+from synctalk.models.encoding import TorchPlaneHashGrids
+torch.manual_seed(0)
+errors = {}
+# the model's sizes (4 dense levels, then hashed), several features, one plane (the torso's), no dense level
+for name, sizes in {"model": dict(num_levels=12, features_per_level=1, log2_hashmap_size=14, base_resolution=64,
+                                  max_resolution=512),
+                    "features2": dict(num_levels=5, features_per_level=2, log2_hashmap_size=8, base_resolution=4,
+                                      max_resolution=40),
+                    "one_plane": dict(num_levels=4, features_per_level=2, log2_hashmap_size=8, base_resolution=4,
+                                      max_resolution=40, num_planes=1),
+                    "all_hashed": dict(num_levels=3, features_per_level=1, log2_hashmap_size=6, base_resolution=20,
+                                       max_resolution=60)}.items():
+    grids = TorchPlaneHashGrids(cpu_kernel=False, **sizes)
+    with torch.no_grad():
+        grids.embeddings.uniform_(-1, 1)
+    uv = torch.rand(700, grids.num_planes, 2)
+    uv[:5], uv[5:10] = 1.0, 0.0  # the grid's edges, where the cell index is clamped
+    reference = grids(uv)
+    upstream = torch.randn_like(reference)
+    (reference * upstream).sum().backward()
+    expected = grids.embeddings.grad.clone()
+    grids.zero_grad()
+    out = encoding._TritonPlaneLookup.apply(uv, grids.embeddings, grids)
+    (out * upstream).sum().backward()
+    scale = float(expected.abs().max())
+    errors[name] = {"features": float((out - reference).abs().max()),
+                    "gradient": float((grids.embeddings.grad - expected).abs().max()) / scale,
+                    "dense": grids.num_dense, "shape_ok": out.shape == reference.shape}
+json.dump(errors, sys.stdout)
+"""
+
+
+def test_triton_lookup_and_table_gradient_match_the_tensor_ops():
+    """The Triton kernels (what CUDA GPUs run) interpreted on the CPU (``TRITON_INTERPRET=1``, in a fresh process:
+    Triton reads it at import) against the tensor ops: features to 1e-6, table gradients to 1e-5 of their largest."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout)
+    assert errors["model"]["dense"] == 4 and errors["all_hashed"]["dense"] == 0
+    for name, e in errors.items():
+        assert e["shape_ok"] and e["features"] <= 1e-6 and e["gradient"] <= 1e-5, (name, e)
+
+
+def test_the_gpu_lookup_is_chosen_only_where_it_can_run(monkeypatch):
+    """``triton`` on a CUDA device when the kernels import and ``encoding.gpu_kernel`` is on; else the tensor ops."""
+    grid = TriPlaneHashEncoding(num_levels=3, base_resolution=4, max_resolution=16, cpu_kernel=False).grid
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(encoding, "_gpu_kernel_cache", [object()])
+    assert grid.lookup(cuda) == "triton" and grid.lookup(cpu) != "triton"
+    grid.use_gpu_kernel = False
+    assert grid.lookup(cuda) == "tensor_ops"
+    grid.use_gpu_kernel = True
+    monkeypatch.setattr(encoding, "_gpu_kernel_cache", [None])  # triton missing or failed once
+    assert grid.lookup(cuda) == "tensor_ops"
+
+
 def test_spherical_harmonics_are_orthonormal_on_the_sphere():
     torch.manual_seed(0)
     dirs = torch.nn.functional.normalize(torch.randn(200000, 3), dim=-1)

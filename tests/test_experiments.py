@@ -13,7 +13,8 @@ from tests.conftest import compose_config, latest_run
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 # the toy size every experiment is run at: the tiny synthetic subject (a dataset folder), a few steps
 TOY = ["trainer.max_steps=2", "trainer.val_check_interval=2", "data.val_frames=1", "render_video=false",
-       "logger=none", "metrics.audio_response=false", "metrics.sync_shift_s=0"]
+       "logger=none", "metrics.audio_response=false", "metrics.sync_shift_s=0",
+       "trainer.accelerator=auto", "data.rays_per_step=256"]  # GPU recipes run here too, at toy size
 TOY_SWEEPS = {"trainer.max_steps": "2,4"}  # a swept key of the toy list keeps two values
 
 

@@ -152,6 +152,32 @@ def test_occupancy_grid_skips_empty_space_without_changing_the_image():
     assert int(skipped["samples"]) < 0.5 * int(full["samples"])
 
 
+def test_the_image_path_gives_the_rendered_colour_with_colour_only_where_samples_show():
+    """``render_rgb`` (what images are rendered with) against ``render``'s rgb on a field with opaque parts and an
+    occupancy grid: equal to float precision with every sample coloured, within the weights left out with the
+    default ``min_weight``, which colours far fewer samples."""
+    torch.manual_seed(3)
+    net = small_net(density_bias=3.0).eval()
+    grid = OccupancyGrid(resolution=16, bound=1.0)
+    centres = grid.cell_points(torch.arange(16 ** 3)).round(decimals=1)
+    grid.occupied.copy_(centres.norm(dim=-1) < 0.6)  # a ball of occupied cells, empty space around it
+    audio, eye = torch.randn(16, 80), torch.rand(7)
+    o, d = rays(512)
+    bg = torch.rand(512, 3)
+    coloured = []
+    hook = net.color_net.register_forward_hook(lambda m, args, out: coloured.append(len(out)))
+    with torch.no_grad():
+        full = net.render(o, d, bg, audio, eye, occupancy=grid)
+    every = net.render_rgb(o, d, bg, audio, eye, occupancy=grid, min_weight=0.0)
+    shown = net.render_rgb(o, d, bg, audio, eye, occupancy=grid)
+    hook.remove()
+    assert float(full["opacity"].max()) > 0.9 and float(full["opacity"].min()) < 0.1
+    torch.testing.assert_close(every, full["rgb"], atol=1e-6, rtol=0)
+    psnr = -10 * math.log10(float((shown - full["rgb"]).pow(2).mean()))
+    assert float((shown - full["rgb"]).abs().max()) < 16 * 1e-4 and psnr > 45, psnr
+    assert coloured[2] < 0.7 * coloured[0], coloured
+
+
 def test_occupancy_counts_everything_occupied_before_its_first_update():
     grid = OccupancyGrid(resolution=8)
     assert grid.is_occupied(torch.rand(100, 3) * 2 - 1).all() and grid.occupied_fraction == 1.0

@@ -27,6 +27,18 @@ if not OmegaConf.has_resolver("run_group"):
     OmegaConf.register_new_resolver("run_group", run_group)
 
 
+def by_stage(stage: str, values: dict):
+    """``${by_stage:${stage.name},{head: 60000, lips: 40000, torso: 50000}}``: the value of the training stage, so
+    that one experiment file sets each stage's own (steps, patch size)."""
+    if stage not in values:
+        raise UserError(f"no value for stage '{stage}' in {dict(values)}")
+    return values[stage]
+
+
+if not OmegaConf.has_resolver("by_stage"):
+    OmegaConf.register_new_resolver("by_stage", by_stage)
+
+
 def config_dir() -> Path:
     """The ``conf/`` folder: the repository's in a clone or editable install, else the packaged copy."""
     package = Path(__file__).resolve().parent.parent

@@ -85,6 +85,7 @@ class EncodingConfig:
     max_resolution: int = 512
     bound: float = 1.0  # half-size of the scene box, NeRF units
     cpu_kernel: bool = True  # torch backend on a CPU: the fused C++ lookup (built on first use); false: tensor ops
+    gpu_kernel: bool = True  # torch backend on a CUDA GPU: the Triton lookup (compiled on first use); false: tensor ops
 
 
 @dataclass

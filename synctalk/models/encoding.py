@@ -50,6 +50,46 @@ def cpu_kernel():
     return _cpu_kernel_cache[0]
 
 
+_gpu_kernel_cache: list = []  # [module or None] once the import was tried
+
+
+def gpu_kernel():
+    """The Triton lookup of :class:`TorchPlaneHashGrids` on CUDA GPUs (:mod:`synctalk.models.triton_grid`,
+    compiled by Triton on first use); None, with one warning, where Triton does not import (the tensor-op path is
+    used then). A kernel that fails to compile on its first call is turned off the same way (:func:`_gpu_failed`)."""
+    if not _gpu_kernel_cache:
+        try:
+            from synctalk.models import triton_grid
+        except Exception as error:  # triton missing (it comes with PyPI's CUDA builds of torch) or broken
+            log.warning("the Triton hash-grid kernel is not available (%s); using tensor ops on the GPU "
+                        "(encoding.gpu_kernel=false hides this)", str(error).splitlines()[0] if str(error) else error)
+            triton_grid = None
+        _gpu_kernel_cache.append(triton_grid)
+    return _gpu_kernel_cache[0]
+
+
+def _gpu_failed(error: Exception) -> None:
+    """Turn the Triton lookup off for this process after its first failure, with one warning."""
+    log.warning("the Triton hash-grid kernel failed (%s: %s); using tensor ops on the GPU from now on "
+                "(encoding.gpu_kernel=false hides this)", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    _gpu_kernel_cache[:] = [None]
+
+
+class _TritonPlaneLookup(torch.autograd.Function):
+    """:meth:`TorchPlaneHashGrids.forward`'s lookup in the Triton kernels; gradient for the table only."""
+
+    @staticmethod
+    def forward(ctx, uv, table, grids):
+        ctx.save_for_backward(uv)
+        ctx.grids, ctx.rows = grids, table.shape[0]
+        return gpu_kernel().forward(uv, table, grids)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (uv,) = ctx.saved_tensors
+        return None, gpu_kernel().backward(grad, uv, ctx.rows, ctx.grids), None
+
+
 class _FusedPlaneLookup(torch.autograd.Function):
     """:meth:`TorchPlaneHashGrids.forward`'s lookup in the fused CPU kernel; gradient for the table only."""
 
@@ -131,14 +171,16 @@ class TorchPlaneHashGrids(nn.Module):
     finer levels hash vertex coordinates into ``2**log2_hashmap_size`` entries.
     Features are bilinearly interpolated from the four surrounding vertices.
     ``cpu_kernel``: on a CPU, look up in one fused C++ pass (:func:`cpu_kernel`; the same numbers, about 3x less
-    time for the lookup and its backward) instead of tensor ops; positions that need a gradient always use the
-    tensor ops.
+    time for the lookup and its backward) instead of tensor ops; ``gpu_kernel``: on a CUDA GPU, in the Triton
+    kernels (:func:`gpu_kernel`). Positions that need a gradient always use the tensor ops.
     """
 
     def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int,
-                 base_resolution: int, max_resolution: int, num_planes: int = 3, cpu_kernel: bool = True):
+                 base_resolution: int, max_resolution: int, num_planes: int = 3, cpu_kernel: bool = True,
+                 gpu_kernel: bool = True):
         super().__init__()
         self.use_cpu_kernel = cpu_kernel
+        self.use_gpu_kernel = gpu_kernel
         self.num_levels = num_levels
         self.features_per_level = features_per_level
         self.num_planes = num_planes
@@ -167,14 +209,25 @@ class TorchPlaneHashGrids(nn.Module):
         return (self.use_cpu_kernel and device.type == "cpu" and self.embeddings.dtype == torch.float32
                 and cpu_kernel() is not None)
 
+    def triton_on(self, device: torch.device) -> bool:
+        """Whether lookups on ``device`` (of positions without gradient) run in the Triton kernels."""
+        return (self.use_gpu_kernel and device.type == "cuda" and self.embeddings.dtype == torch.float32
+                and gpu_kernel() is not None)
+
     def lookup(self, device: torch.device) -> str:
-        """How the grid is read on ``device``: ``fused_cpu`` or ``tensor_ops``."""
-        return "fused_cpu" if self.fused_on(device) else "tensor_ops"
+        """How the grid is read on ``device``: ``fused_cpu``, ``triton`` or ``tensor_ops``."""
+        return "fused_cpu" if self.fused_on(device) else "triton" if self.triton_on(device) else "tensor_ops"
 
     def forward(self, uv: torch.Tensor) -> torch.Tensor:
         """Args: uv (N, planes, 2) in [0, 1]. Returns (N, planes * levels * features), plane-major."""
-        if self.fused_on(uv.device) and uv.dtype == torch.float32 and not uv.requires_grad:
-            return _FusedPlaneLookup.apply(uv, self.embeddings, self).flatten(1)
+        if uv.dtype == torch.float32 and not uv.requires_grad:
+            if self.fused_on(uv.device):
+                return _FusedPlaneLookup.apply(uv, self.embeddings, self).flatten(1)
+            if self.triton_on(uv.device):
+                try:
+                    return _TritonPlaneLookup.apply(uv, self.embeddings, self)
+                except Exception as error:  # e.g. Triton cannot compile for this GPU: the tensor ops still work
+                    _gpu_failed(error)
         res = self.resolution
         px, py = uv[..., 0, None] * res, uv[..., 1, None] * res  # (N, P, L) grid coordinates
         x0f = torch.minimum(px.floor(), res - 1).clamp_(min=0)
@@ -242,17 +295,18 @@ class TriPlaneHashEncoding(nn.Module):
         backend: "torch" (default, runs everywhere) or "tcnn" (needs tiny-cuda-nn).
         bound: half-size of the scene box, NeRF units.
         cpu_kernel: torch backend on a CPU: the fused C++ lookup (:func:`cpu_kernel`) instead of tensor ops.
+        gpu_kernel: torch backend on a CUDA GPU: the Triton lookup (:func:`gpu_kernel`) instead of tensor ops.
     """
 
     def __init__(self, backend: str = "torch", num_levels: int = 12, features_per_level: int = 1,
                  log2_hashmap_size: int = 14, base_resolution: int = 64, max_resolution: int = 512,
-                 bound: float = 1.0, cpu_kernel: bool = True):
+                 bound: float = 1.0, cpu_kernel: bool = True, gpu_kernel: bool = True):
         super().__init__()
         sizes = dict(num_levels=num_levels, features_per_level=features_per_level,
                      log2_hashmap_size=log2_hashmap_size, base_resolution=base_resolution,
                      max_resolution=max_resolution, num_planes=3)
         if backend == "torch":
-            sizes["cpu_kernel"] = cpu_kernel
+            sizes.update(cpu_kernel=cpu_kernel, gpu_kernel=gpu_kernel)
         self.grid = plane_grids(backend, **sizes)
         self.bound = bound
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from synctalk.models.encoding import TriPlaneHashEncoding, spherical_harmonics
 from synctalk.models.occupancy import OccupancyGrid
-from synctalk.models.rendering import render_rays
+from synctalk.models.rendering import render_rays, render_rays_rgb
 
 
 MLP_PRECISIONS = ("auto", "bf16", "fp32")
@@ -325,14 +325,18 @@ class HeadNeRF(nn.Module):
         per-point attention magnitudes ``audio_att`` (P,) and ``eye_att`` (P,) in [0, 1].
         """
         enc, h, audio_att, eye_att = self._trunk(points, cond)
-        colour_in = [h[:, 1:], spherical_harmonics(dirs, self.sh_degree)]
-        if self.latent_dim:
-            colour_in.append(cond["latent"].expand(points.shape[0], -1))
         return {"density": TruncExp.apply(h[:, 0] + self.density_bias),
-                "rgb": torch.sigmoid(self.color_net(torch.cat(colour_in, -1))),
+                "rgb": self._colour(h[:, 1:], dirs, cond),
                 "uncertainty": F.softplus(self.uncertainty_net(enc)[:, 0]),
                 "audio_att": audio_att.mean(-1),
                 "eye_att": eye_att.mean(-1) if eye_att is not None else torch.zeros_like(h[:, 0])}
+
+    def _colour(self, geo: torch.Tensor, dirs: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """rgb (P, 3) in [0, 1] of geometry features (P, geo_feat_dim) seen along dirs (P, 3)."""
+        colour_in = [geo, spherical_harmonics(dirs, self.sh_degree)]
+        if self.latent_dim:
+            colour_in.append(cond["latent"].expand(geo.shape[0], -1))
+        return torch.sigmoid(self.color_net(torch.cat(colour_in, -1)))
 
     def density(self, points: torch.Tensor, conds: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """The largest density (P,) of points (P, 3) over several frame conditions (for the occupancy grid).
@@ -360,3 +364,19 @@ class HeadNeRF(nn.Module):
         cond = self.condition(audio, eye, frame)
         return render_rays(lambda p, d: self.field(p, d, cond), origins, dirs, background, self.bound,
                            self.num_samples, perturb, occupancy)
+
+    @torch.no_grad()
+    def render_rgb(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, audio: torch.Tensor,
+                   eye: torch.Tensor, frame: int | None = None, occupancy: OccupancyGrid | None = None,
+                   min_weight: float = 1e-4) -> torch.Tensor:
+        """The colour (R, 3) of rays for an image: what :meth:`render` gives as ``rgb`` (arguments alike), without
+        the read-outs (uncertainty, attention), the colour network run only where a sample shows
+        (:func:`~synctalk.models.rendering.render_rays_rgb`)."""
+        cond = self.condition(audio, eye, frame)
+
+        def density(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self._trunk(points, cond)[1]
+            return TruncExp.apply(h[:, 0] + self.density_bias), h[:, 1:]
+
+        return render_rays_rgb(density, lambda geo, d: self._colour(geo, d, cond), origins, dirs, background,
+                               self.bound, self.num_samples, occupancy, min_weight)

@@ -21,6 +21,8 @@ landmark fit:
 """
 from __future__ import annotations
 
+import math
+
 import logging
 from dataclasses import dataclass, field
 
@@ -196,14 +198,25 @@ def _unseen(h_zz: torch.Tensor) -> torch.Tensor:
     return torch.diag((torch.diagonal(h_zz) == 0).to(h_zz.dtype))
 
 
+def _with_floor(h: torch.Tensor) -> torch.Tensor:
+    """A normal matrix (..., K, K) with 1e-9 of its diagonal added, so that directions no observation constrains
+    (the depth of a point seen from one direction only) get a huge variance instead of a singular solve."""
+    diagonal = torch.diagonal(h, dim1=-2, dim2=-1)
+    return h + torch.diag_embed(diagonal * 1e-9 + 1e-12)
+
+
 def _focal_variance(h_cc, h_cz, h_zz) -> float:
-    """The focal's entry of the inverse normal matrix (unit residual variance), px^2."""
+    """The focal's entry of the inverse normal matrix (unit residual variance), px^2; infinite where the normal
+    matrix is singular even so (the focal is not measured)."""
     n = len(h_cc)
-    b = torch.linalg.inv(h_cc) @ h_cz
-    schur = h_zz - h_cz.reshape(n * 6, -1).T @ b.reshape(n * 6, -1) + _unseen(h_zz)
-    unit = torch.zeros(len(schur), dtype=schur.dtype)
-    unit[-1] = 1.0
-    return float(torch.linalg.solve(schur, unit)[-1].clamp(min=0))
+    try:
+        b = torch.linalg.inv(_with_floor(h_cc)) @ h_cz
+        schur = h_zz - h_cz.reshape(n * 6, -1).T @ b.reshape(n * 6, -1) + _unseen(h_zz)
+        unit = torch.zeros(len(schur), dtype=schur.dtype)
+        unit[-1] = 1.0
+        return float(torch.linalg.solve(_with_floor(schur), unit)[-1].clamp(min=0))
+    except torch.linalg.LinAlgError:
+        return float("inf")
 
 
 def drop_outliers(fit: FocalFit, points2d: np.ndarray, cx: float, cy: float, factor: float) -> np.ndarray:
@@ -232,7 +245,7 @@ class FocalFromPoints:
     reasons: list = field(default_factory=list)  # why it is not used
 
     def to_dict(self) -> dict:
-        return {"focal_points": round(self.focal, 2), "focal_points_std_pct": round(self.std_pct, 2),
+        return {"focal_points": round(self.focal, 2), "focal_points_std_pct": round(self.std_pct, 2) if math.isfinite(self.std_pct) else None,
                 "focal_points_halves": [round(h, 1) for h in self.halves],
                 "focal_points_halves_difference_pct": (None if self.halves_difference_pct is None
                                                        else round(self.halves_difference_pct, 2)),

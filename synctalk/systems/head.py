@@ -35,6 +35,9 @@ class StageConfig:
     lips_patch_weight: float = 0.0  # patch loss on patches centred on the mouth (the other steps)
 
 
+CPU_CHUNK = 4096  # the most rays a CPU renders at once
+
+
 class HeadNeRFSystem(pl.LightningModule):
     """Trains a :class:`HeadNeRF` on rays of one frame per step.
 
@@ -53,7 +56,8 @@ class HeadNeRFSystem(pl.LightningModule):
         lr_grid, lr_net: learning rates of the two groups.
         lr_decay: learning rates are multiplied by ``lr_decay ** (step / max_steps)``.
         max_steps: length of the schedules.
-        chunk: rays rendered at once at inference.
+        chunk: rays rendered at once at inference (on a CPU at most :data:`CPU_CHUNK`: a GPU recipe's whole-frame
+            chunk would leave a CPU's caches far behind, 3-4x slower).
         media_dir: where validation images are written (None: not written).
         config: the resolved run config, stored in checkpoints to rebuild the run.
         torso: the torso field, for the torso stage (None otherwise).
@@ -254,16 +258,16 @@ class HeadNeRFSystem(pl.LightningModule):
         """
         device = self.device
         net = self.inference_net
-        pixels = frames.all_pixels()
-        bg = background.reshape(-1, 3)
+        pixels, c2w = frames.all_pixels().to(device), c2w.to(device)  # rays are made where they are rendered
+        bg, audio, eye = background.reshape(-1, 3).to(device), audio.to(device), eye.to(device)
         out = []
-        for start in range(0, len(pixels), self.hparams.chunk):
-            px = pixels[start:start + self.hparams.chunk]
+        chunk = self.hparams.chunk if device.type != "cpu" else min(self.hparams.chunk, CPU_CHUNK)
+        for start in range(0, len(pixels), chunk):
+            px = pixels[start:start + chunk]
             o, d = pixel_rays(c2w, px, frames.focal, frames.cx, frames.cy, frames.scale)
-            res = net.render(o.to(device), d.to(device), bg[start:start + len(px)].to(device), audio.to(device),
-                             eye.to(device), frame=frame, occupancy=self.occupancy)
-            out.append(res["rgb"].cpu())
-        return torch.cat(out).view(frames.height, frames.width, 3).clamp(0, 1)
+            out.append(net.render_rgb(o, d, bg[start:start + len(px)], audio, eye, frame=frame,
+                                      occupancy=self.occupancy))
+        return torch.cat(out).view(frames.height, frames.width, 3).clamp(0, 1).cpu()
 
     @torch.no_grad()
     def background(self, frames: SubjectFrames, k: int) -> torch.Tensor:
