@@ -30,13 +30,13 @@ from synctalk.face.face_model import CanonicalFace
 from synctalk.face.facemesh import to_68
 from synctalk.face.landmark_detectors import FaceMesh
 from synctalk.stabilizer.bundle_adjustment import run_bundle_adjustment
-from synctalk.stabilizer.focal_from_points import measure_focal
+from synctalk.stabilizer.focal_from_points import focal_frames, measure_focal
 from synctalk.stabilizer.perspective_check import perspective_response
 from synctalk.stabilizer.focal_search import search_focal
 from synctalk.stabilizer.head_tracker import fit_landmarks
-from synctalk.stabilizer.options import BundleAdjustmentOptions, FocalPointsOptions, StabilizerOptions
+from synctalk.stabilizer.options import BundleAdjustmentOptions, StabilizerOptions
 from synctalk.stabilizer.pipeline import backproject, region_masks
-from synctalk.stabilizer.point_tracker import track_head_points
+from synctalk.stabilizer.point_tracker import track_head_points, track_some_frames
 from synctalk.stabilizer.pose_convention import rotation_angles_deg
 from synctalk.synthetic.subject import SyntheticSpec, generate
 
@@ -58,6 +58,8 @@ def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps
     fit = fit_landmarks(model, lms, [f0], cx, cy, opts.tracker.steps, opts.tracker.lr, face.id_reg, face.exp_reg)
     rot, trans = fit.rotation[0], fit.translation[0]
     ref = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot), axis=1)))
+    if estimator == "points":  # the tracks the focal is measured on (the pipeline's focal_tracks)
+        opts.points.normalize_px = opts.tracker.focal_points.normalize_px
     tracks = track_head_points(paths, region_masks(layout, frames, region), lms, ref, opts.points, opts.flow,
                                progress=False)
     with torch.no_grad():
@@ -67,7 +69,7 @@ def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps
         points3d = backproject(tracks.points[ref], shape @ rot[ref].T + trans[ref], lms[ref], rot[ref], trans[ref], f0,
                                cx, cy)
         found = measure_focal(tracks.points, tracks.visible, points3d, rot, trans, f0, cx, cy, ref,
-                              FocalPointsOptions())
+                              opts.tracker.focal_points)
         print(true_focal, f0, found.to_dict(), flush=True)
         return {"true_focal": true_focal, "landmark_focal": f0, **found.to_dict(),
                 "error_pct": round((found.focal / true_focal - 1) * 100, 2),
@@ -103,14 +105,16 @@ def on_dataset(root: Path, region: str) -> dict:
     opts = StabilizerOptions()
     opts.points.region = region
     start = time.perf_counter()
-    tracks = track_head_points([layout.frame(i) for i in range(n)], region_masks(layout, n, region), lms, ref,
+    opts.points.normalize_px = opts.tracker.focal_points.normalize_px  # the frames and tracks the pipeline measures on
+    ids = focal_frames(n, opts.tracker.focal_points.frames, ref)
+    tracks = track_some_frames([layout.frame(i) for i in range(n)], region_masks(layout, n, region), lms, ref, ids,
                                opts.points, opts.flow, px_scale=width / 512, progress=False)
     model = CanonicalFace().build(mesh)
     with torch.no_grad():
         shape = model(torch.as_tensor(fit["id_coeff"])[None], torch.as_tensor(fit["exp_coeff"][[ref]])[None])[0, 0]
     points3d = backproject(tracks.points[ref], shape.numpy() @ rot[ref].T + trans[ref], lms[ref], rot[ref], trans[ref],
                            f0, cx, cy)
-    found = measure_focal(tracks.points, tracks.visible, points3d, rot, trans, f0, cx, cy, ref, FocalPointsOptions())
+    found = measure_focal(tracks.points, tracks.visible, points3d, rot, trans, f0, cx, cy, ref, opts.tracker.focal_points)
     print(root.name, f0, found.to_dict(), flush=True)
     return {"dataset": str(root), "frames": n, "landmark_focal": f0, **found.to_dict(),
             "seconds": round(time.perf_counter() - start, 1)}

@@ -254,6 +254,11 @@ class FocalFromPoints:
                 "focal_points_rejected": self.reasons}
 
 
+def focal_frames(n: int, frames: int, reference: int) -> np.ndarray:
+    """The frames (sorted ids) the focal is measured on: at most ``frames`` spread over ``n``, the reference too."""
+    return np.unique(np.r_[np.linspace(0, n - 1, min(frames, n)).round().astype(int), reference])
+
+
 def measure_focal(points2d: np.ndarray, visible: np.ndarray, points3d: np.ndarray, rotation: np.ndarray,
                   translation: np.ndarray, focal: float, cx: float, cy: float, reference: int, opts,
                   progress: bool = False) -> FocalFromPoints:
@@ -269,8 +274,7 @@ def measure_focal(points2d: np.ndarray, visible: np.ndarray, points3d: np.ndarra
     ``opts.max_halves_pct`` % from each other or from the whole clip's, or when it lands outside
     ``opts.min_ratio``-``opts.max_ratio`` times the landmark focal.
     """
-    n = len(points2d)
-    ids = np.unique(np.r_[np.linspace(0, n - 1, min(opts.frames, n)).round().astype(int), reference])
+    ids = focal_frames(len(points2d), opts.frames, reference)
     ref = int(np.searchsorted(ids, reference))
     halves = [part for part in np.array_split(np.arange(len(ids)), 2)]
     jobs = [np.arange(len(ids))] + ([np.unique(np.r_[h, ref]) for h in halves] if opts.check_halves else [])

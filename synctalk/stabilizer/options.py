@@ -40,6 +40,9 @@ class FocalPointsOptions:
     """The focal measured on the tracked head points (:mod:`synctalk.stabilizer.focal_from_points`)."""
 
     frames: int = 150  # frames spread over the clip that the focal is fitted on
+    normalize_px: float = 3.0  # the focal's own tracks of those frames, the flow on contrast-normalised frames (Gaussian
+    # sigma, px at 512; shading moving over a turning head biases raw-flow tracks); equal to
+    # preprocess.points.normalize_px: the bundle adjustment's tracks are used
     rounds: int = 3  # fits, each after dropping the outliers of the one before
     outlier_factor: float = 2.0  # points / observations over this many times the median error are dropped
     huber_px: float = 1.0
@@ -109,7 +112,7 @@ class PointsOptions:
     erode_px: int = 3  # the region mask is eroded by this much before choosing points
     score_frames: int = 500  # frames whose flow scores the keypoints (longer videos: 10 runs spread over it)
     workers: int = 0  # threads computing the flow (0: the job's current thread count)
-    normalize_px: float = 3.0  # local contrast normalisation before the flow (Gaussian sigma, px at 512; 0: raw frames)
+    normalize_px: float = 0.0  # local contrast normalisation before the flow (Gaussian sigma, px at 512; 0: raw frames)
 
 
 class RobustLoss(Choice):

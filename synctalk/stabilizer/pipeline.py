@@ -9,6 +9,7 @@ head frame, metres).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,12 @@ from synctalk.io import StepCache, atomic_path, write_json
 from synctalk.stabilizer.bundle_adjustment import MIN_POINTS_PER_FRAME, run_bundle_adjustment
 from synctalk.stabilizer.checks import (PERSPECTIVE_GAIN_WARN, focal_at_range_end, focal_half_agreement,
                                         focal_is_interior, judge_bundle_adjustment)
-from synctalk.stabilizer.focal_from_points import measure_focal
+from synctalk.stabilizer.focal_from_points import focal_frames, measure_focal
 from synctalk.stabilizer.focal_search import search_focal
 from synctalk.stabilizer.head_tracker import fit_landmarks
 from synctalk.stabilizer.options import FlowBackend, FocalSource, PoseSource, StabilizerOptions
 from synctalk.stabilizer.plots import plot_focal, plot_poses
-from synctalk.stabilizer.point_tracker import track_head_points
+from synctalk.stabilizer.point_tracker import track_head_points, track_some_frames
 from synctalk.stabilizer.pose_convention import as_written, c2w_from_cv_poses, jitter, rotation_angles_deg
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,6 @@ def _check_perspective_points(tracks, mesh: np.ndarray, model: FaceModel, fit, f
     """The perspective check of the focal measured on the points: the tracks moved as frames warped to
     :data:`~synctalk.stabilizer.perspective_check.RATIOS` x the landmark focal would move them (the face's depth from
     the fitted face model, as the landmark check warps), and the focal measured on them from the same start."""
-    from dataclasses import replace
-
     from synctalk.stabilizer.perspective_check import RATIOS, dense_face, perspective_response, warp_tracks
 
     with torch.no_grad():
@@ -182,21 +181,29 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
                         "minimum (see stabilizer/perspective_check.jpg)", 100 * report["perspective_gain"],
                         report["perspective_ratios"], report["perspective_focals"], focal)
     tracks = reference = None
-    if t.pose_source == PoseSource.bundle_adjustment or t.focal_source == FocalSource.points:
+    measure_points = t.focal_source == FocalSource.points and len(search.candidates) > 1
+    if t.pose_source == PoseSource.bundle_adjustment or measure_points:
         reference = int(np.argmin(np.linalg.norm(rotation_angles_deg(fit.rotation[0]), axis=1)))  # most frontal
+    if t.pose_source == PoseSource.bundle_adjustment:
         tracks = steps("tracks", lambda: track_head_points(frames, masks, lms68, reference, opts.points, opts.flow,
                                                            px_scale=to_px, progress=progress))
         tracks.save(out_dir / "tracks.npz")
-    if t.focal_source == FocalSource.points and len(search.candidates) == 1:
+    if t.focal_source == FocalSource.points and not measure_points:
         report["focal_points_skipped"] = "the focal is set (tracker.focal.start = stop)"
-    elif t.focal_source == FocalSource.points:
+    elif measure_points:
+        focal_tracks = tracks
+        if tracks is None or t.focal_points.normalize_px != opts.points.normalize_px:
+            focal_tracks = steps("focal_tracks", lambda: track_some_frames(
+                frames, masks, lms68, reference, focal_frames(len(frames), t.focal_points.frames, reference),
+                replace(opts.points, normalize_px=t.focal_points.normalize_px), opts.flow, to_px, progress))
         measured = steps("focal_points", lambda: measure_focal(
-            tracks.points, tracks.visible, _keypoints_3d(model, fit, tracks, reference, lms68, focal, cx, cy),
+            focal_tracks.points, focal_tracks.visible,
+            _keypoints_3d(model, fit, focal_tracks, reference, lms68, focal, cx, cy),
             fit.rotation[0], fit.translation[0], focal, cx, cy, reference, t.focal_points, progress))
         report.update(measured.to_dict())
         if t.check_perspective:
             report.update(steps("perspective_check_points", lambda: _check_perspective_points(
-                tracks, mesh, model, fit, focal, reference, lms68, (width, height), t.focal_points)))
+                focal_tracks, mesh, model, fit, focal, reference, lms68, (width, height), t.focal_points)))
         if measured.used:
             focal = round(measured.focal, 2)
             fit = steps("landmark_fit_points", lambda: landmark_fit(focal))

@@ -1,8 +1,8 @@
 """Head Points Tracker: keypoints on the rigid head region tracked through the video.
 
 1. Dense optical flow of every frame against a reference frame (OpenCV DIS flow at full resolution
-   by default), forward (reference -> frame) and backward (frame -> reference), on images with their local
-   contrast normalised (``preprocess.points.normalize_px``) so that shading does not move the tracks.
+   by default), forward (reference -> frame) and backward (frame -> reference), optionally on images with their
+   local contrast normalised (``normalize_px``) so that shading does not move the tracks.
 2. A temporal Laplacian score per reference pixel, ``sum_t |f_t - (f_{t-1} + f_{t+1}) / 2|``:
    how irregularly the pixel's flow changes over time.
 3. Keypoints from the score map inside the head region (the head with its hair, or the face skin,
@@ -344,3 +344,18 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
     full_region = np.zeros(reference_mask.shape, bool)
     full_score[y0:y1, x0:x1], full_region[y0:y1, x0:x1] = score, region
     return Tracks(reference, points, visible, fb_err, full_score, full_region)
+
+
+def track_some_frames(frames: list[Path], masks: list[Path], lms68: np.ndarray, reference: int, ids: np.ndarray,
+                      points: PointsOptions | None = None, flow: FlowConfig | None = None, px_scale: float = 1.0,
+                      progress: bool = True) -> Tracks:
+    """:func:`track_head_points` of the frames ``ids`` only (sorted, the reference among them; e.g. the frames the
+    focal is measured on), returned as tracks over all N frames in which the other frames are not visible."""
+    sub = track_head_points([frames[i] for i in ids], [masks[i] for i in ids], lms68[ids],
+                            int(np.searchsorted(ids, reference)), points, flow, px_scale=px_scale, progress=progress)
+    n, count = len(frames), sub.points.shape[1]
+    points2d = np.zeros((n, count, 2), sub.points.dtype)
+    visible = np.zeros((n, count), bool)
+    fb_error = np.full((n, count), np.nan, sub.fb_error.dtype)
+    points2d[ids], visible[ids], fb_error[ids] = sub.points, sub.visible, sub.fb_error
+    return Tracks(reference, points2d, visible, fb_error, sub.score, sub.region)
