@@ -63,6 +63,18 @@ def composite(density: torch.Tensor, rgb: torch.Tensor, deltas: torch.Tensor, de
     return {"rgb": color, "depth": depth, "opacity": opacity, "weights": weights}
 
 
+def _field_samples(origins: torch.Tensor, dirs: torch.Tensor, bound: float, num_samples: int, perturb: bool,
+                   occupancy: OccupancyGrid | None):
+    """The samples of :func:`sample_along_rays` flattened (R * S, 3), their depths and intervals (R, S), and the
+    flat indices of those the field is evaluated at: inside the box and, with a grid, in occupied cells."""
+    points, depths, deltas = sample_along_rays(origins, dirs, bound, num_samples, perturb)
+    flat_points = points.reshape(-1, 3)
+    keep = deltas.reshape(-1) > 0
+    if occupancy is not None:
+        keep &= occupancy.is_occupied(flat_points)
+    return flat_points, depths, deltas, keep.nonzero().squeeze(1)
+
+
 def render_rays(field: Field, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, bound: float,
                 num_samples: int, perturb: bool, occupancy: OccupancyGrid | None = None) -> dict[str, torch.Tensor]:
     """Render rays through ``field(points (P, 3), dirs (P, 3))``.
@@ -73,13 +85,8 @@ def render_rays(field: Field, origins: torch.Tensor, dirs: torch.Tensor, backgro
     (an uncertainty term could otherwise be lowered by emptying the field).
     ``samples`` in the result counts the samples the field was evaluated on.
     """
-    points, depths, deltas = sample_along_rays(origins, dirs, bound, num_samples, perturb)
+    flat_points, depths, deltas, index = _field_samples(origins, dirs, bound, num_samples, perturb, occupancy)
     r, s = depths.shape
-    flat_points = points.reshape(-1, 3)
-    keep = deltas.reshape(-1) > 0
-    if occupancy is not None:
-        keep &= occupancy.is_occupied(flat_points)
-    index = keep.nonzero().squeeze(1)
     flat_dirs = dirs[:, None, :].expand(r, s, 3).reshape(-1, 3)
     values = field(flat_points[index], flat_dirs[index])
     dense = {k: v.new_zeros((r * s,) + v.shape[1:]).index_copy(0, index, v) for k, v in values.items()}
@@ -104,13 +111,8 @@ def render_rays_rgb(density_fn: Callable[[torch.Tensor], tuple[torch.Tensor, tor
     sample's compositing weight exceeds ``min_weight`` (behind the surface and in nearly empty space it is not):
     the image differs from :func:`render_rays`'s by at most the weights left out (0: every sample).
     """
-    points, depths, deltas = sample_along_rays(origins, dirs, bound, num_samples, perturb=False)
+    flat_points, depths, deltas, index = _field_samples(origins, dirs, bound, num_samples, False, occupancy)
     r, s = depths.shape
-    flat_points = points.reshape(-1, 3)
-    keep = deltas.reshape(-1) > 0
-    if occupancy is not None:
-        keep &= occupancy.is_occupied(flat_points)
-    index = keep.nonzero().squeeze(1)
     density, colour_input = density_fn(flat_points[index])
     weights = compositing_weights(density.new_zeros(r * s).index_copy(0, index, density).view(r, s), deltas)
     shown = weights.view(-1)[index] > min_weight

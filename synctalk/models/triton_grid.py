@@ -20,8 +20,12 @@ BLOCK = 128  # points per program
 
 
 @triton.jit
-def _corners(u, v, res, side, offset, DENSE: tl.constexpr, TABLE_MASK: tl.constexpr):
-    """Rows (int32) and bilinear weights of corners (0,0), (1,0), (0,1), (1,1) of the cell holding (u, v)."""
+def _corners(u, v, resolution_ptr, offsets_ptr, side_ptr, p: tl.constexpr, level: tl.constexpr,
+             LEVELS: tl.constexpr, NUM_DENSE: tl.constexpr, TABLE_MASK: tl.constexpr):
+    """Table rows (int32) and bilinear weights of corners (0,0), (1,0), (0,1), (1,1) of the cell holding (u, v) at
+    plane ``p`` and ``level``."""
+    res = tl.load(resolution_ptr + level)
+    offset = tl.load(offsets_ptr + p * LEVELS + level)
     px = u * res
     py = v * res
     x0f = tl.maximum(tl.minimum(tl.floor(px), res - 1.0), 0.0)
@@ -32,7 +36,8 @@ def _corners(u, v, res, side, offset, DENSE: tl.constexpr, TABLE_MASK: tl.conste
     gy = 1.0 - fy
     x0 = x0f.to(tl.int32)
     y0 = y0f.to(tl.int32)
-    if DENSE:
+    if level < NUM_DENSE:
+        side = tl.load(side_ptr + level)
         r00 = x0 + y0 * side
         r10 = r00 + 1
         r01 = r00 + side
@@ -50,65 +55,41 @@ def _corners(u, v, res, side, offset, DENSE: tl.constexpr, TABLE_MASK: tl.conste
 
 
 @triton.jit
-def _plane_grid_forward(uv_ptr, table_ptr, resolution_ptr, offsets_ptr, side_ptr, out_ptr, n,
-                        PLANES: tl.constexpr, LEVELS: tl.constexpr, NUM_DENSE: tl.constexpr,
-                        FEATURES: tl.constexpr, TABLE_MASK: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    """out (n, PLANES * LEVELS * FEATURES), plane-major, of uv (n, PLANES, 2) in [0, 1] and table (T, FEATURES)."""
+def _plane_grid(uv_ptr, table_ptr, values_ptr, resolution_ptr, offsets_ptr, side_ptr, n,
+                PLANES: tl.constexpr, LEVELS: tl.constexpr, NUM_DENSE: tl.constexpr, FEATURES: tl.constexpr,
+                TABLE_MASK: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """Forward: values (n, PLANES * LEVELS * FEATURES), plane-major, = the lookup of uv (n, PLANES, 2) in [0, 1] in
+    table (T, FEATURES). Backward: table += the output gradient held in values, spread on the corners."""
     points = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     valid = points < n
     for p in tl.static_range(PLANES):
         u = tl.load(uv_ptr + points * (2 * PLANES) + 2 * p, mask=valid, other=0.0)
         v = tl.load(uv_ptr + points * (2 * PLANES) + 2 * p + 1, mask=valid, other=0.0)
         for level in tl.static_range(LEVELS):
-            res = tl.load(resolution_ptr + level)
-            offset = tl.load(offsets_ptr + p * LEVELS + level)
-            if level < NUM_DENSE:
-                side = tl.load(side_ptr + level)
-                r00, r10, r01, r11, w00, w10, w01, w11 = _corners(u, v, res, side, offset, True, TABLE_MASK)
-            else:
-                r00, r10, r01, r11, w00, w10, w01, w11 = _corners(u, v, res, 0, offset, False, TABLE_MASK)
+            r00, r10, r01, r11, w00, w10, w01, w11 = _corners(u, v, resolution_ptr, offsets_ptr, side_ptr, p, level,
+                                                              LEVELS, NUM_DENSE, TABLE_MASK)
             for f in tl.static_range(FEATURES):
-                value = w00 * tl.load(table_ptr + r00 * FEATURES + f, mask=valid, other=0.0)
-                value += w10 * tl.load(table_ptr + r10 * FEATURES + f, mask=valid, other=0.0)
-                value += w01 * tl.load(table_ptr + r01 * FEATURES + f, mask=valid, other=0.0)
-                value += w11 * tl.load(table_ptr + r11 * FEATURES + f, mask=valid, other=0.0)
-                column = (p * LEVELS + level) * FEATURES + f
-                tl.store(out_ptr + points * (PLANES * LEVELS * FEATURES) + column, value, mask=valid)
+                at = values_ptr + points * (PLANES * LEVELS * FEATURES) + (p * LEVELS + level) * FEATURES + f
+                if BACKWARD:
+                    g = tl.load(at, mask=valid, other=0.0)
+                    tl.atomic_add(table_ptr + r00 * FEATURES + f, w00 * g, mask=valid)
+                    tl.atomic_add(table_ptr + r10 * FEATURES + f, w10 * g, mask=valid)
+                    tl.atomic_add(table_ptr + r01 * FEATURES + f, w01 * g, mask=valid)
+                    tl.atomic_add(table_ptr + r11 * FEATURES + f, w11 * g, mask=valid)
+                else:
+                    value = w00 * tl.load(table_ptr + r00 * FEATURES + f, mask=valid, other=0.0)
+                    value += w10 * tl.load(table_ptr + r10 * FEATURES + f, mask=valid, other=0.0)
+                    value += w01 * tl.load(table_ptr + r01 * FEATURES + f, mask=valid, other=0.0)
+                    value += w11 * tl.load(table_ptr + r11 * FEATURES + f, mask=valid, other=0.0)
+                    tl.store(at, value, mask=valid)
 
 
-@triton.jit
-def _plane_grid_backward(grad_ptr, uv_ptr, resolution_ptr, offsets_ptr, side_ptr, grad_table_ptr, n,
-                         PLANES: tl.constexpr, LEVELS: tl.constexpr, NUM_DENSE: tl.constexpr,
-                         FEATURES: tl.constexpr, TABLE_MASK: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    """grad_table (T, FEATURES) += the output gradient grad (n, PLANES * LEVELS * FEATURES) spread on the corners."""
-    points = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    valid = points < n
-    for p in tl.static_range(PLANES):
-        u = tl.load(uv_ptr + points * (2 * PLANES) + 2 * p, mask=valid, other=0.0)
-        v = tl.load(uv_ptr + points * (2 * PLANES) + 2 * p + 1, mask=valid, other=0.0)
-        for level in tl.static_range(LEVELS):
-            res = tl.load(resolution_ptr + level)
-            offset = tl.load(offsets_ptr + p * LEVELS + level)
-            if level < NUM_DENSE:
-                side = tl.load(side_ptr + level)
-                r00, r10, r01, r11, w00, w10, w01, w11 = _corners(u, v, res, side, offset, True, TABLE_MASK)
-            else:
-                r00, r10, r01, r11, w00, w10, w01, w11 = _corners(u, v, res, 0, offset, False, TABLE_MASK)
-            for f in tl.static_range(FEATURES):
-                column = (p * LEVELS + level) * FEATURES + f
-                g = tl.load(grad_ptr + points * (PLANES * LEVELS * FEATURES) + column, mask=valid, other=0.0)
-                tl.atomic_add(grad_table_ptr + r00 * FEATURES + f, w00 * g, mask=valid)
-                tl.atomic_add(grad_table_ptr + r10 * FEATURES + f, w10 * g, mask=valid)
-                tl.atomic_add(grad_table_ptr + r01 * FEATURES + f, w01 * g, mask=valid)
-                tl.atomic_add(grad_table_ptr + r11 * FEATURES + f, w11 * g, mask=valid)
-
-
-def _sizes(grids, uv: torch.Tensor) -> dict:
+def _sizes(grids, backward: bool) -> dict:
     """The kernels' compile-time sizes, and no fused multiply-add: contracting ``u * res - x0`` into one FMA moves
     the cell fraction by up to half a unit in the last place of ``u * res`` (3e-5 at 512 cells), so the features
     would differ from the tensor ops' by up to 5e-5 (measured on an H200); without it they agree to rounding."""
     return dict(PLANES=grids.num_planes, LEVELS=grids.num_levels, NUM_DENSE=grids.num_dense,
-                FEATURES=grids.features_per_level, TABLE_MASK=grids.table_mask, BLOCK_SIZE=BLOCK,
+                FEATURES=grids.features_per_level, TABLE_MASK=grids.table_mask, BACKWARD=backward, BLOCK_SIZE=BLOCK,
                 enable_fp_fusion=False)
 
 
@@ -126,8 +107,8 @@ def forward(uv: torch.Tensor, table: torch.Tensor, grids) -> torch.Tensor:
     n = uv.shape[0]
     out = torch.empty(n, grids.output_dim, dtype=torch.float32, device=uv.device)
     if n:
-        _plane_grid_forward[(triton.cdiv(n, BLOCK),)](uv, table.contiguous(), grids.resolution, grids.offsets,
-                                                      _side(grids), out, n, **_sizes(grids, uv))
+        _plane_grid[(triton.cdiv(n, BLOCK),)](uv, table.contiguous(), out, grids.resolution, grids.offsets,
+                                              _side(grids), n, **_sizes(grids, backward=False))
     return out
 
 
@@ -137,6 +118,6 @@ def backward(grad: torch.Tensor, uv: torch.Tensor, rows: int, grids) -> torch.Te
     n = uv.shape[0]
     grad_table = torch.zeros(rows, grids.features_per_level, dtype=torch.float32, device=grad.device)
     if n:
-        _plane_grid_backward[(triton.cdiv(n, BLOCK),)](grad, uv.contiguous(), grids.resolution, grids.offsets,
-                                                       _side(grids), grad_table, n, **_sizes(grids, uv))
+        _plane_grid[(triton.cdiv(n, BLOCK),)](uv.contiguous(), grad_table, grad, grids.resolution, grids.offsets,
+                                              _side(grids), n, **_sizes(grids, backward=True))
     return grad_table
