@@ -30,6 +30,13 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert out.returncode == 2 and "unknown job" in out.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a CUDA GPU")
+def test_a_gpu_recipe_on_a_machine_without_one_says_what_to_do(run_cli, capsys):
+    assert run_cli("train", "experiment=synctalk", "logger=none") == 2
+    err = capsys.readouterr().err
+    assert "asks for a CUDA GPU" in err and "trainer.accelerator=auto" in err
+
+
 def test_missing_dataset_and_unwritable_output(run_cli, capsys):
     assert run_cli("train", "data=subject", "data.root=/nonexistent/ds", "logger=none") == 2
     assert "dataset folder /nonexistent/ds does not exist" in capsys.readouterr().err

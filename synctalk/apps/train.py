@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -14,6 +15,7 @@ from synctalk.config.schema import TrainConfig
 from synctalk.data.layout import dataset_summary
 from synctalk.distributed import ddp_ranks, global_rank
 from synctalk.evaluation import evaluate_split
+from synctalk.errors import UserError
 from synctalk.io import write_json
 from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system, check_resume,
                            finish_loggers, load_stage_weights, write_run_info)
@@ -26,6 +28,10 @@ def run(cfg: DictConfig) -> dict:
     """Train, evaluate the validation split, write ``metrics.json``; returns the metrics (rank 0; the other
     ranks of ``trainer=ddp`` only train and return {})."""
     out = Path(cfg.paths.output_dir)
+    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError("this run asks for a CUDA GPU (trainer.accelerator=gpu, e.g. from experiment=synctalk or "
+                        "trainer=gpu) and this machine has none: add trainer.accelerator=auto to train here anyway, "
+                        "or use experiment=demo / experiment=lip_sync, the CPU recipes")
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, cfg)
     datamodule = build_datamodule(cfg)
