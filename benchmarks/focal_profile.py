@@ -114,7 +114,8 @@ def on_dataset(root: Path, region: str) -> dict:
         shape = model(torch.as_tensor(fit["id_coeff"])[None], torch.as_tensor(fit["exp_coeff"][[ref]])[None])[0, 0]
     points3d = backproject(tracks.points[ref], shape.numpy() @ rot[ref].T + trans[ref], lms[ref], rot[ref], trans[ref],
                            f0, cx, cy)
-    found = measure_focal(tracks.points, tracks.visible, points3d, rot, trans, f0, cx, cy, ref, opts.tracker.focal_points)
+    found = measure_focal(tracks.points, tracks.visible, points3d, rot, trans, f0, cx, cy, ref,
+                          opts.tracker.focal_points)
     print(root.name, f0, found.to_dict(), flush=True)
     return {"dataset": str(root), "frames": n, "landmark_focal": f0, **found.to_dict(),
             "seconds": round(time.perf_counter() - start, 1)}

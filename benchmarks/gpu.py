@@ -29,6 +29,7 @@ Writes benchmarks/results/gpu.json (``--out``).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -282,7 +283,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     report = {"benchmark": "gpu", "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()})",
               "revision": revision(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "triton": getattr(sys.modules.get("triton"), "__version__", None) if importlib.util.find_spec("triton") else None,
+              "triton": importlib.metadata.version("triton") if importlib.util.find_spec("triton") else None,
               "experiment": args.experiment, "size": args.size, "steps": args.steps,
               "tcnn_installed": importlib.util.find_spec("tinycudann") is not None, "overrides": args.set,
               "results": {}}

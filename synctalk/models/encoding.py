@@ -71,7 +71,8 @@ def gpu_kernel():
 def _gpu_failed(error: Exception) -> None:
     """Turn the Triton lookup off for this process after its first failure, with one warning."""
     log.warning("the Triton hash-grid kernel failed (%s: %s); using tensor ops on the GPU from now on "
-                "(encoding.gpu_kernel=false hides this)", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                "(encoding.gpu_kernel=false hides this)", type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "")
     _gpu_kernel_cache[:] = [None]
 
 

@@ -21,9 +21,8 @@ landmark fit:
 """
 from __future__ import annotations
 
-import math
-
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -245,7 +244,8 @@ class FocalFromPoints:
     reasons: list = field(default_factory=list)  # why it is not used
 
     def to_dict(self) -> dict:
-        return {"focal_points": round(self.focal, 2), "focal_points_std_pct": round(self.std_pct, 2) if math.isfinite(self.std_pct) else None,
+        std_pct = round(self.std_pct, 2) if math.isfinite(self.std_pct) else None  # None: not measurable at all
+        return {"focal_points": round(self.focal, 2), "focal_points_std_pct": std_pct,
                 "focal_points_halves": [round(h, 1) for h in self.halves],
                 "focal_points_halves_difference_pct": (None if self.halves_difference_pct is None
                                                        else round(self.halves_difference_pct, 2)),

@@ -40,9 +40,10 @@ class FocalPointsOptions:
     """The focal measured on the tracked head points (:mod:`synctalk.stabilizer.focal_from_points`)."""
 
     frames: int = 150  # frames spread over the clip that the focal is fitted on
-    normalize_px: float = 3.0  # the focal's own tracks of those frames, the flow on contrast-normalised frames (Gaussian
-    # sigma, px at 512; shading moving over a turning head biases raw-flow tracks); equal to
-    # preprocess.points.normalize_px: the bundle adjustment's tracks are used
+    # the focal's own tracks of those frames: flow on contrast-normalised frames (Gaussian sigma, px at 512), since
+    # shading moving over a turning head biases raw-flow tracks; equal to preprocess.points.normalize_px: the bundle
+    # adjustment's tracks are used
+    normalize_px: float = 3.0
     rounds: int = 3  # fits, each after dropping the outliers of the one before
     outlier_factor: float = 2.0  # points / observations over this many times the median error are dropped
     huber_px: float = 1.0
