@@ -110,3 +110,38 @@ def test_hubert_errors(tmp_path, tiny_hubert):
         hubert_hidden_states(np.zeros(200, np.float32), model, extractor, progress=False)
     with pytest.raises(UserError, match="features_file"):
         compute_features(AudioConfig(name="ds", feature_dim=29), speech(0.5), 10, 25.0)
+
+
+def test_phone_features_follow_the_timing_of_real_speech_at_any_level(real_data):
+    from synctalk.audio.features import load_audio
+    from synctalk.audio.phones import FEATURE_DIM, VISEMES, phone_features, phone_rows
+
+    spoken = load_audio(real_data / "eng_speech.wav")[7 * SAMPLE_RATE // 2:19 * SAMPLE_RATE // 2]  # 6 s of speech
+    audio = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), spoken])  # 1 s of silence, then 6 s of speech
+    rows, segments = phone_rows(audio)
+    assert rows.shape == (700, FEATURE_DIM) and len(segments) > 20
+    visemes, loudness = rows[:, :-1].argmax(1), rows[:, -1]
+    np.testing.assert_array_equal(rows[:, :-1].sum(1), 1.0)  # one viseme per 10 ms row
+    assert (visemes[:95] == 0).all() and loudness[:95].max() == -3.0  # the silent second
+    speaking = loudness > -1.0
+    assert speaking[100:].mean() > 0.5 and (visemes[speaking] != 0).mean() > 0.9
+    assert len(set(visemes[speaking])) >= 8 and VISEMES.index("closed") in visemes  # lips close on P/B/M
+    later, _ = phone_rows(np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), audio]))
+    assert (later[150:, :-1].argmax(1) == visemes[100:]).mean() > 0.95  # 0.5 s later: the same phones 50 rows on
+    quiet, _ = phone_rows(audio * 0.1)  # 20 dB quieter
+    np.testing.assert_allclose(quiet[:, -1], loudness, atol=0.02)
+    assert (quiet[:, :-1].argmax(1) == visemes).mean() > 0.95
+    per_frame = phone_features(audio, 175, 25.0)
+    assert per_frame.shape == (175, 16, FEATURE_DIM)
+    np.testing.assert_array_equal(per_frame[100, 8], rows[round(100.5 * 4)])  # the window is centred on the frame
+
+
+def test_phone_features_config_and_errors():
+    cfg = AudioConfig(name="phones", feature_dim=15, window=8)
+    feats = compute_features(cfg, speech(2.0), 50, 25.0)
+    assert feats.shape == (50, 8, 15) and np.isfinite(feats).all()
+    np.testing.assert_array_equal(compute_features(cfg, np.zeros(SAMPLE_RATE, np.float32), 25, 25.0)[..., 0], 1.0)
+    with pytest.raises(UserError, match="15 features per row"):
+        compute_features(AudioConfig(name="phones", feature_dim=80, window=16), speech(1.0), 25, 25.0)
+    with pytest.raises(UserError, match="at least 25 ms"):
+        compute_features(cfg, speech(0.01), 1, 25.0)

@@ -140,6 +140,9 @@ def test_evaluate_render_and_stage_chaining(run_cli, capsys):
     import av
     with av.open(str(out)) as c:
         assert c.streams.video[0].frames == 25 and len(c.streams.audio) == 1
+    assert json.loads(out.with_suffix(".json").read_text())["frames"] == 25
+    assert run_cli("render", f"ckpt={ckpt}", f"audio={wav}", f"output={out}", "measure_mouth=false") == 0
+    assert "mouth_loudness_corr" not in json.loads(out.with_suffix(".json").read_text())
     assert run_cli("render", f"ckpt={ckpt}", f"audio={wav}", f"output={out}", "poses=spin") == 2
     assert "poses='spin'" in capsys.readouterr().err
     silence = run_cli.root / "silence.wav"

@@ -189,6 +189,9 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
     import av
     with av.open(str(out)) as c:
         assert c.streams.video[0].frames == 50 and len(c.streams.audio) == 1
+    mouth = json.loads(out.with_suffix(".json").read_text())  # the novel-audio measure, beside the footage's own
+    assert mouth["frames"] == 50 and mouth["mouth_loudness_frames"] > 40
+    assert -1 <= mouth["mouth_loudness_corr"] <= 1 and -1 <= mouth["dataset_mouth_loudness_corr"] <= 1
 
 
 def test_variable_frame_rate_is_resampled_by_timestamp(tmp_path):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from synctalk.metrics.lip_sync import FaceReader, blendshape_au_errors, correlation, mouth_agreement, sync_gap
+from synctalk.metrics.lip_sync import (FaceReader, blendshape_au_errors, correlation, loudness_per_frame,
+                                      mouth_agreement, mouth_follows_loudness, mouth_opening,
+                                      opening_loudness_correlation, sync_gap)
 
 
 def test_correlation_weights_the_coefficients_that_move():
@@ -36,6 +38,44 @@ def test_mouth_agreement_au_errors_and_sync_gap():
     assert 0.5 < gap["sync_gap_gt"] < 1.5  # white noise: the shifted ground truth is uncorrelated
     with pytest.raises(ValueError, match="no frame"):
         mouth_agreement({"mouth": np.full((50, 3), np.nan)}, gt, ["jawOpen"])
+
+
+def test_loudness_per_frame_and_its_correlation_with_a_mouth_opening():
+    second = np.arange(16000) / 16000
+    samples = np.concatenate([0.5 * np.sin(2 * np.pi * 200 * second), 0.05 * np.sin(2 * np.pi * 200 * second),
+                              np.zeros(16000)]).astype(np.float32)
+    loudness = loudness_per_frame(samples, 75, 25.0)
+    assert loudness.shape == (75,) and loudness.max() == 0.0
+    np.testing.assert_allclose(loudness[5:20], 0.0, atol=0.1)
+    np.testing.assert_allclose(loudness[30:45], -20.0, atol=0.1)  # a tenth of the amplitude
+    np.testing.assert_array_equal(loudness[55:], -40.0)  # silence sits at the floor
+    rng = np.random.default_rng(0)
+    opening = np.interp(loudness, [-40, 0], [0.0, 0.6]) + rng.normal(0, 0.01, 75)
+    opening[::7] = np.nan  # no face read in these frames
+    assert opening_loudness_correlation(opening, loudness) > 0.95
+    assert opening_loudness_correlation(-opening, loudness) < -0.95
+    assert np.isnan(opening_loudness_correlation(np.full(75, 0.3), loudness))  # a mouth that never moves
+    assert np.isnan(opening_loudness_correlation(np.full(75, np.nan), loudness))
+
+
+@pytest.mark.real_data
+def test_a_real_mouth_opens_with_its_own_audio_more_than_with_audio_half_a_second_off(real_data, face_landmarker_task):
+    """The novel-audio measure on real footage, the scale a driven head is compared with: May_13s's mouth follows
+    its own audio (measured 0.35) and not the same audio 0.5 s early or late (-0.16, -0.05)."""
+    from synctalk.audio.features import load_audio
+
+    clip = real_data / "May_13s.mp4"
+    with av.open(str(clip)) as c:
+        video = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    samples = load_audio(clip)
+    reader = FaceReader(face_landmarker_task)
+    measured = mouth_follows_loudness(video, samples, 25.0, reader)
+    assert measured["mouth_source"] == "face_landmarker" and measured["mouth_loudness_frames"] == len(video)
+    opening = mouth_opening(reader.read(video), reader.mouth_names)
+    loudness = loudness_per_frame(samples, len(video) + 12, 25.0)
+    shifted = [opening_loudness_correlation(opening[:-12], loudness[12:-12]),
+               opening_loudness_correlation(opening[12:], loudness[:-24])]
+    assert measured["mouth_loudness_corr"] > 0.2 and max(shifted) < measured["mouth_loudness_corr"] - 0.2, shifted
 
 
 def _frames(clip, count):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -15,6 +16,7 @@ from synctalk.audio.features import frames_for_audio, load_audio
 from synctalk.config.schema import RenderConfig
 from synctalk.errors import UserError
 from synctalk.geometry import smooth_poses
+from synctalk.io import write_json
 from synctalk.metrics.image import blur_mask, portrait_blend
 from synctalk.runs import build_datamodule, load_run
 from synctalk.video import VideoWriter
@@ -57,6 +59,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.poses == "smoothed":  # the replayed path, Gaussian-smoothed over time
         poses = torch.from_numpy(smooth_poses(poses.numpy(), cfg.pose_smoothing))
     portrait = cfg.gt_mode.name == "with_hair"
+    kept = []  # the frames, at most 256 px, for the mouth measure
     with VideoWriter(output, fps, samples[: int(round(n / fps * 16000))]) as writer:
         for i in tqdm(range(n), desc="render", unit="frame"):
             k = int(schedule[i])
@@ -64,6 +67,40 @@ def run(cfg: DictConfig) -> dict:
             if portrait:
                 image = portrait_blend(image, frames.original(k), blur_mask(frames.face_mask(k), cfg.gt_mode.mask_blur))
             writer.write(image.numpy())
+            if cfg.measure_mouth:
+                kept.append(at_most(image.numpy(), MEASURE_SIZE))
             threads.tick()
     log.info("wrote %s: %d frames, %.2f s of audio", output, n, len(samples) / 16000)
-    return threads.record({"output": str(output), "frames": n, "seconds": len(samples) / 16000})
+    result = {"output": str(output), "frames": n, "seconds": len(samples) / 16000}
+    if cfg.measure_mouth:
+        result.update(measure_mouth(np.stack(kept), samples, fps, frames, cfg))
+    write_json(output.with_suffix(".json"), result)
+    return threads.record(result)
+
+
+MEASURE_SIZE = 256  # frames are read for the mouth measure at most this size
+
+
+def at_most(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] -> uint8, shrunk so that its longer side is at most ``size``."""
+    rgb = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    scale = size / max(rgb.shape[:2])
+    if scale >= 1:
+        return rgb
+    return cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+
+
+def measure_mouth(clip: np.ndarray, samples: np.ndarray, fps: float, frames, cfg: DictConfig) -> dict:
+    """How far the rendered mouth opens with the driving audio, beside the training footage's own measure
+    (:func:`synctalk.metrics.lip_sync.mouth_follows_loudness`)."""
+    from synctalk.external import find_weight
+    from synctalk.metrics.lip_sync import FaceReader, dataset_mouth_loudness, mouth_follows_loudness
+
+    reader = FaceReader(find_weight(cfg.face_landmarker, "face_landmarker.task", "Face Landmarker model",
+                                    "face_landmarker", cfg.paths.root_dir))
+    out = mouth_follows_loudness(clip, samples, fps, reader)
+    out["dataset_mouth_loudness_corr"] = dataset_mouth_loudness(frames.layout.root, fps)
+    log.info("mouth opening against the driving audio's loudness: correlation %.2f (%s; the training footage "
+             "with its own audio: %.2f)", out["mouth_loudness_corr"], out["mouth_source"],
+             out["dataset_mouth_loudness_corr"])
+    return out

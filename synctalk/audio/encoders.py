@@ -1,4 +1,5 @@
-"""Pretrained audio encoders that turn speech into per-frame features: AVE and HuBERT.
+"""Pretrained audio encoders that turn speech into per-frame features: AVE and HuBERT (the phone
+recogniser, which needs no weight file, is in :mod:`synctalk.audio.phones`).
 
 - AVE (audio-visual encoder): the lip-sync conv encoder of SyncTalk, (1, 80, 16) lip-sync mel
   window -> 512-d, one per video frame. Its checkpoint (``audio_visual_encoder.pth``) is a state
@@ -187,7 +188,7 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
                      ) -> np.ndarray:
     """Per-frame audio features of ``samples`` for an ``audio_encoder`` config (name, window, checkpoint).
 
-    ``mel`` needs no weights; ``ave`` loads the AVE checkpoint file and ``hu`` a local HuBERT model
+    ``mel`` needs no weights; ``phones`` uses the speech model inside the pocketsphinx package; ``ave`` loads the AVE checkpoint file and ``hu`` a local HuBERT model
     folder from ``audio_encoder.checkpoint``. DeepSpeech features are imported, not computed.
 
     Returns:
@@ -196,10 +197,17 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
     name = audio_cfg.name
     if name == "mel":
         return mel_windows(samples, num_frames, fps, audio_cfg.window)
+    if name == "phones":
+        from synctalk.audio.phones import FEATURE_DIM, phone_features
+
+        if audio_cfg.feature_dim != FEATURE_DIM:
+            raise UserError(f"audio_encoder=phones has {FEATURE_DIM} features per row, not "
+                            f"audio_encoder.feature_dim={audio_cfg.feature_dim}")
+        return phone_features(samples, num_frames, fps, audio_cfg.window)
     if name == "ave":
         return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
     if name == "hu":
         return hubert_features(samples, num_frames, fps, audio_cfg.checkpoint, progress=progress)
     raise UserError(f"audio features '{name}' cannot be computed from audio by this platform (the original "
                     f"DeepSpeech tools compute them): import them with audio_encoder.features_file=/path/to/"
-                    f"aud_{name}.npy, or use audio_encoder=mel|ave|hubert")
+                    f"aud_{name}.npy, or use audio_encoder=mel|phones|ave|hubert")

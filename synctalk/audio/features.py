@@ -142,20 +142,29 @@ def lipsync_mel(samples: np.ndarray) -> np.ndarray:
     return log_mel(samples, hop_length=200, preemphasis=0.97, mel_scale="slaney", pad_mode="constant")
 
 
+def frame_windows(rows: np.ndarray, num_frames: int, fps: float, window: int, rows_per_second: float
+                  ) -> np.ndarray:
+    """A window of feature rows centred on every video frame.
+
+    Args:
+        rows: (T, dim) features, row ``j`` at ``j / rows_per_second`` seconds.
+    Returns:
+        (num_frames, window, dim) float32; rows before the start or past the end repeat the edge row.
+    """
+    centres = np.round((np.arange(num_frames) + 0.5) / fps * rows_per_second).astype(int)
+    idx = np.clip(centres[:, None] + np.arange(-(window // 2), window - window // 2)[None], 0, len(rows) - 1)
+    return rows[idx].astype(np.float32)
+
+
 def mel_windows(samples: np.ndarray, num_frames: int, fps: float, window: int = 16, n_mels: int = 80,
                 sample_rate: int = SAMPLE_RATE, hop_length: int = 160) -> np.ndarray:
-    """A window of log-mel rows centred on every video frame.
-
-    Rows before the start or past the end of the audio repeat the edge row.
+    """A window of log-mel rows centred on every video frame (:func:`frame_windows`).
 
     Returns:
         (num_frames, window, n_mels) float32.
     """
     mel = log_mel(samples, sample_rate, n_mels, hop_length)
-    rows_per_second = sample_rate / hop_length
-    centres = np.round((np.arange(num_frames) + 0.5) / fps * rows_per_second).astype(int)
-    idx = np.clip(centres[:, None] + np.arange(-(window // 2), window - window // 2)[None], 0, len(mel) - 1)
-    return mel[idx].astype(np.float32)
+    return frame_windows(mel, num_frames, fps, window, sample_rate / hop_length)
 
 
 def frames_for_audio(samples: np.ndarray, fps: float, sample_rate: int = SAMPLE_RATE) -> int:

@@ -109,3 +109,80 @@ def sync_gap(true_corr: float, shifted_corrs: list[float], gt_mouth: np.ndarray,
     if shift < len(gt_mouth) - 2:
         out["sync_gap_gt"] = float(1 - correlation(gt_mouth[shift:], gt_mouth[:-shift]))
     return out
+
+
+LOUDNESS_WINDOW_S = 0.1  # the loudness of a frame: RMS over 100 ms centred on it
+LOUDNESS_FLOOR_DB = -40.0  # below the clip's loudest frame; quieter frames count as this
+SMOOTHING_FRAMES = 2.0  # Gaussian sigma applied to the mouth opening and the loudness before they are compared
+
+
+def loudness_per_frame(samples: np.ndarray, num_frames: int, fps: float, sample_rate: int = 16000) -> np.ndarray:
+    """The audio's loudness at every video frame: RMS over 100 ms centred on the frame, in dB below the clip's
+    loudest frame, floored at -40 dB.
+
+    Returns:
+        (num_frames,) float64, in [-40, 0].
+    """
+    half = int(LOUDNESS_WINDOW_S * sample_rate / 2)
+    centres = np.round((np.arange(num_frames) + 0.5) / fps * sample_rate).astype(int)
+    padded = np.pad(np.asarray(samples, np.float64), (half, half + max(0, centres[-1] + half - len(samples))))
+    energy = np.cumsum(np.concatenate([[0.0], padded ** 2]))
+    rms = np.sqrt((energy[centres + 2 * half] - energy[centres]) / (2 * half))
+    db = 20.0 * np.log10(rms + 1e-9)
+    return np.maximum(db - db.max(), LOUDNESS_FLOOR_DB)
+
+
+def mouth_opening(reading: dict, names: list[str]) -> np.ndarray:
+    """How open the mouth is per frame, from a :meth:`FaceReader.read` result: ``jawOpen`` (Face Landmarker)
+    or the lips' gap (FaceMesh geometry). (N,), NaN where no face was found."""
+    column = names.index("jawOpen") if "jawOpen" in names else names.index("mouth_open")
+    return reading["mouth"][:, column]
+
+
+def mouth_follows_loudness(clip: np.ndarray, samples: np.ndarray, fps: float, reader: FaceReader) -> dict:
+    """Whether a clip's mouth opens with its audio: the Pearson correlation, over the frames with a face, of the
+    mouth opening (:func:`mouth_opening`) with the audio's loudness (:func:`loudness_per_frame`), both smoothed
+    over about 2 frames. Real footage of speech gives the scale (its own mouth with its own audio); a head driven by
+    new audio should come near it.
+
+    Args:
+        clip: (N, H, W, 3) RGB uint8 frames; samples: their audio, 16 kHz, starting with the first frame.
+    Returns:
+        ``mouth_loudness_corr``, ``mouth_loudness_frames`` (frames with a face), ``mouth_source``.
+    """
+    opening = mouth_opening(reader.read(clip), reader.mouth_names)
+    face = np.isfinite(opening)
+    return {"mouth_loudness_corr": opening_loudness_correlation(opening, loudness_per_frame(samples, len(clip), fps)),
+            "mouth_loudness_frames": int(face.sum()), "mouth_source": reader.source}
+
+
+def opening_loudness_correlation(opening: np.ndarray, loudness: np.ndarray) -> float:
+    """Pearson correlation of a mouth opening (N,) (NaN where no face was read, filled from the neighbours for the
+    smoothing and then left out) with the loudness (N,), both Gaussian-smoothed by :data:`SMOOTHING_FRAMES`; NaN
+    when fewer than 3 frames have a face or either does not vary."""
+    from scipy.ndimage import gaussian_filter1d
+
+    face = np.isfinite(opening)
+    if face.sum() < 3:
+        return float("nan")
+    index = np.arange(len(opening))
+    filled = np.interp(index, index[face], opening[face])
+    a = gaussian_filter1d(filled, SMOOTHING_FRAMES)[face]
+    b = gaussian_filter1d(np.asarray(loudness, np.float64), SMOOTHING_FRAMES)[face]
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def dataset_mouth_loudness(root: Path, fps: float) -> float:
+    """The scale of :func:`mouth_follows_loudness` on the footage a head was trained on: the dataset's
+    ``jawOpen`` (``bs.npy``, the blendshapes stage's reading of every frame) against the loudness of its
+    ``aud.wav``. NaN when the dataset lacks either file."""
+    from synctalk.audio.features import load_audio
+    from synctalk.data.layout import DatasetLayout
+
+    layout = DatasetLayout(Path(root))
+    if not layout.blendshapes.is_file() or not layout.audio.is_file():
+        return float("nan")
+    jaw = np.load(layout.blendshapes)[:, BLENDSHAPE_NAMES.index("jawOpen")].astype(np.float64)
+    return opening_loudness_correlation(jaw, loudness_per_frame(load_audio(layout.audio), len(jaw), fps))

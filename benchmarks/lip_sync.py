@@ -1,0 +1,134 @@
+"""Lip sync on real clips: audio features, seeds, and new audio, as a user runs them.
+
+    python benchmarks/lip_sync.py --clips WDA_KatieHill_000 May_13s --encoders mel phones --seeds 42 43 44
+
+For every clip (a video in ``--real-data``): ``synctalk preprocess`` with each audio encoder (cached stages: only
+the features are computed again), then for every encoder and seed ``synctalk train experiment=lip_sync
+data.downscale=2`` (512 px clips trained at 256 px; extra ``--set`` overrides are added), which evaluates the
+held-out frames with the Face Landmarker as the judge when ``$SYNCTALK_WEIGHTS`` holds ``face_landmarker.task``.
+Then ``synctalk render`` drives each trained head with the first ``--novel-seconds`` of ``--novel-audio`` and
+reads the mouth's opening against that audio's loudness (``<run>/novel.json``, with the training footage's own
+as the scale). Every step is a child process, one at a time; a run whose ``metrics.json`` (or ``novel.json``)
+exists is read, not redone, so an interrupted benchmark resumes.
+
+Writes ``--out`` (default benchmarks/results/lip_sync.json) with one row per run and the min / median / max per
+clip and encoder over the seeds, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from synctalk.audio.features import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
+from synctalk.io import write_json  # noqa: E402
+
+COLUMNS = ("parsed/psnr", "parsed/face_psnr", "parsed/lmd", "parsed/mouth_corr", "parsed/jaw_corr", "sync_gap",
+           "sync_gap_gt", "mouth_corr_still_audio", "mouth_loudness_corr", "dataset_mouth_loudness_corr")
+
+
+def synctalk(*args: str, log: Path) -> None:
+    """Run ``synctalk ARGS`` in a child process, its output to ``log``; stop the benchmark if it fails."""
+    with open(log, "w") as out:
+        code = subprocess.call([sys.executable, "-m", "synctalk", *args], stdout=out, stderr=subprocess.STDOUT,
+                               cwd=REPO)
+    if code != 0:
+        raise SystemExit(f"synctalk {' '.join(args)} failed (exit {code}); see {log}")
+
+
+def prepare(clip: str, video: Path, data_dir: Path, encoders: list[str], logs: Path) -> Path:
+    root = data_dir / clip
+    for encoder in encoders:
+        synctalk("preprocess", f"data.video={video}", f"data.root={root}", f"audio_encoder={encoder}",
+                 log=logs / f"preprocess_{clip}_{encoder}.log")
+    return root
+
+
+def train(root: Path, run: Path, encoder: str, seed: int, extra: list[str], logs: Path) -> dict:
+    if not (run / "metrics.json").is_file():
+        synctalk("train", "experiment=lip_sync", "data=subject", f"data.root={root}", "data.downscale=2",
+                 f"audio_encoder={encoder}", f"seed={seed}", "logger=csv", f"hydra.run.dir={run}", *extra,
+                 log=logs / f"train_{run.name}.log")
+    return json.loads((run / "metrics.json").read_text())
+
+
+def novel(run: Path, audio: Path, logs: Path) -> dict:
+    out = run / "novel.mp4"
+    if not out.with_suffix(".json").is_file():
+        synctalk("render", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"audio={audio}", f"output={out}",
+                 f"hydra.run.dir={run / 'novel_render'}", log=logs / f"render_{run.name}.log")
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Min / median / max over seeds of every column, per clip and encoder."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["clip"], row["encoder"]), []).append(row)
+    out = []
+    for (clip, encoder), runs in groups.items():
+        entry = {"clip": clip, "encoder": encoder, "seeds": [r["seed"] for r in runs]}
+        for key in COLUMNS:
+            values = np.array([r.get(key, np.nan) for r in runs], dtype=float)
+            values = values[np.isfinite(values)]
+            if len(values):
+                entry[key] = [float(values.min()), float(np.median(values)), float(values.max())]
+        out.append(entry)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", nargs="+", default=["WDA_KatieHill_000", "WDA_BobMenendez_000", "RD_Radio34_000",
+                                                       "May_13s", "German_20s"])
+    parser.add_argument("--encoders", nargs="+", default=["mel", "phones"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--real-data", type=Path,
+                        default=Path(os.environ.get("SYNCTALK_REAL_DATA", REPO.parent / "shared" / "data" / "real")))
+    parser.add_argument("--data-dir", type=Path, default=REPO / "benchmarks" / "results" / "lip_sync_data")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "benchmarks" / "results" / "lip_sync_runs")
+    parser.add_argument("--novel-audio", type=Path, default=None, help="default: <real-data>/eng_speech.wav")
+    parser.add_argument("--novel-seconds", type=float, default=20.0)
+    parser.add_argument("--set", nargs="*", default=[], help="more training overrides")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lip_sync.json")
+    args = parser.parse_args()
+
+    logs = args.runs_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    novel_audio = args.runs_dir / f"novel_{args.novel_seconds:g}s.wav"
+    speech = load_audio(args.novel_audio or args.real_data / "eng_speech.wav")
+    write_wav(novel_audio, speech[: int(args.novel_seconds * SAMPLE_RATE)])
+    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True).stdout.strip()
+    rows = []
+    for clip in args.clips:
+        video = args.real_data / f"{clip}.mp4"
+        if not video.is_file():
+            raise SystemExit(f"{video} not found (set --real-data)")
+        root = prepare(clip, video, args.data_dir, args.encoders, logs)
+        for encoder in args.encoders:
+            for seed in args.seeds:
+                run = args.runs_dir / f"{clip}_{encoder}_s{seed}"
+                row = {"clip": clip, "encoder": encoder, "seed": seed, "run": str(run)}
+                metrics = train(root, run, encoder, seed, args.set, logs)
+                row.update({k: metrics[k] for k in COLUMNS if k in metrics})
+                row["frames"], row["lip_sync_source"] = metrics.get("frames"), metrics.get("lip_sync_source")
+                row.update({k: v for k, v in novel(run, novel_audio, logs).items() if k in COLUMNS})
+                rows.append(row)
+                print(" | ".join([clip, encoder, str(seed)] + [f"{row.get(k, float('nan')):.2f}" for k in COLUMNS]),
+                      flush=True)
+                write_json(args.out, {"command": " ".join(sys.argv), "revision": revision, "columns": COLUMNS,
+                                      "runs": rows, "summary": summary(rows)})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
