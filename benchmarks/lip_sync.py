@@ -9,7 +9,8 @@ held-out frames with the Face Landmarker as the judge when ``$SYNCTALK_WEIGHTS``
 Then ``synctalk render`` drives each trained head with the first ``--novel-seconds`` of ``--novel-audio`` and
 reads the mouth's opening against that audio's loudness (``<run>/novel.json``, with the training footage's own
 as the scale). Every step is a child process, one at a time; a run whose ``metrics.json`` (or ``novel.json``)
-exists is read, not redone, so an interrupted benchmark resumes.
+exists is read, not redone, so an interrupted benchmark resumes; ``--only-existing`` trains nothing and reports the
+runs there are.
 
 Writes ``--out`` (default benchmarks/results/lip_sync.json) with one row per run and the min / median / max per
 clip and encoder over the seeds, and prints the table.
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--novel-audio", type=Path, default=None, help="default: <real-data>/eng_speech.wav")
     parser.add_argument("--novel-seconds", type=float, default=20.0)
     parser.add_argument("--set", nargs="*", default=[], help="more training overrides")
+    parser.add_argument("--only-existing", action="store_true",
+                        help="train nothing: report (and drive with the new audio) the runs that exist")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lip_sync.json")
     args = parser.parse_args()
 
@@ -113,10 +116,12 @@ def main() -> None:
         video = args.real_data / f"{clip}.mp4"
         if not video.is_file():
             raise SystemExit(f"{video} not found (set --real-data)")
-        root = prepare(clip, video, args.data_dir, args.encoders, logs)
+        root = args.data_dir / clip if args.only_existing else prepare(clip, video, args.data_dir, args.encoders, logs)
         for encoder in args.encoders:
             for seed in args.seeds:
                 run = args.runs_dir / f"{clip}_{encoder}_s{seed}"
+                if args.only_existing and not (run / "metrics.json").is_file():
+                    continue
                 row = {"clip": clip, "encoder": encoder, "seed": seed, "run": str(run)}
                 metrics = train(root, run, encoder, seed, args.set, logs)
                 row.update({k: metrics[k] for k in COLUMNS if k in metrics})
