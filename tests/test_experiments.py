@@ -29,6 +29,22 @@ def swept(experiment: str, overrides: list[str]) -> dict[str, list[str]]:
     return params
 
 
+def with_audio_features(dataset, copy, encoders: list[str]):
+    """A copy of ``dataset`` holding the features of every audio encoder in ``encoders`` (the weight-free ones)."""
+    import numpy as np
+
+    from synctalk.audio.encoders import compute_features
+    from synctalk.audio.features import load_audio
+
+    shutil.copytree(dataset, copy)
+    frames = len(np.load(copy / "aud_mel.npy"))
+    for encoder in encoders:
+        cfg = compose_config("train", [f"audio_encoder={encoder}"]).audio_encoder
+        if not (copy / f"aud_{cfg.name}.npy").is_file():
+            np.save(copy / f"aud_{cfg.name}.npy", compute_features(cfg, load_audio(copy / "aud.wav"), frames, 25.0))
+    return copy
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_at_toy_size_and_reports(experiment, run_cli, tiny_dataset):
@@ -37,6 +53,8 @@ def test_every_experiment_runs_at_toy_size_and_reports(experiment, run_cli, tiny
     them all."""
     root = run_cli.root
     sweeps = swept(experiment, ["data=subject"])
+    if "audio_encoder" in sweeps:  # each swept encoder's features, as `synctalk preprocess audio_encoder=<name>` adds
+        tiny_dataset = with_audio_features(tiny_dataset, root / "tiny_features", sweeps["audio_encoder"])
     data = ["data=subject"] + ([] if "data.root" in sweeps else [f"data.root={tiny_dataset}"])
     toy = [f"{key}={TOY_SWEEPS[key]}" if key in sweeps and key in TOY_SWEEPS else item
            for item in TOY for key in [item.split("=")[0]]]
