@@ -142,6 +142,18 @@ def lipsync_mel(samples: np.ndarray) -> np.ndarray:
     return log_mel(samples, hop_length=200, preemphasis=0.97, mel_scale="slaney", pad_mode="constant")
 
 
+def mean_square_around(samples: np.ndarray, centres: np.ndarray, window: int) -> np.ndarray:
+    """Mean square of the ``window`` samples centred on each of ``centres`` (sample indices), zeros outside the audio.
+
+    Returns:
+        (len(centres),) float64.
+    """
+    half = window // 2
+    padded = np.pad(np.asarray(samples, np.float64), (half, window + max(0, int(centres.max()) - len(samples))))
+    energy = np.cumsum(np.concatenate([[0.0], padded ** 2]))
+    return (energy[centres + window] - energy[centres]) / window
+
+
 def frame_windows(rows: np.ndarray, num_frames: int, fps: float, window: int, rows_per_second: float
                   ) -> np.ndarray:
     """A window of feature rows centred on every video frame.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synctalk.audio.features import SAMPLE_RATE, frame_windows
+from synctalk.audio.features import SAMPLE_RATE, frame_windows, mean_square_around
 from synctalk.errors import UserError
 from synctalk.external import require
 
@@ -110,10 +110,8 @@ def loudness_rows(samples: np.ndarray, num_rows: int) -> np.ndarray:
     Returns:
         (num_rows,) float32.
     """
-    hop = SAMPLE_RATE // ROWS_PER_SECOND
-    padded = np.pad(np.asarray(samples, np.float32), (LOUDNESS_WINDOW // 2, LOUDNESS_WINDOW + num_rows * hop))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, LOUDNESS_WINDOW)[::hop][:num_rows]
-    db = 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
+    centres = np.arange(num_rows) * (SAMPLE_RATE // ROWS_PER_SECOND)
+    db = 10.0 * np.log10(mean_square_around(samples, centres, LOUDNESS_WINDOW) + 1e-10)
     reference = max(float(np.percentile(db, 95)), QUIETEST_REFERENCE_DB)
     return np.clip((db - reference) / LOUDNESS_RANGE_DB, -3.0, 0.5).astype(np.float32)
 

@@ -123,12 +123,11 @@ def loudness_per_frame(samples: np.ndarray, num_frames: int, fps: float, sample_
     Returns:
         (num_frames,) float64, in [-40, 0].
     """
-    half = int(LOUDNESS_WINDOW_S * sample_rate / 2)
+    from synctalk.audio.features import mean_square_around
+
     centres = np.round((np.arange(num_frames) + 0.5) / fps * sample_rate).astype(int)
-    padded = np.pad(np.asarray(samples, np.float64), (half, half + max(0, centres[-1] + half - len(samples))))
-    energy = np.cumsum(np.concatenate([[0.0], padded ** 2]))
-    rms = np.sqrt((energy[centres + 2 * half] - energy[centres]) / (2 * half))
-    db = 20.0 * np.log10(rms + 1e-9)
+    window = 2 * int(LOUDNESS_WINDOW_S * sample_rate / 2)
+    db = 20.0 * np.log10(np.sqrt(mean_square_around(samples, centres, window)) + 1e-9)
     return np.maximum(db - db.max(), LOUDNESS_FLOOR_DB)
 
 
