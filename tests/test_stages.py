@@ -180,6 +180,30 @@ def test_a_head_centred_square_is_used_whole(tmp_path):
     assert not report["applied"] and report["resize_to"] is None and report["output_size"] == [128, 128]
 
 
+def test_the_source_is_known_by_its_content(tmp_path, caplog):
+    """A copied, moved or touched recording keeps the cached stages that read it; other content redoes them."""
+    import os
+    import shutil
+
+    subject = generate(SyntheticSpec(num_frames=30, size=128, seed=5), tmp_path / "s", progress=False)
+    video = make_video(subject, tmp_path / "v.mp4", fps=25)
+    root = tmp_path / "d"
+    StageRunner(StageContext(video, root, 25.0, False)).run(CropStage())
+    moved = tmp_path / "elsewhere" / "copy of v.mp4"
+    moved.parent.mkdir()
+    shutil.copyfile(video, moved)
+    os.utime(moved, ns=(1, 1))
+    with caplog.at_level(logging.INFO, logger="synctalk.stages.base"):
+        StageRunner(StageContext(moved, root, 25.0, False)).run(CropStage())
+    assert "stage crop: cached" in caplog.text
+    other = make_video(subject, tmp_path / "v2.mp4", fps=24)  # another recording at the old path
+    other.replace(video)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="synctalk.stages.base"):
+        StageRunner(StageContext(video, root, 25.0, False)).run(CropStage())
+    assert "stage crop: cached" not in caplog.text
+
+
 @pytest.mark.slow
 def test_outputs_changed_after_their_stage_are_redone(tmp_path, caplog):
     subject = generate(SyntheticSpec(num_frames=30, size=128, seed=5), tmp_path / "s", progress=False)

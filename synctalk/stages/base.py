@@ -3,8 +3,8 @@
 
 A finished stage leaves a marker ``<root>/.stages/<name>.json`` holding
 
-- ``key``: the stage's settings, the source video's identity (stages that read it) and the fingerprints of
-  the outputs of the stages it reads (``needs``);
+- ``key``: the stage's settings, the source video's identity (its size and content hash, for stages that read
+  it) and the fingerprints of the outputs of the stages it reads (``needs``);
 - ``outputs``: the fingerprint of its own outputs (file count, bytes, newest modification time per pattern);
 - ``report``: what it measured.
 
@@ -20,7 +20,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -54,6 +54,8 @@ class StageContext:
     fps: float = 25.0
     progress: bool = True
     run_key: str = ""  # set by the runner: a hash of the running stage's key (for stages that resume inside)
+    _source_state: tuple | None = field(default=None, repr=False)
+    _source_hash: str = field(default="", repr=False)
 
     @property
     def layout(self) -> DatasetLayout:
@@ -67,8 +69,17 @@ class StageContext:
         return [self.layout.frame(i) for i in range(self.frame_count())]
 
     def source_identity(self) -> dict:
+        """The source video's size and content hash: the same recording copied, moved or touched keeps its cached
+        stages; another recording at the same path does not. Hashed once per file state (about 0.5 s per GB)."""
         st = self.video.stat()
-        return {"video": str(self.video.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns}
+        state = (str(self.video.resolve()), st.st_size, st.st_mtime_ns)
+        if self._source_state != state:
+            digest = hashlib.sha256()
+            with open(self.video, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self._source_state, self._source_hash = state, digest.hexdigest()
+        return {"size": st.st_size, "sha256": self._source_hash}
 
 
 @dataclass
