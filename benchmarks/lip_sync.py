@@ -1,6 +1,7 @@
 """Lip sync on real clips: audio features, seeds, and new audio, as a user runs them.
 
     python benchmarks/lip_sync.py --clips WDA_KatieHill_000 May_13s --encoders mel phones --seeds 42 43 44
+    python benchmarks/lip_sync.py --clips WDA_KatieHill_000 desk:WDA_KatieHill_000 --encoders mel --mouth data full
 
 For every clip (a video in ``--real-data``): ``synctalk preprocess`` with each audio encoder (cached stages: only
 the features are computed again), then for every encoder and seed ``synctalk train experiment=lip_sync
@@ -11,6 +12,11 @@ reads the mouth's opening against that audio's loudness (``<run>/novel.json``, w
 as the scale). Every step is a child process, one at a time; a run whose ``metrics.json`` (or ``novel.json``)
 exists is read, not redone, so an interrupted benchmark resumes; ``--only-existing`` trains nothing and reports the
 runs there are.
+
+``--mouth full`` trains with the mouth-box rays at the dataset's resolution (``data.mouth_downscale=1``) beside
+``data`` (at the training's 256 px). A clip named ``desk:<clip>`` is that clip's speaker placed smaller
+(``--desk-speaker-px``) in a plain 1280x720 room at 30 fps, as a desk camera films it: the crop stage finds the head
+and scales its box up to 512 px, so the face there holds less detail than a 512 px clip's.
 
 Writes ``--out`` (default benchmarks/results/lip_sync.json) with one row per run and the min / median / max per
 clip and encoder over the seeds, and prints the table.
@@ -53,6 +59,31 @@ def prepare(clip: str, video: Path, data_dir: Path, encoders: list[str], logs: P
     return root
 
 
+MOUTH_OVERRIDES = {"data": [], "full": ["data.mouth_downscale=1"]}  # the mouth-box rays at 256 px / 512 px
+
+
+def source_video(clip: str, real_data: Path, made: Path, speaker_px: int) -> Path:
+    """The video of ``clip``: a real clip, or for ``desk:<clip>`` that clip filmed smaller by a desk camera."""
+    if not clip.startswith("desk:"):
+        video = real_data / f"{clip}.mp4"
+    else:
+        from benchmarks.preprocess import desk_recording
+
+        source = real_data / f"{clip[len('desk:'):]}.mp4"
+        if not source.is_file():
+            raise SystemExit(f"{source} not found (set --real-data)")
+        video = made / f"desk_{source.stem}_{speaker_px}px.mp4"
+        if not video.is_file():
+            made.mkdir(parents=True, exist_ok=True)
+            partial = video.with_suffix(".part.mp4")
+            desk_recording(source, partial, speaker_px=speaker_px)
+            partial.replace(video)
+            print(f"made {video} from {source.name} (speaker {speaker_px} px in 1280x720)", flush=True)
+    if not video.is_file():
+        raise SystemExit(f"{video} not found (set --real-data)")
+    return video
+
+
 def train(root: Path, run: Path, encoder: str, seed: int, extra: list[str], logs: Path) -> dict:
     if not (run / "metrics.json").is_file():
         synctalk("train", "experiment=lip_sync", "data=subject", f"data.root={root}", "data.downscale=2",
@@ -70,13 +101,13 @@ def novel(run: Path, audio: Path, logs: Path) -> dict:
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    """Min / median / max over seeds of every column, per clip and encoder."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """Min / median / max over seeds of every column, per clip, encoder and mouth resolution."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["clip"], row["encoder"]), []).append(row)
+        groups.setdefault((row["clip"], row["encoder"], row["mouth"]), []).append(row)
     out = []
-    for (clip, encoder), runs in groups.items():
-        entry = {"clip": clip, "encoder": encoder, "seeds": [r["seed"] for r in runs]}
+    for (clip, encoder, mouth), runs in groups.items():
+        entry = {"clip": clip, "encoder": encoder, "mouth": mouth, "seeds": [r["seed"] for r in runs]}
         for key in COLUMNS:
             values = np.array([r.get(key, np.nan) for r in runs], dtype=float)
             values = values[np.isfinite(values)]
@@ -98,6 +129,10 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=REPO / "benchmarks" / "results" / "lip_sync_runs")
     parser.add_argument("--novel-audio", type=Path, default=None, help="default: <real-data>/eng_speech.wav")
     parser.add_argument("--novel-seconds", type=float, default=20.0)
+    parser.add_argument("--mouth", nargs="+", choices=tuple(MOUTH_OVERRIDES), default=["data"],
+                        help="the mouth-box rays at the training resolution (data) and/or the dataset's (full)")
+    parser.add_argument("--desk-speaker-px", type=int, default=320,
+                        help="side of the speaker in the 1280x720 room of a desk:<clip> (the face about half of it)")
     parser.add_argument("--set", nargs="*", default=[], help="more training overrides")
     parser.add_argument("--only-existing", action="store_true",
                         help="train nothing: report (and drive with the new audio) the runs that exist")
@@ -113,25 +148,26 @@ def main() -> None:
                               text=True).stdout.strip()
     rows = []
     for clip in args.clips:
-        video = args.real_data / f"{clip}.mp4"
-        if not video.is_file():
-            raise SystemExit(f"{video} not found (set --real-data)")
-        root = args.data_dir / clip if args.only_existing else prepare(clip, video, args.data_dir, args.encoders, logs)
-        for encoder in args.encoders:
-            for seed in args.seeds:
-                run = args.runs_dir / f"{clip}_{encoder}_s{seed}"
-                if args.only_existing and not (run / "metrics.json").is_file():
-                    continue
-                row = {"clip": clip, "encoder": encoder, "seed": seed, "run": str(run)}
-                metrics = train(root, run, encoder, seed, args.set, logs)
-                row.update({k: metrics[k] for k in COLUMNS if k in metrics})
-                row["frames"], row["lip_sync_source"] = metrics.get("frames"), metrics.get("lip_sync_source")
-                row.update({k: v for k, v in novel(run, novel_audio, logs).items() if k in COLUMNS})
-                rows.append(row)
-                print(" | ".join([clip, encoder, str(seed)] + [f"{row.get(k, float('nan')):.2f}" for k in COLUMNS]),
-                      flush=True)
-                write_json(args.out, {"command": " ".join(sys.argv), "revision": revision, "columns": COLUMNS,
-                                      "runs": rows, "summary": summary(rows)})
+        name = clip.replace(":", "_")
+        if args.only_existing:
+            root = args.data_dir / name
+        else:
+            video = source_video(clip, args.real_data, args.data_dir, args.desk_speaker_px)
+            root = prepare(name, video, args.data_dir, args.encoders, logs)
+        for encoder, mouth, seed in ((e, m, s) for e in args.encoders for m in args.mouth for s in args.seeds):
+            run = args.runs_dir / f"{name}_{encoder}{'' if mouth == 'data' else '_mouth' + mouth}_s{seed}"
+            if args.only_existing and not (run / "metrics.json").is_file():
+                continue
+            row = {"clip": clip, "encoder": encoder, "mouth": mouth, "seed": seed, "run": str(run)}
+            metrics = train(root, run, encoder, seed, MOUTH_OVERRIDES[mouth] + args.set, logs)
+            row.update({k: metrics[k] for k in COLUMNS if k in metrics})
+            row["frames"], row["lip_sync_source"] = metrics.get("frames"), metrics.get("lip_sync_source")
+            row.update({k: v for k, v in novel(run, novel_audio, logs).items() if k in COLUMNS})
+            rows.append(row)
+            print(" | ".join([clip, encoder, mouth, str(seed)] + [f"{row.get(k, float('nan')):.2f}" for k in COLUMNS]),
+                  flush=True)
+            write_json(args.out, {"command": " ".join(sys.argv), "revision": revision, "columns": COLUMNS,
+                                  "runs": rows, "summary": summary(rows)})
     print(f"wrote {args.out}")
 
 

@@ -130,6 +130,9 @@ def test_evaluate_render_and_stage_chaining(run_cli, capsys):
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["psnr"] == metrics["with_hair/psnr"] and (ev / "val.mp4").is_file()
     assert "parsed/lpips" in metrics or "lpips skipped" in metrics["notes"][0]  # never a made-up number
+    assert metrics["resolution"] == [64, 64]
+    assert run_cli("evaluate", f"ckpt={ckpt}", "downscale=2") == 0
+    assert json.loads((latest_run(run_cli.root, "evaluate") / "metrics.json").read_text())["resolution"] == [32, 32]
     # render new audio of another sample rate
     import numpy as np
     from synctalk.audio.features import write_wav
@@ -150,9 +153,9 @@ def test_evaluate_render_and_stage_chaining(run_cli, capsys):
     assert run_cli("render", f"ckpt={ckpt}", f"audio={silence}", f"output={out}", "poses=smoothed", "downscale=2") == 0
     with av.open(str(out)) as c:
         assert c.streams.video[0].frames == 12 and c.streams.video[0].width == 32  # half the 64 px of training
-    # lips stage starts from the head checkpoint
+    # lips stage starts from the head checkpoint (here at half resolution, its mouth rays and patches at full)
     assert run_cli("train", *SMOKE, "stage=lips", f"stage.init_from={ckpt}", "trainer.max_steps=4",
-                   "render_video=false") == 0
+                   "render_video=false", "data.downscale=2", "data.mouth_downscale=1", "stage.patch_size=8") == 0
     lips_run = latest_run(run_cli.root)
     assert json.loads((lips_run / "metrics.json").read_text())["stage"] == "lips"
     capsys.readouterr()

@@ -41,6 +41,52 @@ def test_lips_rays_fall_in_the_mouth_box(tiny_dataset):
     assert inside.sum() >= 100
 
 
+def test_mouth_rays_at_the_dataset_resolution(tiny_dataset):
+    """With mouth_frames at full resolution, the mouth-box rays and mouth patches are the full-resolution pixels'
+    rays and colours, the other rays those of the half-resolution frames; one ray geometry for both."""
+    half, full = frames(tiny_dataset, downscale=2), frames(tiny_dataset)
+    torch.manual_seed(0)
+    rays = TrainRays(half, 100, lips_ray_fraction=0.5, patch_size=4, regions=True, mouth_frames=full)
+    face_item, mouth_item = rays[5], rays[5]
+    assert int(face_item["patch_region"]) == 0 and int(mouth_item["patch_region"]) == 1
+    for item in (face_item, mouth_item):
+        assert item["rgb"].shape == item["origins"].shape == (116, 3) and item["lower_face"].shape == (116,)
+        body, lips = item["pixels"][:50], item["pixels"][50:100]
+        assert body.max() < 32  # half-resolution pixels
+        u0, v0, u1, v1 = full.mouth_box(5)
+        assert ((lips[:, 0] >= u0) & (lips[:, 0] <= u1) & (lips[:, 1] >= v0) & (lips[:, 1] <= v1)).all()
+        assert (v0 + v1) / 2 > 32  # full-resolution pixels: the mouth is below the centre of 64
+        torch.testing.assert_close(item["rgb"][50:100], full.gt(5, lips))
+        torch.testing.assert_close(item["rgb"][:50], half.gt(5, body))
+        torch.testing.assert_close(item["dirs"][50:100], full.rays(5, lips)[1])
+        torch.testing.assert_close(item["xy"][50:100], full.normalised(lips))
+    patch = mouth_item["pixels"][100:]
+    torch.testing.assert_close(mouth_item["rgb"][100:], full.gt(5, patch))  # the mouth patch at full resolution
+    torch.testing.assert_close(face_item["rgb"][100:], half.gt(5, face_item["pixels"][100:]))
+    # the ray through a half-resolution pixel is the mean of the rays through its four full-resolution pixels
+    coarse = half.rays(5, torch.tensor([[10, 20]]))[1][0]
+    fine = full.rays(5, torch.tensor([[20, 40], [21, 40], [20, 41], [21, 41]]))[1].mean(0)
+    torch.testing.assert_close(coarse, fine / fine.norm(), atol=1e-5, rtol=0)
+
+
+def test_mouth_downscale_option(tiny_dataset):
+    from synctalk.data.datamodule import SubjectDataModule
+
+    def module(**kw):
+        dm = SubjectDataModule(str(tiny_dataset), "mel", UPPER7, downscale=2, lips_ray_fraction=0.25, **kw)
+        dm.setup()
+        return dm
+
+    assert module().train_mouth_frames is None and module(mouth_downscale=2).train_mouth_frames is None
+    dm = module(mouth_downscale=1)
+    assert dm.train_mouth_frames.size == (64, 64) and dm.train_frames.size == (32, 32)
+    assert dm.train_dataloader().dataset.mouth_frames is dm.train_mouth_frames
+    with pytest.raises(UserError, match="mouth_downscale"):
+        module(mouth_downscale=0)
+    with pytest.raises(UserError, match="downscale=3 must divide"):
+        module(mouth_downscale=3)
+
+
 def test_downscale_halves_image_and_intrinsics(tiny_dataset):
     full, half = frames(tiny_dataset), frames(tiny_dataset, downscale=2)
     assert half.size == (32, 32) and half.gt(0).shape == (32, 32, 3)

@@ -20,15 +20,17 @@ SCHEMA = EvaluateConfig
 def run(cfg: DictConfig) -> dict:
     run_cfg, system = load_run(cfg.ckpt)
     root = cfg.data_root or run_cfg.data.root
-    frames = SubjectFrames(root, cfg.split, run_cfg.audio_encoder.name, list(run_cfg.blendshapes.names),
-                           run_cfg.data.downscale, run_cfg.data.scale, run_cfg.blendshapes.smooth_window,
-                           run_cfg.blendshapes.smooth_order, run_cfg.data.cache_mb)
+    downscale = cfg.downscale or run_cfg.data.downscale
+    frames = SubjectFrames(root, cfg.split, run_cfg.audio_encoder.name, list(run_cfg.blendshapes.names), downscale,
+                           run_cfg.data.scale, run_cfg.blendshapes.smooth_window, run_cfg.blendshapes.smooth_order,
+                           run_cfg.data.cache_mb)
     out = Path(cfg.paths.output_dir)
     video = out / f"{cfg.split}.mp4" if cfg.render_video else None
     metrics = evaluate_split(system, frames, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
                              run_cfg.data.fps, run_cfg.model.loss.lpips_backbone, out / "eval_sample.png",
                              weights_root=cfg.paths.root_dir)
-    metrics.update(ckpt=str(Path(cfg.ckpt).resolve()), data_root=str(root), split=cfg.split)
+    metrics.update(ckpt=str(Path(cfg.ckpt).resolve()), data_root=str(root), split=cfg.split,
+                   resolution=list(frames.size))
     threads.record(metrics)
     write_json(out / "metrics.json", metrics)
     for key, value in metrics.items():

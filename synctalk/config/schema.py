@@ -35,6 +35,7 @@ class DataConfig:
     fps: float = 25.0
     scale: float = 4.0  # metres -> NeRF units
     downscale: int = 1  # train and render at 1/downscale of the dataset resolution
+    mouth_downscale: Optional[int] = None  # mouth-box rays and mouth patches at 1/this (1: the dataset's); None: downscale
     rays_per_step: int = 1024
     val_frames: int = 4  # validation frames rendered during training (0: all)
     chunk: int = 2048  # rays rendered at once at inference
@@ -139,6 +140,7 @@ class EvaluateConfig:
     ckpt: str = "???"
     data_root: Optional[str] = None  # evaluate on another dataset folder (default: the run's)
     split: str = "val"
+    downscale: Optional[int] = None  # evaluate at 1/downscale of the dataset resolution (default: the run's)
     paths: PathsConfig = field(default_factory=PathsConfig)
     gt_mode: GtModeConfig = field(default_factory=GtModeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -258,12 +258,19 @@ class TrainRays(Dataset):
             random rays; successive items alternate between a patch inside the face box and
             one centred on the mouth (``patch_region`` says which).
         regions: add ``lower_face`` (R,) for the masked attention loss.
+        mouth_frames: the same split at another resolution (usually the dataset's own): the mouth-box rays and
+            the mouth patches are drawn from its pixels and images, the other rays from ``frames``. Rays are
+            resolution-free, so both kinds train the same field; ``pixels`` then mixes the two grids.
     """
 
     def __init__(self, frames: SubjectFrames, rays_per_step: int, lips_ray_fraction: float = 0.0,
-                 audio_frames: int = 1, patch_size: int = 0, regions: bool = False):
+                 audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
+                 mouth_frames: SubjectFrames | None = None):
         self.frames, self.rays_per_step, self.lips_ray_fraction = frames, rays_per_step, lips_ray_fraction
         self.audio_frames, self.patch_size, self.regions = audio_frames, patch_size, regions
+        self.mouth_frames = mouth_frames if mouth_frames is not None else frames
+        if mouth_frames is not None and len(mouth_frames) != len(frames):
+            raise ValueError("mouth_frames must be the same split as frames")
         if patch_size > min(frames.width, frames.height):
             raise UserError(f"stage.patch_size={patch_size} is larger than the {frames.width}x{frames.height} images")
         self._draws = 0
@@ -271,9 +278,9 @@ class TrainRays(Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def _patch(self, k: int, region: str) -> torch.Tensor:
-        """Pixels (P*P, 2) of a patch, row-major, inside the face box or centred on the mouth."""
-        f, p = self.frames, self.patch_size
+    def _patch(self, f: SubjectFrames, k: int, region: str) -> torch.Tensor:
+        """Pixels (P*P, 2) of ``f``, a patch, row-major, inside the face box or centred on the mouth."""
+        p = self.patch_size
         if region == "mouth":
             u0, v0, u1, v1 = f.mouth_box(k)
             cu, cv = (u0 + u1) // 2 - p // 2, (v0 + v1) // 2 - p // 2
@@ -285,32 +292,38 @@ class TrainRays(Dataset):
         v, u = torch.meshgrid(torch.arange(cv, cv + p), torch.arange(cu, cu + p), indexing="ij")
         return torch.stack([u.reshape(-1), v.reshape(-1)], -1)
 
+    def _rays(self, f: SubjectFrames, k: int, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-ray items of frame k of ``f`` at ``pixels`` (R, 2) (u, v)."""
+        origins, dirs = f.rays(k, pixels)
+        rays = {"pixels": pixels, "xy": f.normalised(pixels), "origins": origins, "dirs": dirs,
+                "rgb": f.gt(k, pixels), "background": f.background(k, pixels),
+                "static_background": f.static_background[pixels[:, 1], pixels[:, 0]]}
+        if self.regions:
+            rays["lower_face"] = f.lower_face(k, pixels)
+        return rays
+
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        f = self.frames
+        f, m = self.frames, self.mouth_frames
         n_lips = int(self.rays_per_step * self.lips_ray_fraction)
-        u = torch.randint(0, f.width, (self.rays_per_step - n_lips,))
-        v = torch.randint(0, f.height, (self.rays_per_step - n_lips,))
+        groups = [(f, torch.stack([torch.randint(0, f.width, (self.rays_per_step - n_lips,)),
+                                   torch.randint(0, f.height, (self.rays_per_step - n_lips,))], -1))]
         if n_lips:
-            u0, v0, u1, v1 = f.mouth_box(k)
-            u = torch.cat([u, torch.randint(u0, u1 + 1, (n_lips,))])
-            v = torch.cat([v, torch.randint(v0, v1 + 1, (n_lips,))])
-        pixels = torch.stack([u, v], -1)
+            u0, v0, u1, v1 = m.mouth_box(k)
+            groups.append((m, torch.stack([torch.randint(u0, u1 + 1, (n_lips,)),
+                                           torch.randint(v0, v1 + 1, (n_lips,))], -1)))
         item: dict[str, torch.Tensor] = {}
-        if self.patch_size:
+        if self.patch_size:  # the patch comes last: the patch losses read the last patch_size^2 rays
             region = "mouth" if self._draws % 2 else "face"
             self._draws += 1
-            pixels = torch.cat([pixels, self._patch(k, region)])
+            source = m if region == "mouth" else f
+            groups.append((source, self._patch(source, k, region)))
             item["patch_region"] = torch.tensor(int(region == "mouth"))
-        u, v = pixels[:, 0], pixels[:, 1]
-        origins, dirs = f.rays(k, pixels)
-        item.update({"pixels": pixels, "xy": f.normalised(pixels), "origins": origins, "dirs": dirs,
-                     "rgb": f.gt(k, pixels), "background": f.background(k, pixels),
-                     "static_background": f.static_background[v, u], "c2w": f.c2w[k],
-                     "audio": f.audio_context(k, self.audio_frames), "eye": f.eye[k], "index": torch.tensor(k)})
+        parts = [self._rays(frames, k, pixels) for frames, pixels in groups]
+        item.update({key: torch.cat([part[key] for part in parts]) for key in parts[0]})
+        item.update({"c2w": f.c2w[k], "audio": f.audio_context(k, self.audio_frames), "eye": f.eye[k],
+                     "index": torch.tensor(k)})
         if f.mouth is not None:
             item["mouth"] = f.mouth[k]
-        if self.regions:
-            item["lower_face"] = f.lower_face(k, pixels)
         return item
 
 
@@ -344,7 +357,8 @@ class SubjectDataModule(pl.LightningDataModule):
     def __init__(self, root: str, audio_name: str, eye_names: list[str], scale: float = 4.0, downscale: int = 1,
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
                  smooth_window: int = 5, smooth_order: int = 3, prepare: Callable[[Path], object] | None = None, cache_mb: int = 2048,
-                 audio_frames: int = 1, patch_size: int = 0, regions: bool = False):
+                 audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
+                 mouth_downscale: int | None = None):
         super().__init__()
         self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
                              regions=regions)
@@ -353,7 +367,12 @@ class SubjectDataModule(pl.LightningDataModule):
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
                                smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
         self.rays_per_step, self.val_frames = rays_per_step, val_frames
+        self.mouth_downscale = mouth_downscale if mouth_downscale not in (None, downscale) else None
+        if self.mouth_downscale is not None and self.mouth_downscale < 1:
+            raise UserError(f"data.mouth_downscale={mouth_downscale} must be a positive integer (1: the mouth rays at "
+                            f"the dataset's resolution) or null (at data.downscale)")
         self.train_frames: SubjectFrames | None = None
+        self.train_mouth_frames: SubjectFrames | None = None  # the training frames at mouth_downscale
         self.val: SubjectFrames | None = None
 
     def prepare_data(self) -> None:
@@ -363,6 +382,9 @@ class SubjectDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_frames is None:
             self.train_frames = SubjectFrames(self.root, "train", **self.frame_args)
+            if self.mouth_downscale is not None:
+                self.train_mouth_frames = SubjectFrames(self.root, "train",
+                                                        **{**self.frame_args, "downscale": self.mouth_downscale})
             self.val = SubjectFrames(self.root, "val", **self.frame_args)
 
     def frames(self, split: str) -> SubjectFrames:
@@ -371,7 +393,8 @@ class SubjectDataModule(pl.LightningDataModule):
         return {"train": self.train_frames, "val": self.val}[split]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TrainRays(self.train_frames, self.rays_per_step, **self.ray_args), batch_size=None,
+        rays = TrainRays(self.train_frames, self.rays_per_step, mouth_frames=self.train_mouth_frames, **self.ray_args)
+        return DataLoader(rays, batch_size=None,
                           shuffle=True, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
