@@ -16,7 +16,8 @@ runs there are.
 ``--mouth full`` trains with the mouth-box rays at the dataset's resolution (``data.mouth_downscale=1``) beside
 ``data`` (at the training's 256 px). A clip named ``desk:<clip>`` is that clip's speaker placed smaller
 (``--desk-speaker-px``) in a plain 1280x720 room at 30 fps, as a desk camera films it: the crop stage finds the head
-and scales its box up to 512 px, so the face there holds less detail than a 512 px clip's.
+and scales its box up to 512 px, so the face there holds less detail than a 512 px clip's. ``--eval-downscale 1``
+also scores every run at the dataset's resolution (``synctalk evaluate downscale=1``, columns ``at1/...``).
 
 Writes ``--out`` (default benchmarks/results/lip_sync.json) with one row per run and the min / median / max per
 clip and encoder over the seeds, and prints the table.
@@ -92,12 +93,26 @@ def train(root: Path, run: Path, encoder: str, seed: int, extra: list[str], logs
     return json.loads((run / "metrics.json").read_text())
 
 
+def evaluate_at(run: Path, downscale: int, logs: Path) -> dict:
+    """The run's held-out metrics at 1/downscale of the dataset resolution (``synctalk evaluate downscale=N``)."""
+    out = run / f"eval_downscale{downscale}"
+    if not (out / "metrics.json").is_file():
+        synctalk("evaluate", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"downscale={downscale}",
+                 f"hydra.run.dir={out}", log=logs / f"evaluate_{run.name}_downscale{downscale}.log")
+    return json.loads((out / "metrics.json").read_text())
+
+
 def novel(run: Path, audio: Path, logs: Path) -> dict:
     out = run / "novel.mp4"
     if not out.with_suffix(".json").is_file():
         synctalk("render", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"audio={audio}", f"output={out}",
                  f"hydra.run.dir={run / 'novel_render'}", log=logs / f"render_{run.name}.log")
     return json.loads(out.with_suffix(".json").read_text())
+
+
+def is_metric(key: str) -> bool:
+    """A column of COLUMNS, or one scored at another resolution (``at<N>/<column>``)."""
+    return key in COLUMNS or (key.startswith("at") and key.partition("/")[2] in COLUMNS)
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -108,7 +123,7 @@ def summary(rows: list[dict]) -> list[dict]:
     out = []
     for (clip, encoder, mouth), runs in groups.items():
         entry = {"clip": clip, "encoder": encoder, "mouth": mouth, "seeds": [r["seed"] for r in runs]}
-        for key in COLUMNS:
+        for key in [k for k in runs[0] if is_metric(k)]:
             values = np.array([r.get(key, np.nan) for r in runs], dtype=float)
             values = values[np.isfinite(values)]
             if len(values):
@@ -133,6 +148,8 @@ def main() -> None:
                         help="the mouth-box rays at the training resolution (data) and/or the dataset's (full)")
     parser.add_argument("--desk-speaker-px", type=int, default=320,
                         help="side of the speaker in the 1280x720 room of a desk:<clip> (the face about half of it)")
+    parser.add_argument("--eval-downscale", type=int, default=None,
+                        help="also score every run at 1/N of the dataset resolution (1: 512 px), columns 'at<N>/...'")
     parser.add_argument("--set", nargs="*", default=[], help="more training overrides")
     parser.add_argument("--only-existing", action="store_true",
                         help="train nothing: report (and drive with the new audio) the runs that exist")
@@ -163,6 +180,9 @@ def main() -> None:
             row.update({k: metrics[k] for k in COLUMNS if k in metrics})
             row["frames"], row["lip_sync_source"] = metrics.get("frames"), metrics.get("lip_sync_source")
             row.update({k: v for k, v in novel(run, novel_audio, logs).items() if k in COLUMNS})
+            if args.eval_downscale:
+                scored = evaluate_at(run, args.eval_downscale, logs)
+                row.update({f"at{args.eval_downscale}/{k}": scored[k] for k in COLUMNS if k in scored})
             rows.append(row)
             print(" | ".join([clip, encoder, mouth, str(seed)] + [f"{row.get(k, float('nan')):.2f}" for k in COLUMNS]),
                   flush=True)
