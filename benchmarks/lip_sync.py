@@ -65,23 +65,20 @@ MOUTH_OVERRIDES = {"data": [], "full": ["data.mouth_downscale=1"]}  # the mouth-
 
 def source_video(clip: str, real_data: Path, made: Path, speaker_px: int) -> Path:
     """The video of ``clip``: a real clip, or for ``desk:<clip>`` that clip filmed smaller by a desk camera."""
+    source = real_data / f"{clip.removeprefix('desk:')}.mp4"
+    if not source.is_file():
+        raise SystemExit(f"{source} not found (set --real-data)")
     if not clip.startswith("desk:"):
-        video = real_data / f"{clip}.mp4"
-    else:
-        from benchmarks.preprocess import desk_recording
+        return source
+    from benchmarks.preprocess import desk_recording
 
-        source = real_data / f"{clip[len('desk:'):]}.mp4"
-        if not source.is_file():
-            raise SystemExit(f"{source} not found (set --real-data)")
-        video = made / f"desk_{source.stem}_{speaker_px}px.mp4"
-        if not video.is_file():
-            made.mkdir(parents=True, exist_ok=True)
-            partial = video.with_suffix(".part.mp4")
-            desk_recording(source, partial, speaker_px=speaker_px)
-            partial.replace(video)
-            print(f"made {video} from {source.name} (speaker {speaker_px} px in 1280x720)", flush=True)
+    video = made / f"desk_{source.stem}_{speaker_px}px.mp4"
     if not video.is_file():
-        raise SystemExit(f"{video} not found (set --real-data)")
+        made.mkdir(parents=True, exist_ok=True)
+        partial = video.with_suffix(".part.mp4")
+        desk_recording(source, partial, speaker_px=speaker_px)
+        partial.replace(video)
+        print(f"made {video} from {source.name} (speaker {speaker_px} px in 1280x720)", flush=True)
     return video
 
 

@@ -47,9 +47,8 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
     return SubjectDataModule(
         root=d.root, audio_name=cfg.audio_encoder.name, eye_names=list(cfg.blendshapes.names), scale=d.scale,
         downscale=d.downscale, mouth_downscale=d.get("mouth_downscale"), rays_per_step=d.rays_per_step,
-        val_frames=d.val_frames,
-        lips_ray_fraction=cfg.stage.lips_ray_fraction, smooth_window=cfg.blendshapes.smooth_window,
-        smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
+        val_frames=d.val_frames, lips_ray_fraction=cfg.stage.lips_ray_fraction,
+        smooth_window=cfg.blendshapes.smooth_window, smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
         audio_frames=cfg.model.net.get("smooth_frames", 1), patch_size=cfg.stage.patch_size,
         regions=cfg.stage.name != "torso" and cfg.model.loss.attention_weight > 0,
         prepare=partial(generate, SyntheticSpec(**OmegaConf.to_container(d.synthetic)))

@@ -394,8 +394,7 @@ class SubjectDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rays = TrainRays(self.train_frames, self.rays_per_step, mouth_frames=self.train_mouth_frames, **self.ray_args)
-        return DataLoader(rays, batch_size=None,
-                          shuffle=True, num_workers=0)
+        return DataLoader(rays, batch_size=None, shuffle=True, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(FrameIndices(evenly_spaced(len(self.val), self.val_frames)), batch_size=None)

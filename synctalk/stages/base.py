@@ -70,7 +70,7 @@ class StageContext:
 
     def source_identity(self) -> dict:
         """The source video's size and content hash: the same recording copied, moved or touched keeps its cached
-        stages; another recording at the same path does not. Hashed once per file state (about 0.5 s per GB)."""
+        stages; another recording at the same path does not. Hashed once per file state (under a second per GB)."""
         st = self.video.stat()
         state = (str(self.video.resolve()), st.st_size, st.st_mtime_ns)
         if self._source_state != state:
