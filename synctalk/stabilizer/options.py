@@ -49,7 +49,8 @@ class FocalPointsOptions:
     huber_px: float = 1.0
     iterations: int = 40  # Levenberg-Marquardt steps per fit at most
     check_halves: bool = True  # also fit each half of the clip alone
-    max_std_pct: float = 3.0  # above: not measurable on this clip, the landmark focal is kept
+    check_parts: bool = True  # also fit with each sixth of the head's points left out (spatial jackknife)
+    max_std_pct: float = 3.0  # above (either deviation): not measurable on this clip, the landmark focal is kept
     max_halves_pct: float = 10.0  # halves further apart: the landmark focal is kept
     min_ratio: float = 0.33  # the accepted focal, times the landmark focal: at least
     max_ratio: float = 3.0  # and at most

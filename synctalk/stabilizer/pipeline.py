@@ -104,8 +104,9 @@ def _check_perspective_points(tracks, mesh: np.ndarray, model: FaceModel, fit, f
     found = []
     for ratio in RATIOS:
         points, visible = warp_tracks(tracks.points, tracks.visible, mesh[:, :468, :2], depth, ratio, *size)
+        only_focal = replace(opts, check_halves=False, check_parts=False)
         found.append(round(measure_focal(points, visible, start, rotation, translation, focal, size[0] / 2.0,
-                                         size[1] / 2.0, reference, replace(opts, check_halves=False)).focal, 1))
+                                         size[1] / 2.0, reference, only_focal).focal, 1))
     gain = perspective_response([r * focal for r in RATIOS], found)["gain"]
     return {"perspective_points_ratios": list(RATIOS), "perspective_points_focals": found,
             "perspective_points_gain": gain}
