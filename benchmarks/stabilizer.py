@@ -217,7 +217,8 @@ def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
 
 REAL_KEYS = ("focal", "focal_landmark_search", "focal_interior", "focal_halves", "focal_halves_difference_pct",
              "focal_points", "focal_points_std_pct", "focal_points_halves", "focal_points_halves_difference_pct",
-             "focal_points_used", "focal_points_rejected", "perspective_points_focals", "perspective_points_gain",
+             "focal_points_parts_std_pct", "focal_points_used", "focal_points_rejected", "perspective_points_focals",
+             "perspective_points_gain",
              "jitter_landmarks", "jitter_bundle_adjustment", "bundle_adjustment_kept", "bundle_adjustment_rejected",
              "poses_written", "jitter_written", "ba_drift_median_deg", "perspective_focals", "perspective_gain", "elapsed_s")
 
@@ -253,12 +254,14 @@ def real_clips(clips: list[Path], work: Path, runs: Path, check_perspective: boo
 
 
 def _points_cells(c: dict) -> str:
-    """The focal measured on the tracked points: value (std %; halves), used or why not, its perspective gain."""
+    """The focal measured on the tracked points: value (std %; the parts' std %; halves), used or why not, its
+    perspective gain."""
     if c.get("focal_points") is None:
         return "not measured | | "
     halves = " / ".join(f"{h:.0f}" for h in c["focal_points_halves"])
-    gain = c.get("perspective_points_gain")
-    return (f"{c['focal_points']:.0f} ({c['focal_points_std_pct']:.1f}%; {halves}) | "
+    gain, parts = c.get("perspective_points_gain"), c.get("focal_points_parts_std_pct")
+    parts = "" if parts is None else f"; parts {parts:.1f}%"
+    return (f"{c['focal_points']:.0f} ({c['focal_points_std_pct']:.1f}%{parts}; {halves}) | "
             f"{'yes' if c['focal_points_used'] else 'no: ' + '; '.join(c['focal_points_rejected'])} | "
             f"{'not checked' if gain is None else f'{gain:.2f}'}")
 
@@ -267,7 +270,7 @@ def real_table(real: dict) -> str:
     """The real-clip results as a markdown table, one row per clip, with the stabilizer's checks: an interior focal,
     halves within 10%, written poses no worse than the face-model fit."""
     rows = ["| clip | focal (px at 512) | interior | halves (difference) | rotation jitter, fit -> written (deg) | "
-            "written | FaceMesh's perspective gain | points focal (std; halves) | used | points' perspective gain | "
+            "written | FaceMesh's perspective gain | points focal (std; parts' std; halves) | used | points' perspective gain | "
             "checks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in real.items():
         if name == "summary":
