@@ -270,8 +270,8 @@ def real_table(real: dict) -> str:
     """The real-clip results as a markdown table, one row per clip, with the stabilizer's checks: an interior focal,
     halves within 10%, written poses no worse than the face-model fit."""
     rows = ["| clip | focal (px at 512) | interior | halves (difference) | rotation jitter, fit -> written (deg) | "
-            "written | FaceMesh's perspective gain | points focal (std; parts' std; halves) | used | points' perspective gain | "
-            "checks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "written | FaceMesh's perspective gain | points focal (std; parts' std; halves) | used | "
+            "points' perspective gain | checks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in real.items():
         if name == "summary":
             continue

@@ -268,10 +268,11 @@ def focal_frames(n: int, frames: int, reference: int) -> np.ndarray:
     return np.unique(np.r_[np.linspace(0, n - 1, min(frames, n)).round().astype(int), reference])
 
 
-def head_parts(reference_xy: np.ndarray, used: np.ndarray, grid: tuple[int, int] = PART_GRID) -> np.ndarray:
-    """(P,) part of each point: rows x columns of the head, cut at quantiles of the used points' reference positions
-    (``reference_xy`` (P, 2) px; ``used`` (P,) bool) so that each part holds about as many points."""
-    rows, cols = grid
+def head_parts(reference_xy: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """(P,) part of each point, 0 to rows x columns - 1 (:data:`PART_GRID`): the head cut at quantiles of the used
+    points' reference positions (``reference_xy`` (P, 2) px; ``used`` (P,) bool) so that each part holds about as
+    many points."""
+    rows, cols = PART_GRID
     xy = reference_xy[used] if used.any() else reference_xy
     x_cuts = np.quantile(xy[:, 0], np.arange(1, cols) / cols)
     y_cuts = np.quantile(xy[:, 1], np.arange(1, rows) / rows)

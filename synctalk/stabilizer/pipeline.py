@@ -101,10 +101,9 @@ def _check_perspective_points(tracks, mesh: np.ndarray, model: FaceModel, fit, f
     rotation, translation = fit.rotation[0], fit.translation[0]
     depth = np.einsum("vb,nab->nva", dense, rotation)[..., 2] + translation[:, None, 2]
     start = _keypoints_3d(model, fit, tracks, reference, lms68, focal, size[0] / 2.0, size[1] / 2.0)
-    found = []
+    found, only_focal = [], replace(opts, check_halves=False, check_parts=False)
     for ratio in RATIOS:
         points, visible = warp_tracks(tracks.points, tracks.visible, mesh[:, :468, :2], depth, ratio, *size)
-        only_focal = replace(opts, check_halves=False, check_parts=False)
         found.append(round(measure_focal(points, visible, start, rotation, translation, focal, size[0] / 2.0,
                                          size[1] / 2.0, reference, only_focal).focal, 1))
     gain = perspective_response([r * focal for r in RATIOS], found)["gain"]
