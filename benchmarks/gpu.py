@@ -204,8 +204,11 @@ def quality(dataset: Path, seconds: float, rays: list[int], out_dir: Path, work:
 def render_speed(ckpt: Path, data_root: Path | None, frames: int, chunk: int) -> dict:
     """Frames per second of a trained run's validation frames, as ``synctalk render`` draws them (EMA weights,
     its occupancy grid, ``chunk`` rays at once): the whole frame (background image read, rays, network, copy back)
-    and the network alone (backgrounds read beforehand); and how far the image path (colour only where samples
-    show) is from the full per-sample rendering of the same weights (PSNR between the two, dB)."""
+    and the network alone (backgrounds read beforehand), the latter also without the march's early ray
+    termination (every sample in one pass: ``march_speedup`` is its time over the march's); and how far the image
+    path (colour only where samples show) is from the full per-sample rendering of the same weights and from the
+    one-pass image (PSNR between the two, dB)."""
+    from synctalk.models.rendering import MARCH_SAMPLES
     from synctalk.runs import load_run
 
     cfg, system = load_run(ckpt)
@@ -227,12 +230,16 @@ def render_speed(ckpt: Path, data_root: Path | None, frames: int, chunk: int) ->
     net, device = system.inference_net, system.device
     inputs = [(val.c2w[k], val.audio_context(k, net.smooth_frames), val.eye[k], system.background(val, k))
               for k in range(count)]
-    sync()
-    start = time.perf_counter()
+    spent = {"march": 0.0, "one_pass": 0.0}  # alternating frame by frame, so that a machine's drift hits both
     for c2w, audio, eye, background in inputs:
-        system.render_view(val, c2w, audio, eye, background)
-    sync()
-    network = (time.perf_counter() - start) / count
+        for name, march_samples in (("march", MARCH_SAMPLES), ("one_pass", 0)):
+            sync()
+            start = time.perf_counter()
+            system.render_view(val, c2w, audio, eye, background, march_samples=march_samples)
+            sync()
+            spent[name] += time.perf_counter() - start
+    network, one_pass = spent["march"] / count, spent["one_pass"] / count
+    one_pass_image = system.render_view(val, *inputs[0], march_samples=0)
     # the same weights through the training renderer (every sample coloured, read-outs too)
     fast = system.render_view(val, *inputs[0])
     pixels = val.all_pixels().to(device)
@@ -245,8 +252,11 @@ def render_speed(ckpt: Path, data_root: Path | None, frames: int, chunk: int) ->
                                     occupancy=system.occupancy)["rgb"])
     full = torch.cat(parts).view(val.height, val.width, 3).clamp(0, 1).cpu()
     error = float((fast - full).pow(2).mean())
+    march_error = float((fast - one_pass_image).pow(2).mean())
     return {"checkpoint": str(ckpt), "size": [val.width, val.height], "frames": count, "chunk": chunk,
-            "fps": 1 / whole, "network_fps": 1 / network,
+            "fps": 1 / whole, "network_fps": 1 / network, "network_fps_one_pass": 1 / one_pass,
+            "march_speedup": one_pass / network,
+            "psnr_march_vs_one_pass_db": float("inf") if march_error == 0 else -10 * math.log10(march_error),
             "occupied_fraction": system.occupancy.occupied_fraction if system.occupancy is not None else 1.0,
             "psnr_image_path_vs_full_db": float("inf") if error == 0 else -10 * math.log10(error),
             "max_abs_difference": float((fast - full).abs().max())}

@@ -23,7 +23,7 @@ from torch import nn
 
 from synctalk.models.encoding import TriPlaneHashEncoding, spherical_harmonics
 from synctalk.models.occupancy import OccupancyGrid
-from synctalk.models.rendering import render_rays, render_rays_rgb
+from synctalk.models.rendering import MARCH_SAMPLES, render_rays, render_rays_rgb
 
 
 MLP_PRECISIONS = ("auto", "bf16", "fp32")
@@ -366,17 +366,16 @@ class HeadNeRF(nn.Module):
                            self.num_samples, perturb, occupancy)
 
     @torch.no_grad()
-    def render_rgb(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, audio: torch.Tensor,
-                   eye: torch.Tensor, frame: int | None = None, occupancy: OccupancyGrid | None = None,
-                   min_weight: float = 1e-4) -> torch.Tensor:
-        """The colour (R, 3) of rays for an image: what :meth:`render` gives as ``rgb`` (arguments alike), without
-        the read-outs (uncertainty, attention), the colour network run only where a sample shows
-        (:func:`~synctalk.models.rendering.render_rays_rgb`)."""
-        cond = self.condition(audio, eye, frame)
-
+    def render_rgb(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
+                   cond: dict[str, torch.Tensor], occupancy: OccupancyGrid | None = None, min_weight: float = 1e-4,
+                   march_samples: int = MARCH_SAMPLES) -> torch.Tensor:
+        """The colour (R, 3) of rays for an image: what :meth:`render` gives as ``rgb``, without the read-outs
+        (uncertainty, attention), marched front to back with early ray termination and the colour network run
+        only where a sample shows (:func:`~synctalk.models.rendering.render_rays_rgb`). ``cond``: the frame's
+        :meth:`condition`, computed once for all of a frame's rays."""
         def density(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             h = self._trunk(points, cond)[1]
             return TruncExp.apply(h[:, 0] + self.density_bias), h[:, 1:]
 
         return render_rays_rgb(density, lambda geo, d: self._colour(geo, d, cond), origins, dirs, background,
-                               self.bound, self.num_samples, occupancy, min_weight)
+                               self.bound, self.num_samples, occupancy, min_weight, march_samples)

@@ -20,6 +20,7 @@ from synctalk.models import losses
 from synctalk.models.head_nerf import HeadNeRF
 from synctalk.models.losses import LossConfig
 from synctalk.models.occupancy import OccupancyConfig, OccupancyGrid
+from synctalk.models.rendering import MARCH_SAMPLES
 from synctalk.models.torso import TorsoField
 
 
@@ -244,7 +245,8 @@ class HeadNeRFSystem(pl.LightningModule):
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
     def render_view(self, frames: SubjectFrames, c2w: torch.Tensor, audio: torch.Tensor, eye: torch.Tensor,
-                    background: torch.Tensor, frame: int | None = None) -> torch.Tensor:
+                    background: torch.Tensor, frame: int | None = None,
+                    march_samples: int = MARCH_SAMPLES) -> torch.Tensor:
         """Render one whole image.
 
         Args:
@@ -252,7 +254,9 @@ class HeadNeRFSystem(pl.LightningModule):
             c2w: (4, 4) camera-to-world; audio: (smooth_frames, window, dim) the audio
                 features around the frame (see :func:`temporal_context`); eye: (eye_dim,);
             background: (H, W, 3) what the head is composited over;
-            frame: a training frame index (its latent code), or None (the mean code).
+            frame: a training frame index (its latent code), or None (the mean code);
+            march_samples: samples per ray per step of the front-to-back march (0: all at once; see
+                :func:`~synctalk.models.rendering.render_rays_rgb`).
         Returns:
             (H, W, 3) image in [0, 1].
         """
@@ -260,13 +264,14 @@ class HeadNeRFSystem(pl.LightningModule):
         net = self.inference_net
         pixels, c2w = frames.all_pixels().to(device), c2w.to(device)  # rays are made where they are rendered
         bg, audio, eye = background.reshape(-1, 3).to(device), audio.to(device), eye.to(device)
+        cond = net.condition(audio, eye, frame)
         out = []
         chunk = self.hparams.chunk if device.type != "cpu" else min(self.hparams.chunk, CPU_CHUNK)
         for start in range(0, len(pixels), chunk):
             px = pixels[start:start + chunk]
             o, d = pixel_rays(c2w, px, frames.focal, frames.cx, frames.cy, frames.scale)
-            out.append(net.render_rgb(o, d, bg[start:start + len(px)], audio, eye, frame=frame,
-                                      occupancy=self.occupancy))
+            out.append(net.render_rgb(o, d, bg[start:start + len(px)], cond, occupancy=self.occupancy,
+                                      march_samples=march_samples))
         return torch.cat(out).view(frames.height, frames.width, 3).clamp(0, 1).cpu()
 
     @torch.no_grad()
