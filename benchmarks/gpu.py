@@ -34,6 +34,7 @@ import importlib.util
 import json
 import math
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,7 +206,8 @@ def render_speed(ckpt: Path, data_root: Path | None, frames: int, chunk: int) ->
     """Frames per second of a trained run's validation frames, as ``synctalk render`` draws them (EMA weights,
     its occupancy grid, ``chunk`` rays at once): the whole frame (background image read, rays, network, copy back)
     and the network alone (backgrounds read beforehand), the latter also without the march's early ray
-    termination (every sample in one pass: ``march_speedup`` is its time over the march's); and how far the image
+    termination (every sample in one pass: ``march_speedup`` is its time over the march's, also as quartiles
+    of the frames' ratios); and how far the image
     path (colour only where samples show) is from the full per-sample rendering of the same weights and from the
     one-pass image (PSNR between the two, dB)."""
     from synctalk.models.rendering import MARCH_SAMPLES
@@ -230,15 +232,16 @@ def render_speed(ckpt: Path, data_root: Path | None, frames: int, chunk: int) ->
     net, device = system.inference_net, system.device
     inputs = [(val.c2w[k], val.audio_context(k, net.smooth_frames), val.eye[k], system.background(val, k))
               for k in range(count)]
-    spent = {"march": 0.0, "one_pass": 0.0}  # alternating frame by frame, so that a machine's drift hits both
-    for c2w, audio, eye, background in inputs:
-        for name, march_samples in (("march", MARCH_SAMPLES), ("one_pass", 0)):
+    spent = {"march": [], "one_pass": []}  # alternating frame by frame, so that a machine's drift hits both
+    for k, (c2w, audio, eye, background) in enumerate(inputs):
+        for name, march_samples in (("march", MARCH_SAMPLES), ("one_pass", 0))[::1 if k % 2 else -1]:
             sync()
             start = time.perf_counter()
             system.render_view(val, c2w, audio, eye, background, march_samples=march_samples)
             sync()
-            spent[name] += time.perf_counter() - start
-    network, one_pass = spent["march"] / count, spent["one_pass"] / count
+            spent[name].append(time.perf_counter() - start)
+    network, one_pass = sum(spent["march"]) / count, sum(spent["one_pass"]) / count
+    speedups = [b / a for a, b in zip(spent["march"], spent["one_pass"])]
     one_pass_image = system.render_view(val, *inputs[0], march_samples=0)
     # the same weights through the training renderer (every sample coloured, read-outs too)
     fast = system.render_view(val, *inputs[0])
@@ -255,7 +258,8 @@ def render_speed(ckpt: Path, data_root: Path | None, frames: int, chunk: int) ->
     march_error = float((fast - one_pass_image).pow(2).mean())
     return {"checkpoint": str(ckpt), "size": [val.width, val.height], "frames": count, "chunk": chunk,
             "fps": 1 / whole, "network_fps": 1 / network, "network_fps_one_pass": 1 / one_pass,
-            "march_speedup": one_pass / network,
+            "march_speedup": one_pass / network, "march_speedup_per_frame_quartiles": statistics.quantiles(speedups, n=4)
+            if count > 1 else speedups,
             "psnr_march_vs_one_pass_db": float("inf") if march_error == 0 else -10 * math.log10(march_error),
             "occupied_fraction": system.occupancy.occupied_fraction if system.occupancy is not None else 1.0,
             "psnr_image_path_vs_full_db": float("inf") if error == 0 else -10 * math.log10(error),
