@@ -65,6 +65,9 @@ def build_system(cfg: DictConfig, num_train_frames: int, media_dir: str | None =
     mouth_dim = len(MOUTH_BLENDSHAPES) if loss.audio_mouth_weight > 0 else 0
     if cfg.model.net.get("mouth_condition") and not mouth_dim:
         raise UserError("model.net.mouth_condition=true needs the mouth head: set model.loss.audio_mouth_weight > 0")
+    if (cfg.model.net.get("mouth_only") or loss.mouth_teacher > 0) and not cfg.model.net.get("mouth_condition"):
+        raise UserError("model.net.mouth_only and model.loss.mouth_teacher act on the mouth the density network sees: "
+                        "set model.net.mouth_condition=true (and model.loss.audio_mouth_weight > 0)")
     net = instantiate(cfg.model.net, num_frames=num_train_frames, mouth_dim=mouth_dim)
     torso = instantiate(cfg.model.torso, num_frames=num_train_frames) if cfg.stage.name == "torso" else None
     lpips = None

@@ -111,6 +111,8 @@ def test_training_with_the_auxiliary_mouth_target_and_the_mouth_condition(run_cl
     assert run_cli("train", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false",
                    "model.net.mouth_condition=true") == 2  # needs the mouth head: a one-line error
     assert run_cli("train", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false",
+                   "model.loss.audio_mouth_weight=0.1", "model.loss.mouth_teacher=0.5") == 2  # needs mouth_condition
+    assert run_cli("train", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false",
                    "model.loss.audio_mouth_weight=0.1", "model.net.mouth_condition=true") == 0
     run = latest_run(run_cli.root)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -127,3 +129,29 @@ def test_training_with_the_auxiliary_mouth_target_and_the_mouth_condition(run_cl
     assert state["net.upper_face_plane"][4] > 0 and torch.equal(state["net.upper_face_plane"],
                                                                    state["ema.module.upper_face_plane"])
     assert run_cli("evaluate", f"ckpt={run}/checkpoints/last.ckpt") == 0
+
+
+@pytest.mark.parametrize("teacher", [0.0, 1.0])
+def test_the_density_sees_the_true_mouth_on_the_teacher_share_of_steps(tmp_path, teacher):
+    """``model.loss.mouth_teacher``: the share of training steps whose density network is given the frame's true
+    mouth blendshapes (the batch's ``mouth``) instead of the mouth the audio predicts; 0: never, 1: always."""
+    from synctalk.runs import build_datamodule, build_system
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", ["experiment=smoke", "model.loss.audio_mouth_weight=0.1",
+                                    "model.net.mouth_condition=true", "model.net.mouth_only=true",
+                                    f"model.loss.mouth_teacher={teacher}"], root=tmp_path)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup()
+    system = build_system(cfg, len(dm.train_frames))
+    seen = []
+    condition = system.net.condition
+    system.net.condition = lambda *a, **kw: seen.append(kw.get("mouth", a[3] if len(a) > 3 else None)) or condition(*a, **kw)
+    batch = next(iter(dm.train_dataloader()))
+    for _ in range(4):
+        system.training_step(batch, 0)
+    if teacher:
+        assert all(m is not None and torch.equal(m, batch["mouth"]) for m in seen), seen
+    else:
+        assert seen == [None] * 4

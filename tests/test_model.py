@@ -317,6 +317,15 @@ def test_the_mouth_head_reads_the_mouth_from_the_audio_and_can_condition_the_den
         small_net(mouth_condition=True)
     with pytest.raises(ValueError, match="no mouth head"):
         small_net().predict_mouth(audio)
+    # the mouth as the one path from the audio to the density, and the true mouth standing in for it
+    only = small_net(mouth_dim=len(MOUTH_BLENDSHAPES), mouth_condition=True, mouth_only=True)
+    assert torch.equal(only.condition(audio, torch.zeros(7))["audio"], only.predict_mouth(audio))
+    true_mouth = torch.rand(len(MOUTH_BLENDSHAPES))
+    assert torch.equal(only.condition(audio, torch.zeros(7), mouth=true_mouth)["audio"], true_mouth)
+    assert torch.equal(conditioned.condition(audio, torch.zeros(7), mouth=true_mouth)["audio"][32:], true_mouth)
+    assert only.render(o, d, torch.zeros(16, 3), audio, torch.zeros(7), mouth=true_mouth)["rgb"].shape == (16, 3)
+    with pytest.raises(ValueError, match="mouth_only needs mouth_condition"):
+        small_net(mouth_dim=len(MOUTH_BLENDSHAPES), mouth_only=True)
     # the training items carry the frame's mouth blendshapes from bs.npy
     f = SubjectFrames(tiny_dataset, "train", "mel", ["eyeBlinkLeft"])
     item = TrainRays(f, 64, audio_frames=8)[3]

@@ -190,6 +190,8 @@ class HeadNeRF(nn.Module):
             the auxiliary target that ties the audio branch to the subject's mouth blendshapes; 0: none).
         mouth_condition: the density network also sees that predicted mouth (mouth_dim values, read from the
             audio alone, so new audio drives it the same way), beside the audio embedding.
+        mouth_only: with ``mouth_condition``, the density network sees the audio only through the predicted
+            mouth (no audio embedding): the mouth blendshapes are the one path from the audio to the face.
         mlp_precision: ``auto`` | ``bf16`` | ``fp32``: how the field's MLPs multiply (see :class:`MLP`).
     """
 
@@ -198,6 +200,7 @@ class HeadNeRF(nn.Module):
                  attention_hidden: int = 32, hidden: int = 64, num_layers: int = 3, geo_feat_dim: int = 64,
                  color_hidden: int = 64, color_layers: int = 2, sh_degree: int = 4, num_samples: int = 32,
                  bound: float = 1.0, density_bias: float = -2.0, mouth_dim: int = 0, mouth_condition: bool = False,
+                 mouth_only: bool = False,
                  expression_region: str = "face", mlp_precision: str = "auto"):
         super().__init__()
         if expression_region not in EXPRESSION_REGIONS:
@@ -216,8 +219,11 @@ class HeadNeRF(nn.Module):
         enc_dim = encoding.output_dim
         if mouth_condition and not mouth_dim:
             raise ValueError("mouth_condition needs the mouth head (mouth_dim > 0: model.loss.audio_mouth_weight > 0)")
-        self.mouth_condition = mouth_condition
-        cond_dim = audio_dim + (mouth_dim if mouth_condition else 0)  # what the density network sees of the audio
+        if mouth_only and not mouth_condition:
+            raise ValueError("mouth_only needs mouth_condition (the density network must see the predicted mouth)")
+        self.mouth_condition, self.mouth_only = mouth_condition, mouth_only
+        # what the density network sees of the audio
+        cond_dim = (0 if mouth_only else audio_dim) + (mouth_dim if mouth_condition else 0)
         self.audio_spatial_att = mlp(enc_dim, attention_hidden, cond_dim, 2, mlp_precision)
         self.eye_att = mlp(enc_dim, attention_hidden, eye_dim, 2, mlp_precision) if eye_dim else None
         self.density_net = mlp(enc_dim + cond_dim + eye_dim, hidden, 1 + geo_feat_dim, num_layers, mlp_precision,
@@ -268,12 +274,16 @@ class HeadNeRF(nn.Module):
             return self.latent_codes.mean(0)
         return self.latent_codes[frame]
 
-    def condition(self, audio: torch.Tensor, eye: torch.Tensor, frame: int | None = None) -> dict[str, torch.Tensor]:
-        """The frame condition: audio embedding (audio_dim,), followed by the predicted mouth (mouth_dim,) when
-        ``mouth_condition``; eye values (eye_dim,); latent (latent_dim,)."""
+    def condition(self, audio: torch.Tensor, eye: torch.Tensor, frame: int | None = None,
+                  mouth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The frame condition: ``audio``, what the density network sees of the audio: the audio embedding
+        (audio_dim,), followed by the mouth (mouth_dim,) when ``mouth_condition`` (the mouth alone when
+        ``mouth_only``); eye values (eye_dim,); latent (latent_dim,). The mouth is the one the mouth head reads from
+        the audio, or ``mouth`` (mouth_dim,) when given (training with the true blendshapes standing in)."""
         embedding = self.audio_embedding(audio)
         if self.mouth_condition:
-            embedding = torch.cat([embedding, self.mouth_head(embedding)])
+            mouth = self.mouth_head(embedding) if mouth is None else mouth.to(embedding)
+            embedding = mouth if self.mouth_only else torch.cat([embedding, mouth])
         return {"audio": embedding, "eye": eye, "latent": self.latent(frame)}
 
     def set_upper_face_plane(self, plane: torch.Tensor) -> None:
@@ -348,7 +358,7 @@ class HeadNeRF(nn.Module):
 
     def render(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor, audio: torch.Tensor,
                eye: torch.Tensor, frame: int | None = None, perturb: bool = False,
-               occupancy: OccupancyGrid | None = None) -> dict[str, torch.Tensor]:
+               occupancy: OccupancyGrid | None = None, mouth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Render rays of one frame.
 
         Args:
@@ -356,12 +366,13 @@ class HeadNeRF(nn.Module):
             audio: (smooth_frames, window, in_dim) the audio features around the frame
                 (or (window, in_dim)); eye: (eye_dim,); frame: training frame index (for its
                 latent code; None for the mean code).
-            occupancy: skip samples in cells this grid marks empty.
+            occupancy: skip samples in cells this grid marks empty;
+            mouth: (mouth_dim,) the mouth the density network sees instead of the predicted one (see :meth:`condition`).
         Returns:
             ``rgb`` (R, 3), ``depth`` (R,), ``opacity`` (R,), ``weights`` (R, S), and per ray
             ``uncertainty``, ``audio_att``, ``eye_att`` (R,) (weighted by the samples' weights).
         """
-        cond = self.condition(audio, eye, frame)
+        cond = self.condition(audio, eye, frame, mouth)
         return render_rays(lambda p, d: self.field(p, d, cond), origins, dirs, background, self.bound,
                            self.num_samples, perturb, occupancy)
 

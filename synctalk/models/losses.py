@@ -35,6 +35,7 @@ class LossConfig:
     patch: PatchLoss = PatchLoss.ssim  # patch loss of the lips stage
     lpips_backbone: Optional[str] = None  # alexnet-owt-7be5be79.pth (default: the torch hub cache)
     audio_mouth_weight: float = 0.0  # auxiliary target: the audio embedding must predict the frame's mouth blendshapes (bs.npy)
+    mouth_teacher: float = 0.0  # with model.net.mouth_condition: the share of training steps whose density network sees the frame's true mouth blendshapes instead of the audio's
 
 PHOTOMETRIC = ("l1", "mse")
 PATCH_LOSSES = ("ssim", "lpips")

@@ -123,10 +123,13 @@ class HeadNeRFSystem(pl.LightningModule):
         frame = int(batch["index"])
         if self.torso is not None:
             return self._torso_step(batch, frame)
-        out = self.net.render(batch["origins"], batch["dirs"], batch["background"], batch["audio"], batch["eye"],
-                              frame=frame, perturb=True, occupancy=self.occupancy)
-        rgb, target = out["rgb"], batch["rgb"]
         cfg = self.loss_cfg
+        teacher = None  # the true mouth blendshapes stand in for the audio's reading of them on some steps
+        if self.net.mouth_condition and cfg.mouth_teacher > 0 and float(torch.rand(())) < cfg.mouth_teacher:
+            teacher = batch["mouth"]
+        out = self.net.render(batch["origins"], batch["dirs"], batch["background"], batch["audio"], batch["eye"],
+                              frame=frame, perturb=True, occupancy=self.occupancy, mouth=teacher)
+        rgb, target = out["rgb"], batch["rgb"]
         error = losses.photometric_error(rgb, target, cfg.photometric)
         if self.progress >= cfg.uncertainty_start:
             photometric = losses.uncertainty_weighted(error, out["uncertainty"], cfg.uncertainty_beta_min)

@@ -1,0 +1,109 @@
+"""How well the head's audio branch alone learns a clip's mouth: the upper bound of what the audio can drive.
+
+    python benchmarks/audio_branch.py <dataset> [<dataset> ...]           # mel, 3 seeds each
+    python benchmarks/audio_branch.py <dataset> --audio phones --noise 0.3
+
+The head's own audio modules (:class:`~synctalk.models.head_nerf.AudioNet`, the temporal smoother
+:class:`~synctalk.models.head_nerf.AudioAttNet` and a linear mouth head, as ``model.loss.audio_mouth_weight``
+trains them) are fitted, without any rendering, to the mouth blendshapes of the dataset's training frames
+(``bs.npy``, the Face Landmarker's reading) and scored on its held-out frames with the lip-sync metrics'
+``mouth_corr``. A head cannot follow the held-out audio better than its audio branch reads the mouth from it
+unaided, so this says how much of ``mouth_corr`` a clip's speech makes learnable, in seconds instead of a
+training run. ``--noise``: Gaussian noise on the features during fitting, as a fraction of their spread.
+
+Writes ``--out`` (default benchmarks/results/audio_branch.json) and prints one line per dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from synctalk.data.datamodule import SubjectFrames  # noqa: E402
+from synctalk.io import write_json  # noqa: E402
+from synctalk.metrics.lip_sync import correlation  # noqa: E402
+from synctalk.models.head_nerf import AudioAttNet, AudioNet  # noqa: E402
+
+
+class AudioBranch(torch.nn.Module):
+    """Audio windows of neighbouring frames (B, smooth, window, dim) -> mouth blendshapes (B, K), as the head
+    computes them (the smoother batched)."""
+
+    def __init__(self, in_dim: int, window: int, mouth_dim: int, smooth: int = 8, audio_dim: int = 32):
+        super().__init__()
+        self.audio_net = AudioNet(in_dim, window, audio_dim)
+        self.smoother = AudioAttNet(audio_dim, smooth)
+        self.mouth_head = torch.nn.Linear(audio_dim, mouth_dim)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        b, t = audio.shape[:2]
+        embeddings = self.audio_net(audio.flatten(0, 1)).view(b, t, -1)  # (B, smooth, audio_dim)
+        weights = torch.softmax(self.smoother.mix(self.smoother.score(embeddings.transpose(1, 2))[:, 0]), -1)
+        return self.mouth_head((weights[:, :, None] * embeddings).sum(1))
+
+
+def split_data(root: Path, audio: str, smooth: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per split: the frames' audio contexts (N, smooth, window, dim) and mouth blendshapes (N, K)."""
+    out = {}
+    for split in ("train", "val"):
+        frames = SubjectFrames(root, split, audio, ["eyeBlinkLeft"], downscale=8)
+        if frames.mouth is None:
+            raise SystemExit(f"{root} has no bs.npy (mouth blendshapes): preprocess it with the Face Landmarker")
+        out[split] = (torch.stack([frames.audio_context(k, smooth) for k in range(len(frames))]), frames.mouth)
+    return out
+
+
+def fit_and_score(data: dict, seed: int, steps: int, noise: float, smooth: int) -> tuple[float, float]:
+    """``mouth_corr`` of the fitted branch on the held-out and on the training frames."""
+    torch.manual_seed(seed)
+    (x, y), (xv, yv) = data["train"], data["val"]
+    branch = AudioBranch(x.shape[-1], x.shape[-2], y.shape[1], smooth)
+    optimizer = torch.optim.AdamW(branch.parameters(), lr=1e-3, weight_decay=0.0)
+    spread = x.std()
+    for _ in range(steps):
+        pick = torch.randint(0, len(x), (32,))
+        audio = x[pick] + noise * spread * torch.randn_like(x[pick]) if noise else x[pick]
+        loss = torch.nn.functional.mse_loss(branch(audio), y[pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return correlation(branch(xv).numpy(), yv.numpy()), correlation(branch(x).numpy(), y.numpy())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="+", type=Path)
+    parser.add_argument("--audio", default="mel", help="the audio features (aud_<name>.npy) of the datasets")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--noise", type=float, default=0.0)
+    parser.add_argument("--smooth", type=int, default=8, help="frames mixed by the smoother (model.net.smooth_frames)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "audio_branch.json")
+    args = parser.parse_args()
+    rows = []
+    for root in args.datasets:
+        data = split_data(root, args.audio, args.smooth)
+        scores = [fit_and_score(data, s, args.steps, args.noise, args.smooth) for s in args.seeds]
+        row = {"dataset": root.name, "train_frames": len(data["train"][1]), "held_out_frames": len(data["val"][1]),
+               "held_out_mouth_corr": [s[0] for s in scores], "train_mouth_corr": [s[1] for s in scores]}
+        rows.append(row)
+        print(f"{root.name}: held-out mouth_corr {np.mean(row['held_out_mouth_corr']):.2f} "
+              f"({', '.join(f'{v:.2f}' for v in row['held_out_mouth_corr'])}), training frames "
+              f"{np.mean(row['train_mouth_corr']):.2f}", flush=True)
+    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True).stdout.strip()
+    write_json(args.out, {"command": " ".join(sys.argv), "revision": revision, "audio": args.audio,
+                          "noise": args.noise, "rows": rows})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
