@@ -206,10 +206,9 @@ def render_speed(ckpt: Path, data_root: Path | None, frames: int, chunk: int) ->
     """Frames per second of a trained run's validation frames, as ``synctalk render`` draws them (EMA weights,
     its occupancy grid, ``chunk`` rays at once): the whole frame (background image read, rays, network, copy back)
     and the network alone (backgrounds read beforehand), the latter also without the march's early ray
-    termination (every sample in one pass: ``march_speedup`` is its time over the march's, also as quartiles
-    of the frames' ratios); and how far the image
-    path (colour only where samples show) is from the full per-sample rendering of the same weights and from the
-    one-pass image (PSNR between the two, dB)."""
+    termination (every sample in one pass: ``march_speedup`` is its time over the march's, also as quartiles of
+    the frames' ratios); and how far the image path (colour only where samples show) is from the full per-sample
+    rendering of the same weights and from the one-pass image (PSNR between the two, dB)."""
     from synctalk.models.rendering import MARCH_SAMPLES
     from synctalk.runs import load_run
 

@@ -42,8 +42,13 @@ def compositing_weights(density: torch.Tensor, deltas: torch.Tensor) -> torch.Te
     """Each sample's share of the ray's colour (R, S): its opacity times the light that reaches it, from
     densities (R, S) >= 0 and interval lengths (R, S)."""
     alpha = 1.0 - torch.exp(-density * deltas)
-    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], -1), -1)[:, :-1]
-    return alpha * transmittance
+    return alpha * light_reaching(alpha)[:, :-1]
+
+
+def light_reaching(alpha: torch.Tensor) -> torch.Tensor:
+    """(R, S + 1): the share of a ray's light that reaches each of its S samples of opacity ``alpha`` (R, S), front
+    to back, and last what passes through them all."""
+    return torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], -1), -1)
 
 
 def composite(density: torch.Tensor, rgb: torch.Tensor, deltas: torch.Tensor, depths: torch.Tensor,
@@ -123,10 +128,11 @@ def render_rays_rgb(density_fn: Callable[[torch.Tensor], tuple[torch.Tensor, tor
     r, s = depths.shape
     step = s if march_samples <= 0 or min_weight <= 0 else min(march_samples, s)
     rays, sample = torch.div(index, s, rounding_mode="floor"), index % s
+    part = torch.div(sample, step, rounding_mode="floor")  # which step of the march evaluates each sample
     transmittance = torch.ones(r, device=origins.device, dtype=origins.dtype)
     color = torch.zeros(r, 3, device=origins.device, dtype=origins.dtype)
     for start in range(0, s, step):
-        take = (sample >= start) & (sample < start + step)
+        take = part == start // step
         if start:  # rays that have stopped take no more samples
             take &= transmittance[rays] >= min_weight
         picked = take.nonzero().squeeze(1)
@@ -138,7 +144,7 @@ def render_rays_rgb(density_fn: Callable[[torch.Tensor], tuple[torch.Tensor, tor
         sigma = density.new_zeros(r, width)
         sigma[p_rays, p_sample] = density
         alpha = 1.0 - torch.exp(-sigma * deltas[:, start:start + width])
-        passing = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], -1), -1)
+        passing = light_reaching(alpha)
         weights = alpha * passing[:, :-1] * transmittance[:, None]  # (R, width): as compositing_weights gives
         transmittance = transmittance * passing[:, -1]
         w = weights[p_rays, p_sample]
