@@ -3,6 +3,7 @@
     python benchmarks/focal_profile.py --focals 700 1350 2600              # tracker.focal_source=points
     python benchmarks/focal_profile.py --datasets data/clip1 data/clip2     # the same on preprocessed datasets
     python benchmarks/focal_profile.py --estimator profile [--region upper_head] [--joint-steps 3000]
+    python benchmarks/focal_profile.py --from-video --flow-patch-px 0    # on the H.264 frames, the preset's flow
 
 The synthetic subject (512 px, 100 frames) filmed at each true focal with the camera distance scaled so that the
 face keeps its size. For each: FaceMesh landmarks, the default focal search (over 0.4-2.5 x the true focal) and
@@ -12,8 +13,11 @@ the ``poses`` stage measures it (``--estimator points``, the default: :func:`mea
 points and poses; no outlier stage) run again at 11 focal lengths from 0.5 to 2 times the landmark focal, each
 started from the landmark fit with the camera distance scaled by the focal ratio. The focal with the lowest
 reprojection error would be the focal the points measure, free of the face model's shape (the points' 3D
-positions are free). ``--datasets``: folders made by ``synctalk preprocess`` (their frames, parsing, FaceMesh
-points and landmark fit), the points tracked and the focal measured on them the same way. Writes benchmarks/results/focal_profile.json.
+positions are free). ``--from-video``: the frames decoded from the subject's H.264 ``video.mp4`` (as a camera's
+video reaches the ``poses`` stage) instead of its JPEG frames, the true masks kept; ``--flow-patch-px``: the focal
+tracks' flow (``tracker.focal_points.flow_patch_px``; 0 is DIS's preset with its smoothness term). ``--datasets``:
+folders made by ``synctalk preprocess`` (their frames, parsing, FaceMesh points and landmark fit), the points tracked
+and the focal measured on them the same way. Writes benchmarks/results/focal_profile.json.
 """
 from __future__ import annotations
 
@@ -41,16 +45,34 @@ from synctalk.stabilizer.pose_convention import rotation_angles_deg
 from synctalk.synthetic.subject import SyntheticSpec, generate
 
 
-def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps: int, estimator: str) -> dict:
+def decoded_frames(video: Path, folder: Path) -> list[Path]:
+    """The frames of ``video`` as PNG files in ``folder`` (decoded once)."""
+    import av
+    import cv2
+
+    if not (folder / "done").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with av.open(str(video)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                cv2.imwrite(str(folder / f"{i}.png"), frame.to_ndarray(format="bgr24"))
+        (folder / "done").touch()
+    return sorted(folder.glob("*.png"), key=lambda p: int(p.stem))
+
+
+def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps: int, estimator: str,
+            from_video: bool = False, flow_patch_px: int | None = None) -> dict:
     spec = SyntheticSpec(num_frames=frames, size=512, seed=0, focal_at_512=true_focal,
                          distance=SyntheticSpec.distance * true_focal / SyntheticSpec.focal_at_512)
     root = generate(spec, work / f"subject_{true_focal:.0f}", progress=False)
     layout = DatasetLayout(root)
-    paths = [layout.frame(i) for i in range(frames)]
+    paths = ([layout.frame(i) for i in range(frames)] if not from_video
+             else decoded_frames(root / "video.mp4", work / f"decoded_{true_focal:.0f}"))
     mesh = FaceMesh().detect_files(paths, progress=False)
     lms = to_68(mesh)[..., :2]
     opts, face = StabilizerOptions(), CanonicalFace()
     opts.points.region = region
+    if flow_patch_px is not None:
+        opts.tracker.focal_points.flow_patch_px = flow_patch_px
     model, cx, cy = face.build(mesh), 256.0, 256.0
     search = search_focal(model, lms, cx, cy, opts.tracker, face,
                           focal_range=(0.4 * true_focal, 2.5 * true_focal, 0.05 * true_focal))
@@ -60,6 +82,7 @@ def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps
     ref = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot), axis=1)))
     if estimator == "points":  # the tracks the focal is measured on (the pipeline's focal_tracks)
         opts.points.normalize_px = opts.tracker.focal_points.normalize_px
+        opts.points.flow_patch_px = opts.tracker.focal_points.flow_patch_px
     tracks = track_head_points(paths, region_masks(layout, frames, region), lms, ref, opts.points, opts.flow,
                                progress=False)
     with torch.no_grad():
@@ -71,7 +94,8 @@ def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps
         found = measure_focal(tracks.points, tracks.visible, points3d, rot, trans, f0, cx, cy, ref,
                               opts.tracker.focal_points)
         print(true_focal, f0, found.to_dict(), flush=True)
-        return {"true_focal": true_focal, "landmark_focal": f0, **found.to_dict(),
+        return {"true_focal": true_focal, "source_frames": "video.mp4 (H.264)" if from_video else "JPEG",
+                "flow_patch_px": opts.points.flow_patch_px, "landmark_focal": f0, **found.to_dict(),
                 "error_pct": round((found.focal / true_focal - 1) * 100, 2),
                 "seconds": round(time.perf_counter() - start, 1)}
     ba = BundleAdjustmentOptions(points_steps=300, joint_steps=joint_steps, outlier_factor=0)
@@ -106,6 +130,7 @@ def on_dataset(root: Path, region: str) -> dict:
     opts.points.region = region
     start = time.perf_counter()
     opts.points.normalize_px = opts.tracker.focal_points.normalize_px  # the frames and tracks the pipeline measures on
+    opts.points.flow_patch_px = opts.tracker.focal_points.flow_patch_px
     ids = focal_frames(n, opts.tracker.focal_points.frames, ref)
     tracks = track_some_frames([layout.frame(i) for i in range(n)], region_masks(layout, n, region), lms, ref, ids,
                                opts.points, opts.flow, px_scale=width / 512, progress=False)
@@ -129,13 +154,16 @@ def main() -> None:
     parser.add_argument("--joint-steps", type=int, default=800)
     parser.add_argument("--estimator", default="points", choices=["points", "profile"])
     parser.add_argument("--datasets", type=Path, nargs="*", default=[])
+    parser.add_argument("--from-video", action="store_true", help="track on the frames decoded from video.mp4")
+    parser.add_argument("--flow-patch-px", type=int, default=None, help="tracker.focal_points.flow_patch_px")
     parser.add_argument("--work", type=Path, default=Path("/tmp/synctalk_focal_profile"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "focal_profile.json")
     args = parser.parse_args()
     if args.datasets:
         result = {"region": args.region, "datasets": [on_dataset(root, args.region) for root in args.datasets]}
     else:
-        runs = [profile(f, args.work, args.frames, args.region, args.joint_steps, args.estimator) for f in args.focals]
+        runs = [profile(f, args.work, args.frames, args.region, args.joint_steps, args.estimator, args.from_video,
+                        args.flow_patch_px) for f in args.focals]
         result = {"region": args.region, "estimator": args.estimator, "joint_steps": args.joint_steps, "runs": runs}
         key = "focal_points" if args.estimator == "points" else "profile_focal"
         if len(runs) >= 2:

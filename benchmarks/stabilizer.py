@@ -5,6 +5,7 @@
     python benchmarks/stabilizer.py --no-synthetic --long-minutes 5   # real clips + the poses stage of a 5-minute video
     python benchmarks/stabilizer.py --no-synthetic --clips my_clips/*.mp4   # any clips: a table with each one's checks
     python benchmarks/stabilizer.py --no-synthetic --perspective-check   # + FaceMesh's perspective gain on each clip
+    python benchmarks/stabilizer.py --no-synthetic --clips --user-focals   # the subject at 700 / 1350 / 2600 px only
 
 Synthetic subject (512 px, focal 1350, +-10 deg yaw), four entries:
 
@@ -21,6 +22,9 @@ Synthetic subject (512 px, focal 1350, +-10 deg yaw), four entries:
   change of perspective each follows (``gain``: 1 follows the image, 0 reports one focal whatever the camera).
 - ``user``: as a user runs it: the subject's ``video.mp4`` through ``synctalk preprocess`` (the command, in a child
   process) with its defaults (crop, FaceMesh, ``canonical`` face model, bundle adjustment), errors against the truth.
+- ``user_focals`` (also alone: ``--user-focals``): the same for the subject filmed at each of
+  :data:`PERSPECTIVE_FOCALS` (H.264 video, as a camera's), one row each: the landmark focal, the focal measured on the
+  tracked points with its deviations and halves, whether it was used, the focal written and its error.
 
 The subject's face is a human face (MediaPipe's canonical mesh with an identity of its own: wider, shorter, a
 longer nose, a random shape; :mod:`synctalk.synthetic.human_face`), so the default face model meets a real identity
@@ -158,6 +162,7 @@ def synthetic(frames: int, work: Path, presets: list[str], runs: Path) -> dict:
                   out["facemesh"][backend])
     out["user"] = as_a_user(root, work / "user", runs / "user")
     print("as a user", json.dumps(out["user"]), flush=True)
+    out["user_focals"] = user_focals(frames, work, runs)
     out["perspective"] = detector_perspective(frames, work)
     print("perspective response", json.dumps(out["perspective"]), flush=True)
     for source in ("truth", "facemesh"):
@@ -183,6 +188,39 @@ def as_a_user(subject: Path, root: Path, run_dir: Path) -> dict:
 
 
 PERSPECTIVE_FOCALS = (700.0, 1350.0, 2600.0)  # px at 512; the camera 0.47, 0.9 and 1.73 m from the head
+
+
+def user_focals(frames: int, work: Path, runs: Path) -> dict:
+    """The subject filmed at each of PERSPECTIVE_FOCALS (the face the same size) through ``synctalk preprocess``
+    with its defaults and the halves check: the focal it writes and where it came from, against the truth."""
+    rows = []
+    for focal in PERSPECTIVE_FOCALS:
+        spec = SyntheticSpec(num_frames=frames, size=512, seed=0, focal_at_512=focal,
+                             distance=SyntheticSpec.distance * focal / SyntheticSpec.focal_at_512)
+        subject = generate(spec, work / f"perspective_{focal:.0f}_seed0", progress=False)
+        start = time.perf_counter()
+        full = preprocess(subject / "video.mp4", work / f"user_{focal:.0f}", runs / f"user_{focal:.0f}",
+                          f"preprocess.ground_truth='{subject / 'ground_truth.npz'}'", "tracker.check_halves=true")
+        if "error" in full:
+            raise SystemExit(f"synctalk preprocess refused the synthetic subject at {focal:.0f} px: {full['error']}")
+        report = full["poses"]
+        rows.append({"true_focal": focal, "seconds": round(time.perf_counter() - start, 1),
+                     **{k: report.get(k) for k in REAL_KEYS},
+                     "error_pct": round((report["focal"] / focal - 1) * 100, 1), "truth": report.get("truth")})
+        print("as a user at", focal, json.dumps(rows[-1]), flush=True)
+    return {"rows": rows, "written": perspective_response(PERSPECTIVE_FOCALS, [r["focal"] for r in rows])}
+
+
+def user_focals_table(result: dict) -> str:
+    """One markdown row per true focal: landmark focal, the points' focal, used or why not, written (error)."""
+    lines = ["| true focal | landmark focal | points' focal (std; parts' std; halves) | used | focal written (error) |",
+             "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        points, used = _points_cells(r).split(" | ")[:2]
+        lines.append(f"| {r['true_focal']:.0f} | {r['focal_landmark_search']:.0f} | {points} | {used} | "
+                     f"{r['focal']:.0f} ({r['error_pct']:+.1f}%) |")
+    lines.append(f"\ngain of the focal written: {result['written']['gain']:.2f}")
+    return "\n".join(lines)
 
 
 def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
@@ -360,6 +398,8 @@ def main() -> None:
     parser.add_argument("--perspective-check", action="store_true",
                         help="real clips: also measure how much of a change of perspective FaceMesh follows")
     parser.add_argument("--long-minutes", type=float, default=0.0, help="also time the poses stage of a long video")
+    parser.add_argument("--user-focals", action="store_true",
+                        help="with --no-synthetic: the subject filmed at 700 / 1350 / 2600 px as a user runs it")
     parser.add_argument("--poses-stage", type=Path, help=argparse.SUPPRESS)  # the child process of --long-minutes
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stabilizer.json")
     args = parser.parse_args()
@@ -371,12 +411,17 @@ def main() -> None:
         runs = args.out.with_suffix("")  # the job folders synctalk report reads
         result = {"synthetic": synthetic(args.frames, work, args.presets, runs) if args.synthetic else None,
                   "real": real_clips(args.clips, work, runs, args.perspective_check)}
+        if args.user_focals and not args.synthetic:
+            result["user_focals"] = user_focals(args.frames, work, runs)
         if args.long_minutes > 0:
             result["long_video"] = long_video(args.clips, args.long_minutes, work)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     if result["real"]:
         print(real_table(result["real"]))
+    focals = result.get("user_focals") or (result["synthetic"] or {}).get("user_focals")
+    if focals:
+        print(user_focals_table(focals))
     print(f"wrote {args.out}; compare the entries with: synctalk report {args.out.with_suffix('')}")
 
 

@@ -216,6 +216,51 @@ def test_keypoint_rules_pick_minima_or_maxima_apart():
     assert d.min() >= 5.0 and region[stable[:, 1].astype(int), stable[:, 0].astype(int)].all()
 
 
+
+def test_patch_flow_has_no_smoothness_term_and_follows_a_smooth_motion(tmp_path, monkeypatch):
+    """``flow_patch_px`` (the focal's own tracks, ``tracker.focal_points.flow_patch_px``): DIS with larger patches
+    every 2 px and no variational refinement; it follows a smooth motion that varies over the image (a 2% zoom, as
+    a head nearing the camera) as closely as the preset does, and the tracker scales the patch with the width."""
+    import cv2
+
+    import synctalk.stabilizer.point_tracker as point_tracker
+    from synctalk.data.layout import DatasetLayout
+    from synctalk.synthetic.subject import SyntheticSpec, generate
+
+    rng = np.random.default_rng(0)
+    size, zoom, centre = 160, 1.02, 80.0
+    texture = cv2.GaussianBlur(rng.normal(128, 40, (size, size)).astype(np.float32), (0, 0), 1.5)
+    warp = np.float32([[zoom, 0, centre * (1 - zoom)], [0, zoom, centre * (1 - zoom)]])
+    a = np.clip(texture, 0, 255).astype(np.uint8)
+    b = np.clip(cv2.warpAffine(texture, warp, (size, size), flags=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
+    ys, xs = np.mgrid[0:size, 0:size]
+    expected = (np.stack([xs, ys], -1) - centre) * (zoom - 1)  # (H, W, 2) px
+    inner = (slice(30, -30), slice(30, -30))
+    preset, patches = point_tracker.DenseFlow(), point_tracker.DenseFlow(patch_px=16)
+    assert patches._dis.getPatchSize() == 16 and patches._dis.getPatchStride() == 2
+    assert patches._dis.getVariationalRefinementIterations() == 0
+    assert preset._dis.getPatchSize() == 8 and preset._dis.getVariationalRefinementIterations() > 0
+    for flow in (preset, patches):
+        error = np.abs(flow(a, b)[inner] - expected[inner])
+        assert error.mean() < 0.05 and error.max() < 0.2
+
+    made = []
+
+    class Recording(point_tracker.DenseFlow):
+        def __init__(self, fine=True, patch_px=0):
+            made.append((fine, patch_px))
+            super().__init__(fine, patch_px)
+
+    monkeypatch.setattr(point_tracker, "DenseFlow", Recording)
+    n = 4
+    root = generate(SyntheticSpec(num_frames=n, size=128, seed=4), tmp_path / "s", progress=False)
+    layout = DatasetLayout(root)
+    lms = np.stack([np.loadtxt(layout.landmarks(i)) for i in range(n)])
+    tracks = point_tracker.track_head_points(
+        [layout.frame(i) for i in range(n)], [layout.head_mask(i) for i in range(n)], lms, 0,
+        PointsOptions(min_distance=2, min_points=5, flow_patch_px=16, workers=1), px_scale=128 / 512, progress=False)
+    assert set(made) == {(True, 4), (False, 0)} and tracks.visible[1:].mean() > 0.5
+
 @pytest.mark.slow
 def test_bundle_adjustment_beats_the_landmark_poses():
     rng = np.random.default_rng(3)

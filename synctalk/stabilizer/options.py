@@ -41,9 +41,12 @@ class FocalPointsOptions:
 
     frames: int = 150  # frames spread over the clip that the focal is fitted on
     # the focal's own tracks of those frames: flow on contrast-normalised frames (Gaussian sigma, px at 512), since
-    # shading moving over a turning head biases raw-flow tracks; equal to preprocess.points.normalize_px: the bundle
-    # adjustment's tracks are used
+    # shading moving over a turning head biases raw-flow tracks
     normalize_px: float = 3.0
+    # and patch flow with no smoothness term (preprocess.points.flow_patch_px), since on compressed video the
+    # smoothness term draws the faint skin texture's flow towards its neighbours and biases the focal short; both
+    # equal to preprocess.points': the bundle adjustment's tracks are used
+    flow_patch_px: int = 16
     rounds: int = 3  # fits, each after dropping the outliers of the one before
     outlier_factor: float = 2.0  # points / observations over this many times the median error are dropped
     huber_px: float = 1.0
@@ -115,6 +118,8 @@ class PointsOptions:
     score_frames: int = 500  # frames whose flow scores the keypoints (longer videos: 10 runs spread over it)
     workers: int = 0  # threads computing the flow (0: the job's current thread count)
     normalize_px: float = 0.0  # local contrast normalisation before the flow (Gaussian sigma, px at 512; 0: raw frames)
+    flow_patch_px: int = 0  # 0: DIS's medium preset (8 px patches, a smoothness term); N: N px patches every 2 px, no
+    # smoothness term (px at 512)
 
 
 class RobustLoss(Choice):

@@ -192,10 +192,12 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
         report["focal_points_skipped"] = "the focal is set (tracker.focal.start = stop)"
     elif measure_points:
         focal_tracks = tracks
-        if tracks is None or t.focal_points.normalize_px != opts.points.normalize_px:
+        focal_points_options = replace(opts.points, normalize_px=t.focal_points.normalize_px,
+                                       flow_patch_px=t.focal_points.flow_patch_px)
+        if tracks is None or focal_points_options != opts.points:
             focal_tracks = steps("focal_tracks", lambda: track_some_frames(
                 frames, masks, lms68, reference, focal_frames(len(frames), t.focal_points.frames, reference),
-                replace(opts.points, normalize_px=t.focal_points.normalize_px), opts.flow, to_px, progress))
+                focal_points_options, opts.flow, to_px, progress))
         measured = steps("focal_points", lambda: measure_focal(
             focal_tracks.points, focal_tracks.visible,
             _keypoints_3d(model, fit, focal_tracks, reference, lms68, focal, cx, cy),

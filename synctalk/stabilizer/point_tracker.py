@@ -2,7 +2,9 @@
 
 1. Dense optical flow of every frame against a reference frame (OpenCV DIS flow at full resolution
    by default), forward (reference -> frame) and backward (frame -> reference), optionally on images with their
-   local contrast normalised (``normalize_px``) so that shading does not move the tracks.
+   local contrast normalised (``normalize_px``) so that shading does not move the tracks, and optionally as
+   plain patch flow (``flow_patch_px``: larger patches, no smoothness term) so that where the texture is faint
+   (compressed skin) the flow is not drawn towards its neighbours'.
 2. A temporal Laplacian score per reference pixel, ``sum_t |f_t - (f_{t-1} + f_{t+1}) / 2|``:
    how irregularly the pixel's flow changes over time.
 3. Keypoints from the score map inside the head region (the head with its hair, or the face skin,
@@ -73,12 +75,20 @@ class DenseFlow:
     ``fine``: the medium preset refined down to full resolution (its default stops at half
     resolution); on the synthetic subject this halves the mean track error against the truth
     (1.31 -> 0.60 px). The forward-backward check uses the coarser, faster flow.
+    ``patch_px``: 0 keeps the preset's 8 px patches and its variational refinement (a smoothness term);
+    N > 0 matches N px patches every 2 px with no smoothness term. On H.264 frames, where the codec
+    leaves little skin texture, the smoothness term draws the flow towards its neighbours' and biased the
+    focal measured on the tracks by -10% at 1350 px (16 px patches without it: -0.1%; docs/stabilizer.md).
     """
 
-    def __init__(self, fine: bool = True):
+    def __init__(self, fine: bool = True, patch_px: int = 0):
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         if fine:
             self._dis.setFinestScale(0)
+        if patch_px > 0:
+            self._dis.setPatchSize(int(patch_px))
+            self._dis.setPatchStride(2)
+            self._dis.setVariationalRefinementIterations(0)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self._dis.calc(a, b, None)
@@ -262,6 +272,7 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
     n = len(frames)
     x0, y0, x1, y1 = flow_box(masks, round(32 * px_scale))  # the flow only where the head can be
     sigma = p.normalize_px * px_scale
+    patch_px = max(4, round(p.flow_patch_px * px_scale)) if p.flow_patch_px > 0 else 0
 
     def read_gray(path: Path) -> np.ndarray:
         gray = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)[y0:y1, x0:x1])
@@ -283,7 +294,7 @@ def track_head_points(frames: list[Path], masks: list[Path], lms68: np.ndarray, 
         if t == reference:
             return np.zeros((len(at), 2), np.float32), np.zeros(len(at), np.float32)
         if not hasattr(local, "flow"):
-            local.flow, local.check = DenseFlow(fine=True), DenseFlow(fine=False)
+            local.flow, local.check = DenseFlow(fine=True, patch_px=patch_px), DenseFlow(fine=False)
         img = read_gray(frames[t])
         fwd = _sample(local.flow(ref, img), at)
         moved = at + fwd
