@@ -38,35 +38,34 @@ from synctalk.stabilizer.focal_from_points import focal_frames, measure_focal
 from synctalk.stabilizer.perspective_check import perspective_response
 from synctalk.stabilizer.focal_search import search_focal
 from synctalk.stabilizer.head_tracker import fit_landmarks
-from synctalk.stabilizer.options import BundleAdjustmentOptions, StabilizerOptions
+from synctalk.stabilizer.options import BundleAdjustmentOptions, StabilizerOptions, focal_tracking
 from synctalk.stabilizer.pipeline import backproject, region_masks
 from synctalk.stabilizer.point_tracker import track_head_points, track_some_frames
 from synctalk.stabilizer.pose_convention import rotation_angles_deg
-from synctalk.synthetic.subject import SyntheticSpec, generate
+from synctalk.synthetic.subject import filmed_at, generate
 
 
-def decoded_frames(video: Path, folder: Path) -> list[Path]:
-    """The frames of ``video`` as PNG files in ``folder`` (decoded once)."""
-    import av
+def decoded_frames(video: Path, fps: float, folder: Path) -> list[Path]:
+    """The frames of ``video`` as PNG files in ``folder``, decoded once, as the ``frames`` stage reads a video."""
     import cv2
+
+    from synctalk.stages.source import resampled_frames, upright_bgr
 
     if not (folder / "done").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        with av.open(str(video)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                cv2.imwrite(str(folder / f"{i}.png"), frame.to_ndarray(format="bgr24"))
+        for i, frame in resampled_frames(video, fps):
+            cv2.imwrite(str(folder / f"{i}.png"), upright_bgr(frame))
         (folder / "done").touch()
     return sorted(folder.glob("*.png"), key=lambda p: int(p.stem))
 
 
 def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps: int, estimator: str,
             from_video: bool = False, flow_patch_px: int | None = None) -> dict:
-    spec = SyntheticSpec(num_frames=frames, size=512, seed=0, focal_at_512=true_focal,
-                         distance=SyntheticSpec.distance * true_focal / SyntheticSpec.focal_at_512)
+    spec = filmed_at(true_focal, num_frames=frames, size=512, seed=0)
     root = generate(spec, work / f"subject_{true_focal:.0f}", progress=False)
     layout = DatasetLayout(root)
     paths = ([layout.frame(i) for i in range(frames)] if not from_video
-             else decoded_frames(root / "video.mp4", work / f"decoded_{true_focal:.0f}"))
+             else decoded_frames(root / "video.mp4", spec.fps, work / f"decoded_{true_focal:.0f}"))
     mesh = FaceMesh().detect_files(paths, progress=False)
     lms = to_68(mesh)[..., :2]
     opts, face = StabilizerOptions(), CanonicalFace()
@@ -81,8 +80,7 @@ def profile(true_focal: float, work: Path, frames: int, region: str, joint_steps
     rot, trans = fit.rotation[0], fit.translation[0]
     ref = int(np.argmin(np.linalg.norm(rotation_angles_deg(rot), axis=1)))
     if estimator == "points":  # the tracks the focal is measured on (the pipeline's focal_tracks)
-        opts.points.normalize_px = opts.tracker.focal_points.normalize_px
-        opts.points.flow_patch_px = opts.tracker.focal_points.flow_patch_px
+        opts.points = focal_tracking(opts.points, opts.tracker.focal_points)
     tracks = track_head_points(paths, region_masks(layout, frames, region), lms, ref, opts.points, opts.flow,
                                progress=False)
     with torch.no_grad():
@@ -129,8 +127,7 @@ def on_dataset(root: Path, region: str) -> dict:
     opts = StabilizerOptions()
     opts.points.region = region
     start = time.perf_counter()
-    opts.points.normalize_px = opts.tracker.focal_points.normalize_px  # the frames and tracks the pipeline measures on
-    opts.points.flow_patch_px = opts.tracker.focal_points.flow_patch_px
+    opts.points = focal_tracking(opts.points, opts.tracker.focal_points)  # the tracks the pipeline measures on
     ids = focal_frames(n, opts.tracker.focal_points.frames, ref)
     tracks = track_some_frames([layout.frame(i) for i in range(n)], region_masks(layout, n, region), lms, ref, ids,
                                opts.points, opts.flow, px_scale=width / 512, progress=False)

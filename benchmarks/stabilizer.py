@@ -72,7 +72,7 @@ from synctalk.stabilizer.perspective_check import perspective_response
 from synctalk.stabilizer.pipeline import region_masks, stabilize
 from synctalk.stabilizer.truth import pose_errors
 from synctalk.sweep_report import write_job
-from synctalk.synthetic.subject import SyntheticSpec, generate
+from synctalk.synthetic.subject import SyntheticSpec, filmed_at, generate
 
 REAL = Path(os.environ.get("SYNCTALK_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
 PRESETS = ("synctalk", "ernerf", "fine50")
@@ -195,9 +195,7 @@ def user_focals(frames: int, work: Path, runs: Path) -> dict:
     with its defaults and the halves check: the focal it writes and where it came from, against the truth."""
     rows = []
     for focal in PERSPECTIVE_FOCALS:
-        spec = SyntheticSpec(num_frames=frames, size=512, seed=0, focal_at_512=focal,
-                             distance=SyntheticSpec.distance * focal / SyntheticSpec.focal_at_512)
-        subject = generate(spec, work / f"perspective_{focal:.0f}_seed0", progress=False)
+        subject = generate(filmed_at(focal, num_frames=frames, size=512, seed=0), work / f"perspective_{focal:.0f}_seed0", progress=False)
         start = time.perf_counter()
         full = preprocess(subject / "video.mp4", work / f"user_{focal:.0f}", runs / f"user_{focal:.0f}",
                           f"preprocess.ground_truth='{subject / 'ground_truth.npz'}'", "tracker.check_halves=true")
@@ -231,8 +229,7 @@ def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
     change of perspective each follows (:func:`perspective_response`)."""
     found, distances = {"truth": [], "facemesh": [], "points": []}, []
     for focal in PERSPECTIVE_FOCALS:
-        spec = SyntheticSpec(num_frames=frames, size=512, seed=seed, focal_at_512=focal,
-                             distance=SyntheticSpec.distance * focal / SyntheticSpec.focal_at_512)
+        spec = filmed_at(focal, num_frames=frames, size=512, seed=seed)
         distances.append(spec.distance)
         name = f"perspective_{focal:.0f}_seed{seed}"
         root = generate(spec, work / name, progress=False)

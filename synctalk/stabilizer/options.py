@@ -4,7 +4,7 @@ classes, :mod:`synctalk.face.face_model` and :mod:`synctalk.face.landmark_detect
 objects as they are (same names as in the YAML files); choices are enums, checked when the config is composed."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from synctalk.choice import Choice
@@ -120,6 +120,12 @@ class PointsOptions:
     normalize_px: float = 0.0  # local contrast normalisation before the flow (Gaussian sigma, px at 512; 0: raw frames)
     flow_patch_px: int = 0  # 0: DIS's medium preset (8 px patches, a smoothness term); N: N px patches every 2 px, no
     # smoothness term (px at 512)
+
+
+
+def focal_tracking(points: PointsOptions, focal_points: FocalPointsOptions) -> PointsOptions:
+    """The point tracking the focal's own tracks use: ``points`` with the flow settings of ``focal_points``."""
+    return replace(points, normalize_px=focal_points.normalize_px, flow_patch_px=focal_points.flow_patch_px)
 
 
 class RobustLoss(Choice):

@@ -24,7 +24,7 @@ from synctalk.stabilizer.checks import (PERSPECTIVE_GAIN_WARN, focal_at_range_en
 from synctalk.stabilizer.focal_from_points import focal_frames, measure_focal
 from synctalk.stabilizer.focal_search import search_focal
 from synctalk.stabilizer.head_tracker import fit_landmarks
-from synctalk.stabilizer.options import FlowBackend, FocalSource, PoseSource, StabilizerOptions
+from synctalk.stabilizer.options import FlowBackend, FocalSource, PoseSource, StabilizerOptions, focal_tracking
 from synctalk.stabilizer.plots import plot_focal, plot_poses
 from synctalk.stabilizer.point_tracker import track_head_points, track_some_frames
 from synctalk.stabilizer.pose_convention import as_written, c2w_from_cv_poses, jitter, rotation_angles_deg
@@ -192,8 +192,7 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
         report["focal_points_skipped"] = "the focal is set (tracker.focal.start = stop)"
     elif measure_points:
         focal_tracks = tracks
-        focal_points_options = replace(opts.points, normalize_px=t.focal_points.normalize_px,
-                                       flow_patch_px=t.focal_points.flow_patch_px)
+        focal_points_options = focal_tracking(opts.points, t.focal_points)
         if tracks is None or focal_points_options != opts.points:
             focal_tracks = steps("focal_tracks", lambda: track_some_frames(
                 frames, masks, lms68, reference, focal_frames(len(frames), t.focal_points.frames, reference),
