@@ -37,7 +37,7 @@ from synctalk.models.head_nerf import AudioAttNet, AudioNet  # noqa: E402
 
 class AudioBranch(torch.nn.Module):
     """Audio windows of neighbouring frames (B, smooth, window, dim) -> mouth blendshapes (B, K), as the head
-    computes them (the smoother batched)."""
+    computes them, a batch at a time."""
 
     def __init__(self, in_dim: int, window: int, mouth_dim: int, smooth: int = 8, audio_dim: int = 32):
         super().__init__()
@@ -48,8 +48,7 @@ class AudioBranch(torch.nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         b, t = audio.shape[:2]
         embeddings = self.audio_net(audio.flatten(0, 1)).view(b, t, -1)  # (B, smooth, audio_dim)
-        weights = torch.softmax(self.smoother.mix(self.smoother.score(embeddings.transpose(1, 2))[:, 0]), -1)
-        return self.mouth_head((weights[:, :, None] * embeddings).sum(1))
+        return self.mouth_head(self.smoother(embeddings))
 
 
 def split_data(root: Path, audio: str, smooth: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

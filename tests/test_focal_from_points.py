@@ -99,3 +99,35 @@ def test_tracks_whose_error_differs_over_the_head_are_not_used():
     assert not found.used and found.parts_std_pct > 3 * clean.parts_std_pct
     assert any("parts of the head" in r for r in found.reasons)
     assert found.to_dict()["focal_points_parts_std_pct"] == round(found.parts_std_pct, 2)
+
+
+def test_a_step_eliminating_the_frames_or_the_points_solves_the_whole_system():
+    """The damped normal equations solved by a Schur complement over the frames (few points) or over the points (few
+    frames) give the step a dense solve of the whole system gives."""
+    import torch
+
+    from synctalk.stabilizer.focal_from_points import _normal_equations, _Problem, _solve
+
+    for frames, points in [(30, 12), (6, 40)]:  # 3P <= 6N: the frames are eliminated; else the points
+        tracks, visible, pts, rotation, translation, focal, ref = _scene(frames=frames, points=points, noise_px=0.3)
+        visible[:, 0] = False  # a point no observation constrains
+        f = torch.tensor(focal, dtype=torch.float64)
+        free = torch.ones(frames, dtype=torch.float64)
+        free[ref] = 0.0
+        normal = _normal_equations(_Problem(tracks, SIZE / 2, SIZE / 2, 1.0), torch.as_tensor(rotation),
+                                   torch.as_tensor(translation) / f, torch.as_tensor(pts), f,
+                                   torch.as_tensor(visible, dtype=torch.float64), free).damped(1e-3)
+        n6, p3 = 6 * frames, 3 * points
+        whole = torch.zeros(n6 + p3 + 1, n6 + p3 + 1, dtype=torch.float64)
+        whole[:n6, :n6] = torch.block_diag(*normal.h_cc)
+        whole[:n6, n6:-1] = normal.h_cp.permute(0, 2, 1, 3).reshape(n6, p3)
+        whole[:n6, -1] = normal.h_cf.reshape(-1)
+        whole[n6:-1, n6:-1] = torch.block_diag(*normal.h_pp)
+        whole[n6:-1, -1] = normal.h_pf.reshape(-1)
+        whole[-1, -1] = normal.h_ff
+        whole = torch.triu(whole) + torch.triu(whole, 1).T
+        step = torch.linalg.solve(whole, torch.cat([normal.g_c.reshape(-1), normal.g_p.reshape(-1), normal.g_f[None]]))
+        d_c, d_p, d_f = _solve(normal)
+        assert normal.split()[0] == (6 * frames < 3 * points)
+        torch.testing.assert_close(torch.cat([d_c.reshape(-1), d_p.reshape(-1), d_f[None]]), step, rtol=1e-7, atol=1e-9)
+        assert d_c[ref].abs().max() < 1e-12 and d_p[0].abs().max() < 1e-12  # the fixed frame and the unseen point stay

@@ -132,6 +132,7 @@ def test_training_with_the_auxiliary_mouth_target_and_the_mouth_condition(run_cl
 
 
 @pytest.mark.parametrize("teacher", [0.0, 1.0])
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training_step called outside a Trainer
 def test_the_density_sees_the_true_mouth_on_the_teacher_share_of_steps(tmp_path, teacher):
     """``model.loss.mouth_teacher``: the share of training steps whose density network is given the frame's true
     mouth blendshapes (the batch's ``mouth``) instead of the mouth the audio predicts; 0: never, 1: always."""

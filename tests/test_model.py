@@ -44,6 +44,8 @@ def test_audio_smoother_is_a_convex_combination_of_neighbours():
     mixed = torch.randn(8, 32)
     out = att(mixed)
     assert (out <= mixed.max(0).values + 1e-6).all() and (out >= mixed.min(0).values - 1e-6).all()
+    batch = torch.randn(3, 2, 8, 32)  # any leading dimensions: each item smoothed alone
+    torch.testing.assert_close(att(batch), torch.stack([torch.stack([att(e) for e in row]) for row in batch]))
 
 
 def test_head_nerf_outputs_attention_uncertainty_and_uses_latent_codes():

@@ -143,10 +143,12 @@ class AudioAttNet(nn.Module):
         self.mix = nn.Linear(length, length)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Args: embeddings (length, dim) in time order. Returns the smoothed embedding (dim,)."""
-        scores = self.score(embeddings.T[None])[0, 0]  # (length,)
-        weights = torch.softmax(self.mix(scores), 0)
-        return weights @ embeddings
+        """Args: embeddings (..., length, dim) in time order, any leading batch dimensions. Returns the smoothed
+        embeddings (..., dim)."""
+        batch = embeddings.reshape(-1, *embeddings.shape[-2:])  # (B, length, dim)
+        scores = self.score(batch.transpose(1, 2))[:, 0]  # (B, length)
+        weights = torch.softmax(self.mix(scores), -1)
+        return (weights[:, None] @ batch)[:, 0].reshape(*embeddings.shape[:-2], -1)
 
 
 class TruncExp(torch.autograd.Function):

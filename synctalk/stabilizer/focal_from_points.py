@@ -11,8 +11,9 @@ landmark fit:
   translations first-order steps crawl along it);
 - the reference frame's rotation and ``tau`` stay fixed (the gauge: a rigid motion and a scale of the whole scene);
   the scale of the head is that of the face-model fit;
-- the normal equations are solved with the frames eliminated (a Schur complement over their 6 x 6 blocks), so a step
-  costs one dense solve over the points and the focal (3P + 1 unknowns), whatever the number of frames;
+- the normal equations are solved with the frames or the points eliminated, whichever leaves fewer unknowns (a
+  Schur complement over the frames' 6 x 6 or the points' 3 x 3 blocks), so a step costs one dense solve over
+  min(6N, 3P) + 1 unknowns (the focal among them);
 - a Huber loss (iteratively re-weighted); after each round the points and observations over ``outlier_factor`` times
   the median error are dropped and the fit runs again (expressions, occluding contours, drifting flow);
 - the focal's standard deviation comes from the inverse of the normal matrix at the solution, scaled by the residual
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -113,23 +114,18 @@ def fit_focal(points2d: np.ndarray, used: np.ndarray, points3d: np.ndarray, rota
     n, p = w_used.shape
     free = torch.as_tensor(~few, dtype=f64)
     free[reference] = 0.0
-    fixed_block = torch.diag_embed((1 - free)[:, None].expand(n, 6))  # the reference frame's block: identity
     lam, cost = 1e-3, problem.cost(rot, tau, pts, f, w_used)
     iterations = 0
-    normal = None
     for iterations in range(1, max_iterations + 1):
         normal = _normal_equations(problem, rot, tau, pts, f, w_used, free)
-        h_cc, h_cz, h_zz, g_c, g_z = normal
         improved = False
         while lam < 1e10:
-            d_c, d_z = _solve(h_cc + lam * torch.diag_embed(torch.diagonal(h_cc, dim1=-2, dim2=-1)) + fixed_block,
-                              h_cz, h_zz + lam * torch.diag(torch.diagonal(h_zz)), g_c, g_z)
-            f_new = f + d_z[-1]
+            d_c, d_p, d_f = _solve(normal.damped(lam))
+            f_new = f + d_f
             if f_new <= 0:
                 lam *= 4
                 continue
-            rot_new, tau_new = _rotate(d_c[:, :3]) @ rot, tau + d_c[:, 3:]
-            pts_new = pts + d_z[:-1].reshape(p, 3)
+            rot_new, tau_new, pts_new = _rotate(d_c[:, :3]) @ rot, tau + d_c[:, 3:], pts + d_p
             new_cost = problem.cost(rot_new, tau_new, pts_new, f_new, w_used)
             if new_cost < cost:
                 rot, tau, pts, f = rot_new, tau_new, pts_new, f_new
@@ -140,24 +136,70 @@ def fit_focal(points2d: np.ndarray, used: np.ndarray, points3d: np.ndarray, rota
         if not improved or gain < tolerance:
             break
     normal = _normal_equations(problem, rot, tau, pts, f, w_used, free)
-    h_cc, h_cz, h_zz, _, _ = normal
     err = problem.residuals(rot, tau, pts, f)[0].norm(dim=-1)
     rms = float(((err ** 2 * w_used).sum() / w_used.sum().clamp(min=1)).sqrt())
     dof = max(2 * float(w_used.sum()) - 6 * (n - 1) - 3 * p - 1, 1.0)
-    std = float(np.sqrt(2 * cost / dof * _focal_variance(h_cc + fixed_block, h_cz, h_zz)))
+    std = float(np.sqrt(2 * cost / dof * _focal_variance(normal.damped(0.0))))
     return FocalFit(float(f), std, rms, rot.numpy(), (tau * f).numpy(), pts.numpy(), np.asarray(used, bool),
                     iterations)
 
 
-def _normal_equations(problem: _Problem, rot, tau, pts, f, w_used, free):
-    """Gauss-Newton normal equations with Huber weights: frame blocks ``h_cc`` (N, 6, 6), frame-scene blocks
-    ``h_cz`` (N, 6, 3P + 1), scene block ``h_zz`` (3P + 1, 3P + 1), gradients ``g_c`` (N, 6), ``g_z`` (3P + 1,)
-    (negative gradients of the cost). Frame unknowns: rotation (left increment, radians), tau; scene: points, focal."""
+@dataclass
+class _Normal:
+    """Gauss-Newton normal equations in blocks. Frame unknowns (N, 6): rotation (left increment, radians), tau; point
+    unknowns (P, 3); the focal. ``g_*`` are negative gradients of the cost."""
+
+    h_cc: torch.Tensor  # (N, 6, 6)
+    h_cp: torch.Tensor  # (N, P, 6, 3)
+    h_cf: torch.Tensor  # (N, 6)
+    h_pp: torch.Tensor  # (P, 3, 3)
+    h_pf: torch.Tensor  # (P, 3)
+    h_ff: torch.Tensor  # ()
+    g_c: torch.Tensor  # (N, 6)
+    g_p: torch.Tensor  # (P, 3)
+    g_f: torch.Tensor  # ()
+    free: torch.Tensor  # (N,) 1 for the frames whose pose is fitted
+
+    def damped(self, lam: float) -> "_Normal":
+        """Levenberg-Marquardt damping (``lam`` times the diagonal added); the blocks of fixed frames and of points
+        no observation constrains get an identity, so that they stay where they are."""
+        def damp(h):
+            return h + lam * torch.diag_embed(torch.diagonal(h, dim1=-2, dim2=-1))
+
+        unseen = (torch.diagonal(self.h_pp, dim1=-2, dim2=-1) == 0).to(self.h_pp.dtype)
+        fixed = (1 - self.free)[:, None, None] * torch.eye(6, dtype=self.h_cc.dtype)
+        return replace(self, h_cc=damp(self.h_cc) + fixed, h_pp=damp(self.h_pp) + torch.diag_embed(unseen),
+                       h_ff=self.h_ff * (1 + lam))
+
+    def split(self) -> tuple[bool, tuple]:
+        """The system as the blocks to eliminate ``a`` (M, k, k) and the rest ``b`` (B unknowns, the focal last):
+        ``(h_aa, h_ab (M, k, B), h_bb (B, B), g_a (M, k), g_b (B,))``, and whether ``a`` is the points (True) or the
+        frames (False): whichever leaves the smaller dense system."""
+        n, p = self.h_cp.shape[:2]
+        if 3 * p <= 6 * n:  # eliminate the frames: the points and the focal stay
+            h_ab = torch.cat([self.h_cp.permute(0, 2, 1, 3).reshape(n, 6, 3 * p), self.h_cf[..., None]], -1)
+            h_bb = _bordered(torch.block_diag(*self.h_pp), self.h_pf.reshape(-1), self.h_ff)
+            return False, (self.h_cc, h_ab, h_bb, self.g_c, torch.cat([self.g_p.reshape(-1), self.g_f[None]]))
+        h_ab = torch.cat([self.h_cp.permute(1, 3, 0, 2).reshape(p, 3, 6 * n), self.h_pf[..., None]], -1)
+        h_bb = _bordered(torch.block_diag(*self.h_cc), self.h_cf.reshape(-1), self.h_ff)
+        return True, (self.h_pp, h_ab, h_bb, self.g_p, torch.cat([self.g_c.reshape(-1), self.g_f[None]]))
+
+
+def _bordered(h: torch.Tensor, column: torch.Tensor, corner: torch.Tensor) -> torch.Tensor:
+    """[[h, column], [column^T, corner]]: (K + 1, K + 1)."""
+    k = len(h)
+    out = torch.zeros(k + 1, k + 1, dtype=h.dtype)
+    out[:k, :k], out[:k, -1], out[-1, :k], out[-1, -1] = h, column, column, corner
+    return out
+
+
+def _normal_equations(problem: _Problem, rot, tau, pts, f, w_used, free) -> _Normal:
+    """Gauss-Newton normal equations with Huber weights (:class:`_Normal`)."""
     r, cam = problem.residuals(rot, tau, pts, f)
-    n, p = w_used.shape
     err = r.norm(dim=-1)
     w = w_used * torch.where(err < problem.huber, torch.ones_like(err), problem.huber / err.clamp(min=1e-12))
     x, y, z = cam.unbind(-1)
+    n, p = w_used.shape
     a = torch.zeros(n, p, 2, 3, dtype=r.dtype)  # d(projection) / d(camera point)
     a[..., 0, 0] = a[..., 1, 1] = f / z
     a[..., 0, 2], a[..., 1, 2] = -f * x / z ** 2, -f * y / z ** 2
@@ -166,40 +208,34 @@ def _normal_equations(problem: _Problem, rot, tau, pts, f, w_used, free):
     j_x = a @ rot[:, None]  # (N, P, 2, 3)
     j_f = torch.stack([x / z, y / z], -1)[..., None] + a @ tau[:, None, :, None]  # (N, P, 2, 1)
     wr = w[..., None, None]
-    jt_c = j_c.transpose(-1, -2)
-    h_cc = (jt_c @ (wr * j_c)).sum(1)
-    h_cp = (jt_c @ (wr * j_x)).permute(0, 2, 1, 3).reshape(n, 6, 3 * p)
-    h_cf = (jt_c @ (wr * j_f)).sum(1)
-    h_cz = torch.cat([h_cp, h_cf], -1)
-    jt_x = j_x.transpose(-1, -2)
-    h_pp = (jt_x @ (wr * j_x)).sum(0)  # (P, 3, 3)
-    h_pf = (jt_x @ (wr * j_f)).sum(0).reshape(3 * p)
-    h_ff = (j_f.transpose(-1, -2) @ (wr * j_f)).sum((0, 1))[0, 0]
-    h_zz = torch.zeros(3 * p + 1, 3 * p + 1, dtype=r.dtype)
-    h_zz[:-1, :-1] = torch.block_diag(*h_pp)
-    h_zz[:-1, -1] = h_zz[-1, :-1] = h_pf
-    h_zz[-1, -1] = h_ff
+    jt_c, jt_x, jt_f = j_c.transpose(-1, -2), j_x.transpose(-1, -2), j_f.transpose(-1, -2)
     wres = wr * r[..., None]
-    g_c = -(jt_c @ wres).sum(1)[..., 0]
-    g_z = -torch.cat([(jt_x @ wres).sum(0).reshape(3 * p), (j_f.transpose(-1, -2) @ wres).sum((0, 1))[0]])
-    return h_cc, h_cz, h_zz, g_c, g_z
+    return _Normal(h_cc=(jt_c @ (wr * j_c)).sum(1), h_cp=jt_c @ (wr * j_x), h_cf=(jt_c @ (wr * j_f)).sum(1)[..., 0],
+                   h_pp=(jt_x @ (wr * j_x)).sum(0), h_pf=(jt_x @ (wr * j_f)).sum(0)[..., 0],
+                   h_ff=(jt_f @ (wr * j_f)).sum((0, 1))[0, 0], g_c=-(jt_c @ wres).sum(1)[..., 0],
+                   g_p=-(jt_x @ wres).sum(0)[..., 0], g_f=-(jt_f @ wres).sum((0, 1))[0, 0], free=free)
 
 
-def _solve(h_cc, h_cz, h_zz, g_c, g_z):
-    """The damped normal equations with the frames eliminated: (N, 6) and (3P + 1,) increments."""
-    n = len(h_cc)
-    inv_cc = torch.linalg.inv(h_cc)
-    b = inv_cc @ h_cz  # (N, 6, Z)
-    schur = h_zz - h_cz.reshape(n * 6, -1).T @ b.reshape(n * 6, -1) + _unseen(h_zz)
-    rhs = g_z - (b.transpose(1, 2) @ g_c[..., None]).sum(0)[:, 0]
-    d_z = torch.linalg.solve(schur, rhs)
-    d_c = (inv_cc @ (g_c[..., None] - h_cz @ d_z[:, None]))[..., 0]
-    return d_c, d_z
+def _eliminate(h_aa, h_ab, h_bb, g_a, g_b, floor: bool = False):
+    """Solve [[A, C], [C^T, h_bb]] [d_a; d_b] = [g_a; g_b] with A block-diagonal (``h_aa`` (M, k, k), ``h_ab`` (M, k,
+    B)) by its Schur complement: (M, k) and (B,) increments. ``floor``: :func:`_with_floor` on A and the complement."""
+    m, k = g_a.shape
+    inv_aa = torch.linalg.inv(_with_floor(h_aa) if floor else h_aa)
+    b = inv_aa @ h_ab  # (M, k, B)
+    schur = h_bb - h_ab.reshape(m * k, -1).T @ b.reshape(m * k, -1)
+    rhs = g_b - (b.transpose(1, 2) @ g_a[..., None]).sum(0)[:, 0]
+    d_b = torch.linalg.solve(_with_floor(schur) if floor else schur, rhs)
+    d_a = (inv_aa @ (g_a[..., None] - h_ab @ d_b[:, None]))[..., 0]
+    return d_a, d_b
 
 
-def _unseen(h_zz: torch.Tensor) -> torch.Tensor:
-    """Ones on the diagonal of unknowns no observation constrains (points not used): they stay where they are."""
-    return torch.diag((torch.diagonal(h_zz) == 0).to(h_zz.dtype))
+def _solve(normal: _Normal):
+    """The (damped) normal equations: increments of the frames (N, 6), the points (P, 3) and the focal ()."""
+    points_eliminated, blocks = normal.split()
+    d_a, d_b = _eliminate(*blocks)
+    if points_eliminated:  # d_a holds the points, d_b the frames and the focal
+        return d_b[:-1].reshape(-1, 6), d_a, d_b[-1]
+    return d_a, d_b[:-1].reshape(-1, 3), d_b[-1]
 
 
 def _with_floor(h: torch.Tensor) -> torch.Tensor:
@@ -209,16 +245,14 @@ def _with_floor(h: torch.Tensor) -> torch.Tensor:
     return h + torch.diag_embed(diagonal * 1e-9 + 1e-12)
 
 
-def _focal_variance(h_cc, h_cz, h_zz) -> float:
+def _focal_variance(normal: _Normal) -> float:
     """The focal's entry of the inverse normal matrix (unit residual variance), px^2; infinite where the normal
     matrix is singular even so (the focal is not measured)."""
-    n = len(h_cc)
+    h_aa, h_ab, h_bb, g_a, g_b = normal.split()[1]
+    unit = torch.zeros_like(g_b)
+    unit[-1] = 1.0
     try:
-        b = torch.linalg.inv(_with_floor(h_cc)) @ h_cz
-        schur = h_zz - h_cz.reshape(n * 6, -1).T @ b.reshape(n * 6, -1) + _unseen(h_zz)
-        unit = torch.zeros(len(schur), dtype=schur.dtype)
-        unit[-1] = 1.0
-        return float(torch.linalg.solve(_with_floor(schur), unit)[-1].clamp(min=0))
+        return float(_eliminate(h_aa, h_ab, h_bb, torch.zeros_like(g_a), unit, floor=True)[1][-1].clamp(min=0))
     except torch.linalg.LinAlgError:
         return float("inf")
 
