@@ -216,7 +216,6 @@ def test_keypoint_rules_pick_minima_or_maxima_apart():
     assert d.min() >= 5.0 and region[stable[:, 1].astype(int), stable[:, 0].astype(int)].all()
 
 
-
 def test_patch_flow_has_no_smoothness_term_and_follows_a_smooth_motion(tmp_path, monkeypatch):
     """``flow_patch_px`` (the focal's own tracks, ``tracker.focal_points.flow_patch_px``): DIS with larger patches
     every 2 px and no variational refinement; it follows a smooth motion that varies over the image (a 2% zoom, as
@@ -260,6 +259,7 @@ def test_patch_flow_has_no_smoothness_term_and_follows_a_smooth_motion(tmp_path,
         [layout.frame(i) for i in range(n)], [layout.head_mask(i) for i in range(n)], lms, 0,
         PointsOptions(min_distance=2, min_points=5, flow_patch_px=16, workers=1), px_scale=128 / 512, progress=False)
     assert set(made) == {(True, 4), (False, 0)} and tracks.visible[1:].mean() > 0.5
+
 
 @pytest.mark.slow
 def test_bundle_adjustment_beats_the_landmark_poses():

@@ -122,7 +122,6 @@ class PointsOptions:
     # smoothness term (px at 512)
 
 
-
 def focal_tracking(points: PointsOptions, focal_points: FocalPointsOptions) -> PointsOptions:
     """The point tracking the focal's own tracks use: ``points`` with the flow settings of ``focal_points``."""
     return replace(points, normalize_px=focal_points.normalize_px, flow_patch_px=focal_points.flow_patch_px)

@@ -79,7 +79,6 @@ class SyntheticSpec:
                             ).hexdigest()[:12]
 
 
-
 def filmed_at(focal_at_512: float, **fields) -> SyntheticSpec:
     """The subject filmed with another focal length (px at 512 px), the camera moved so that the face keeps its size:
     the distance scales with the focal (1350 px at 0.9 m, 700 px at 0.47 m, 2600 px at 1.73 m)."""
