@@ -1,6 +1,6 @@
 """How much of the mouth each audio feature carries, before any head is trained: a linear read-out.
 
-    python benchmarks/audio_features.py                         # every real clip, mel and phones
+    python benchmarks/audio_features.py                         # every real clip, every encoder
     python benchmarks/audio_features.py --encoders mel phones --clips May_13s German_20s
 
 For every clip in ``--real-data``: the Face Landmarker's jaw and mouth blendshapes on every frame (the judge of
@@ -36,7 +36,8 @@ from synctalk.metrics.lip_sync import FaceReader, correlation  # noqa: E402
 from synctalk.stages.source import resampled_frames, upright_bgr  # noqa: E402
 
 CLIPS = ("WDA_KatieHill_000", "WDA_BobMenendez_000", "RD_Radio34_000", "May_13s", "German_20s", "portrait_1080x1920")
-ENCODERS = {"mel": AudioConfig("mel", 80, 16), "phones": AudioConfig("phones", 15, 16)}
+ENCODERS = {"mel": AudioConfig("mel", 80, 16), "phones": AudioConfig("phones", 15, 16),
+            "speech_embedding": AudioConfig("speech_embedding", 96, 8)}
 FPS = 25.0
 READ_SIZE = 720  # frames are read by the Face Landmarker at most this many pixels on their longer side
 

@@ -145,3 +145,40 @@ def test_phone_features_config_and_errors():
         compute_features(AudioConfig(name="phones", feature_dim=80, window=16), speech(1.0), 25, 25.0)
     with pytest.raises(UserError, match="at least 25 ms"):
         compute_features(cfg, speech(0.01), 1, 25.0)
+
+
+def test_speech_embedding_features_are_centred_on_each_frame_and_follow_the_audio_in_time(real_data):
+    from synctalk.audio.features import load_audio
+    from synctalk.audio.speech_embedding import FEATURE_DIM, speech_embedding_features, speech_embeddings
+
+    spoken = load_audio(real_data / "eng_speech.wav")[7 * SAMPLE_RATE // 2:15 * SAMPLE_RATE // 2]  # 4 s of speech
+    audio = np.concatenate([np.zeros(2 * SAMPLE_RATE, np.float32), spoken])  # 2 s of silence, then the speech
+    feats = speech_embedding_features(audio, 150, 25.0)
+    assert feats.shape == (150, 8, FEATURE_DIM) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    centre = speech_embeddings(audio, np.array([100.5 / 25.0, 100.5 / 25.0 + 0.04]))
+    np.testing.assert_allclose(feats[100, 3:5], centre, atol=1e-5)  # the 4th of 8 is centred on the frame
+    np.testing.assert_allclose(feats[100, 4], feats[101, 3], atol=1e-5)  # 40 ms apart: the next frame's centre
+    onset = speech_embeddings(audio, np.array([1.0, 1.61, 1.62]))  # the speech starts at 2 s
+    np.testing.assert_array_equal(onset[1], onset[0])  # centred 390 ms before it: silence alone
+    assert np.abs(onset[2] - onset[0]).max() > 0.1  # 380 ms before it: the window's last rows hear it
+    silent, speaking = feats[:20, 3], feats[75:, 3]  # more than 391 ms before the speech, and within it
+    assert np.abs(silent - silent[0]).max() < 1e-4  # silence is one embedding
+    assert np.abs(speaking - silent[0]).max(1).min() > 10 * np.abs(silent - silent[0]).max()
+    assert speaking.std(0).mean() > 0.3  # and speech moves it (scaled values, about +-6)
+    later = speech_embedding_features(np.concatenate([np.zeros(SAMPLE_RATE // 5, np.float32), audio]), 155, 25.0)
+    np.testing.assert_allclose(later[5:], feats, atol=1e-4)  # 0.2 s later: the same features 5 frames on
+
+
+def test_speech_embedding_config_and_errors(tmp_path):
+    feats = compute_features(AudioConfig(name="speech_embedding", feature_dim=96, window=4), speech(1.0), 25, 25.0)
+    assert feats.shape == (25, 4, 96) and np.isfinite(feats).all()
+    with pytest.raises(UserError, match="96 features per embedding"):
+        compute_features(AudioConfig(name="speech_embedding", feature_dim=80, window=16), speech(1.0), 25, 25.0)
+    with pytest.raises(UserError, match="embedding_model.onnx"):  # a folder without the model files
+        (tmp_path / "melspectrogram.onnx").write_bytes(b"")
+        compute_features(AudioConfig(name="speech_embedding", feature_dim=96, window=8, checkpoint=str(tmp_path)),
+                         speech(1.0), 25, 25.0)
+    (tmp_path / "embedding_model.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="cannot load the speech embedding model"):
+        compute_features(AudioConfig(name="speech_embedding", feature_dim=96, window=8, checkpoint=str(tmp_path)),
+                         speech(1.0), 25, 25.0)

@@ -1,5 +1,6 @@
 """Pretrained audio encoders that turn speech into per-frame features: AVE and HuBERT (the phone
-recogniser, which needs no weight file, is in :mod:`synctalk.audio.phones`).
+recogniser and the speech embedding, which need no weight file, are in :mod:`synctalk.audio.phones` and
+:mod:`synctalk.audio.speech_embedding`).
 
 - AVE (audio-visual encoder): the lip-sync conv encoder of SyncTalk, (1, 80, 16) lip-sync mel
   window -> 512-d, one per video frame. Its checkpoint (``audio_visual_encoder.pth``) is a state
@@ -188,8 +189,9 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
                      ) -> np.ndarray:
     """Per-frame audio features of ``samples`` for an ``audio_encoder`` config (name, window, checkpoint).
 
-    ``mel`` needs no weights; ``phones`` uses the speech model inside the pocketsphinx package; ``ave`` loads the AVE checkpoint file and ``hu`` a local HuBERT model
-    folder from ``audio_encoder.checkpoint``. DeepSpeech features are imported, not computed.
+    ``mel`` needs no weights; ``phones`` uses the speech model inside the pocketsphinx package,
+    ``speech_embedding`` the one inside the openwakeword package; ``ave`` loads the AVE checkpoint file and ``hu``
+    a local HuBERT model folder from ``audio_encoder.checkpoint``. DeepSpeech features are imported, not computed.
 
     Returns:
         (num_frames, window, dim) float32 (``ave``: window 1, dim 512; ``hu``: window 2, dim 1024).
@@ -204,10 +206,17 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
             raise UserError(f"audio_encoder=phones has {FEATURE_DIM} features per row, not "
                             f"audio_encoder.feature_dim={audio_cfg.feature_dim}")
         return phone_features(samples, num_frames, fps, audio_cfg.window)
+    if name == "speech_embedding":
+        from synctalk.audio.speech_embedding import FEATURE_DIM, speech_embedding_features
+
+        if audio_cfg.feature_dim != FEATURE_DIM:
+            raise UserError(f"audio_encoder=speech_embedding has {FEATURE_DIM} features per embedding, not "
+                            f"audio_encoder.feature_dim={audio_cfg.feature_dim}")
+        return speech_embedding_features(samples, num_frames, fps, audio_cfg.window, folder=audio_cfg.checkpoint)
     if name == "ave":
         return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
     if name == "hu":
         return hubert_features(samples, num_frames, fps, audio_cfg.checkpoint, progress=progress)
     raise UserError(f"audio features '{name}' cannot be computed from audio by this platform (the original "
                     f"DeepSpeech tools compute them): import them with audio_encoder.features_file=/path/to/"
-                    f"aud_{name}.npy, or use audio_encoder=mel|phones|ave|hubert")
+                    f"aud_{name}.npy, or use audio_encoder=mel|phones|speech_embedding|ave|hubert")
