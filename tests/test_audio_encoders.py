@@ -174,8 +174,8 @@ def test_speech_embedding_config_and_errors(tmp_path):
     assert feats.shape == (25, 4, 96) and np.isfinite(feats).all()
     with pytest.raises(UserError, match="96 features per embedding"):
         compute_features(AudioConfig(name="speech_embedding", feature_dim=80, window=16), speech(1.0), 25, 25.0)
-    with pytest.raises(UserError, match="embedding_model.onnx"):  # a folder without the model files
-        (tmp_path / "melspectrogram.onnx").write_bytes(b"")
+    (tmp_path / "melspectrogram.onnx").write_bytes(b"")
+    with pytest.raises(UserError, match="embedding_model.onnx"):  # a folder without the embedding model
         compute_features(AudioConfig(name="speech_embedding", feature_dim=96, window=8, checkpoint=str(tmp_path)),
                          speech(1.0), 25, 25.0)
     (tmp_path / "embedding_model.onnx").write_bytes(b"not a model")

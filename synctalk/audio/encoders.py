@@ -185,6 +185,13 @@ def hubert_features(samples: np.ndarray, num_frames: int, fps: float, model_dir:
     return states[idx]
 
 
+def _check_feature_dim(audio_cfg, expected: int, step: str) -> None:
+    """A computed encoder's features have a fixed size: fail when ``audio_encoder.feature_dim`` says otherwise."""
+    if audio_cfg.feature_dim != expected:
+        raise UserError(f"audio_encoder={audio_cfg.name} has {expected} features per {step}, not "
+                        f"audio_encoder.feature_dim={audio_cfg.feature_dim}")
+
+
 def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float, progress: bool = True
                      ) -> np.ndarray:
     """Per-frame audio features of ``samples`` for an ``audio_encoder`` config (name, window, checkpoint).
@@ -202,16 +209,12 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
     if name == "phones":
         from synctalk.audio.phones import FEATURE_DIM, phone_features
 
-        if audio_cfg.feature_dim != FEATURE_DIM:
-            raise UserError(f"audio_encoder=phones has {FEATURE_DIM} features per row, not "
-                            f"audio_encoder.feature_dim={audio_cfg.feature_dim}")
+        _check_feature_dim(audio_cfg, FEATURE_DIM, "row")
         return phone_features(samples, num_frames, fps, audio_cfg.window)
     if name == "speech_embedding":
         from synctalk.audio.speech_embedding import FEATURE_DIM, speech_embedding_features
 
-        if audio_cfg.feature_dim != FEATURE_DIM:
-            raise UserError(f"audio_encoder=speech_embedding has {FEATURE_DIM} features per embedding, not "
-                            f"audio_encoder.feature_dim={audio_cfg.feature_dim}")
+        _check_feature_dim(audio_cfg, FEATURE_DIM, "embedding")
         return speech_embedding_features(samples, num_frames, fps, audio_cfg.window, folder=audio_cfg.checkpoint)
     if name == "ave":
         return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]

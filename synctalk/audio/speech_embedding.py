@@ -54,15 +54,17 @@ def model_dir(folder: str | Path | None = None) -> Path:
 
 
 @lru_cache(maxsize=2)
-def _sessions(folder: str):
+def _sessions(folder: str | None):
+    """The front end's and the embedding's onnxruntime sessions, loaded once per model folder (:func:`model_dir`)."""
+    where = model_dir(folder)
     ort = require("onnxruntime", "audio_encoder=speech_embedding")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return tuple(ort.InferenceSession(str(Path(folder) / name), options, providers=["CPUExecutionProvider"])
+        return tuple(ort.InferenceSession(str(where / name), options, providers=["CPUExecutionProvider"])
                      for name in ("melspectrogram.onnx", "embedding_model.onnx"))
     except Exception as e:  # onnxruntime raises its own exception types for a corrupt or foreign file
-        raise UserError(f"cannot load the speech embedding model from {folder}: {e}") from None
+        raise UserError(f"cannot load the speech embedding model from {where}: {e}") from None
 
 
 def front_end(samples: np.ndarray, folder: str | Path | None = None) -> np.ndarray:
@@ -71,7 +73,7 @@ def front_end(samples: np.ndarray, folder: str | Path | None = None) -> np.ndarr
     Returns:
         (R, 32) float32; row ``j`` hears samples ``[160 j, 160 j + 512)``.
     """
-    mel, _ = _sessions(str(model_dir(folder)))
+    mel, _ = _sessions(str(folder) if folder else None)
     pcm = (np.asarray(samples, np.float32) * 32767.0)[None]  # the model reads 16-bit sample values
     return (mel.run(None, {"input": pcm})[0].reshape(-1, 32) / 10.0 + 2.0).astype(np.float32)  # openWakeWord's scaling
 
@@ -93,7 +95,7 @@ def speech_embeddings(samples: np.ndarray, times: np.ndarray, folder: str | Path
     starts = np.round((np.asarray(times) * SAMPLE_RATE + pad - EMBEDDING_SPAN / 2) / MEL_HOP).astype(int)
     starts = np.clip(starts, 0, len(rows) - EMBEDDING_ROWS)
     unique, inverse = np.unique(starts, return_inverse=True)
-    _, embed = _sessions(str(model_dir(folder)))
+    _, embed = _sessions(str(folder) if folder else None)
     out = []
     for first in range(0, len(unique), batch_size):
         chunk = unique[first:first + batch_size]
