@@ -53,10 +53,17 @@ def _free_port() -> int:
 def ddp_ranks(cfg: DictConfig, job: str = "train") -> Iterator[None]:
     """In rank 0 of a DDP run: start ranks 1..N-1 for the body, then wait for them (stop them when the body
     failed; an error when one of them failed), and restore the environment, so the next job of a sweep that
-    runs in this process starts its own ranks. Does nothing without trainer=ddp or in the other ranks."""
+    runs in this process starts its own ranks. In ranks 1..N-1 it only leaves the process group when the body ends;
+    without trainer=ddp it does nothing."""
     world = wants_ddp(cfg)
-    if world <= 1 or "LOCAL_RANK" in os.environ:
+    if world <= 1:
         yield
+        return
+    if "LOCAL_RANK" in os.environ:  # ranks 1..N-1: leave the group before the interpreter exits
+        try:
+            yield
+        finally:
+            _leave_group()
         return
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
@@ -78,16 +85,23 @@ def ddp_ranks(cfg: DictConfig, job: str = "train") -> Iterator[None]:
         yield
         failed = False
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():  # the next job of a sweep makes its own group
-            dist.destroy_process_group()
+        _leave_group()  # the next job of a sweep makes its own group
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
         _join(procs, failed)
+
+
+def _leave_group() -> None:
+    """Destroy this process's process group, if any. Every rank does it before it exits: a group left to the
+    interpreter's exit can be torn down while its communication threads still run, and the process then aborts
+    ("terminate called without an active exception", exit code -6) after a successful run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _join(procs: list[subprocess.Popen], failed: bool, timeout_s: float = 600) -> None:
