@@ -192,13 +192,15 @@ PERSPECTIVE_FOCALS = (700.0, 1350.0, 2600.0)  # px at 512; the camera 0.47, 0.9 
 
 def user_focals(frames: int, work: Path, runs: Path) -> dict:
     """The subject filmed at each of PERSPECTIVE_FOCALS (the face the same size) through ``synctalk preprocess``
-    with its defaults and the halves check: the focal it writes and where it came from, against the truth."""
+    with its defaults and the halves and perspective checks: the focal it writes and where it came from, against the
+    truth, and how much of a change of perspective FaceMesh and the points' focal follow (the warp checks)."""
     rows = []
     for focal in PERSPECTIVE_FOCALS:
         subject = generate(filmed_at(focal, num_frames=frames, size=512, seed=0), work / f"perspective_{focal:.0f}_seed0", progress=False)
         start = time.perf_counter()
         full = preprocess(subject / "video.mp4", work / f"user_{focal:.0f}", runs / f"user_{focal:.0f}",
-                          f"preprocess.ground_truth='{subject / 'ground_truth.npz'}'", "tracker.check_halves=true")
+                          f"preprocess.ground_truth='{subject / 'ground_truth.npz'}'", "tracker.check_halves=true",
+                          "tracker.check_perspective=true")
         if "error" in full:
             raise SystemExit(f"synctalk preprocess refused the synthetic subject at {focal:.0f} px: {full['error']}")
         report = full["poses"]
@@ -206,18 +208,24 @@ def user_focals(frames: int, work: Path, runs: Path) -> dict:
                      **{k: report.get(k) for k in REAL_KEYS},
                      "error_pct": round((report["focal"] / focal - 1) * 100, 1), "truth": report.get("truth")})
         print("as a user at", focal, json.dumps(rows[-1]), flush=True)
-    return {"rows": rows, "written": perspective_response(PERSPECTIVE_FOCALS, [r["focal"] for r in rows])}
+    return {"rows": rows, "written": perspective_response(PERSPECTIVE_FOCALS, [r["focal"] for r in rows]),
+            "landmarks": perspective_response(PERSPECTIVE_FOCALS, [r["focal_landmark_search"] for r in rows]),
+            "points": perspective_response(PERSPECTIVE_FOCALS, [r["focal_points"] for r in rows])}
 
 
 def user_focals_table(result: dict) -> str:
     """One markdown row per true focal: landmark focal, the points' focal, used or why not, written (error)."""
-    lines = ["| true focal | landmark focal | points' focal (std; parts' std; halves) | used | focal written (error) |",
-             "|---|---|---|---|---|"]
+    lines = ["| true focal | landmark focal | FaceMesh's perspective gain | points' focal (std; parts' std; halves) | "
+             "used | points' perspective gain | focal written (error) |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        points, used = _points_cells(r).split(" | ")[:2]
-        lines.append(f"| {r['true_focal']:.0f} | {r['focal_landmark_search']:.0f} | {points} | {used} | "
+        points, used, points_gain = _points_cells(r).split(" | ")[:3]
+        gain = r.get("perspective_gain")
+        lines.append(f"| {r['true_focal']:.0f} | {r['focal_landmark_search']:.0f} | "
+                     f"{'not checked' if gain is None else f'{gain:.2f}'} | {points} | {used} | {points_gain} | "
                      f"{r['focal']:.0f} ({r['error_pct']:+.1f}%) |")
-    lines.append(f"\ngain of the focal written: {result['written']['gain']:.2f}")
+    for key, name in (("written", "the focal written"), ("landmarks", "the landmark focal"),
+                      ("points", "the points' focal")):
+        lines.append(f"\ngain of {name} over the three (filmed, not warped): {result[key]['gain']:.2f}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 
 from synctalk.stabilizer.focal_from_points import fit_focal, measure_focal
 from synctalk.stabilizer.options import FocalPointsOptions
-from synctalk.stabilizer.perspective_check import warp_points, warp_tracks
+from synctalk.stabilizer.perspective_check import perspective_response, warp_rigid_tracks
 
 TRUE_FOCAL, SIZE = 1200.0, 512
 
@@ -57,23 +57,32 @@ def test_measured_focal_is_used_only_when_the_motion_shows_perspective():
     assert report["focal_points_used"] is False and report["focal_points_rejected"] == rigid.reasons
 
 
-def test_warped_tracks_move_as_the_warped_pixels():
-    rng = np.random.default_rng(0)
-    face = rng.uniform(150, 350, (1, 468, 2))
-    depth = rng.uniform(0.75, 0.85, (1, 468))
-    tracks = np.concatenate([face[:, :5], [[[10.0, 10.0]]]], 1)  # five face vertices and a point near the corner
-    visible = np.ones((1, 6), bool)
-    same, seen = warp_tracks(tracks, visible, face, depth, 1.0, SIZE, SIZE)
-    assert np.allclose(same, tracks) and seen.all()
-    warped, _ = warp_tracks(tracks, visible, face, depth, 1.45, SIZE, SIZE)
-    from synctalk.face.facemesh import MESH_TO_68
+def _project(points, rotation, translation, focal):
+    cam = np.einsum("nab,pb->npa", rotation, points) + translation[:, None]
+    return focal * cam[..., :2] / cam[..., 2:] + SIZE / 2, cam[..., 2]
 
-    centre = depth[0][np.unique(MESH_TO_68)].mean()
-    expected = warp_points(face[0, :5], depth[0, :5], 1.45, centre, SIZE / 2, SIZE / 2)
-    assert np.allclose(warped[0, :5], expected, atol=1e-6)
-    assert np.abs(warped[0, 5] - tracks[0, 5]).max() < 1.0  # near the image edge the warp fades out
-    gone, seen = warp_tracks(tracks, visible, np.full_like(face, np.nan), depth, 1.45, SIZE, SIZE)
-    assert not seen.any()
+
+def test_rigid_warp_films_the_head_with_another_focal_and_the_measured_focal_follows_it():
+    """The tracks warped to 1.45 x the focal are the head filmed at 1.45 x the focal from a camera moved back by
+    0.45 x the face centre's depth, every point (not only those on a face mesh); the focal measured on warped tracks
+    follows the whole change (gain 1), from the same start."""
+    tracks, visible, start, rotation, start_t, start_focal, ref = _scene(noise_px=0.0)
+    rng = np.random.default_rng(0)
+    theta, phi = rng.uniform(-1.2, 1.2, 80), rng.uniform(-0.9, 0.9, 80)  # the scene of _scene(seed=0)
+    head = np.stack([0.08 * np.sin(theta) * np.cos(phi), 0.11 * np.sin(phi), 0.09 * np.cos(theta) * np.cos(phi)], 1)
+    t = np.linspace(0, 2 * np.pi, 40)
+    translation = np.stack([0.01 * np.sin(t), 0.005 * np.cos(t), np.full(40, 0.8)], 1)
+    filmed, depth = _project(head, rotation, translation, TRUE_FOCAL)
+    assert np.allclose(filmed, tracks)
+    centre = np.full(40, 0.8)
+    moved_back = translation + np.array([0.0, 0.0, 0.45 * 0.8])
+    expected = _project(head, rotation, moved_back, 1.45 * TRUE_FOCAL)[0]
+    assert np.allclose(warp_rigid_tracks(tracks, depth, centre, 1.45, SIZE / 2, SIZE / 2), expected, atol=1e-9)
+    assert np.allclose(warp_rigid_tracks(tracks, depth, centre, 1.0, SIZE / 2, SIZE / 2), tracks)
+    opts = FocalPointsOptions(frames=40, rounds=1, iterations=40, check_halves=False, check_parts=False)
+    found = [measure_focal(warp_rigid_tracks(tracks, depth, centre, r, SIZE / 2, SIZE / 2), visible, start, rotation,
+                           start_t, start_focal, SIZE / 2, SIZE / 2, ref, opts).focal for r in (0.7, 1.0, 1.45)]
+    assert abs(perspective_response([r * TRUE_FOCAL for r in (0.7, 1.0, 1.45)], found)["gain"] - 1) < 0.02
 
 
 def test_a_start_far_from_the_truth_converges():

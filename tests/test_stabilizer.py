@@ -631,9 +631,11 @@ def test_poses_stage_checks_the_detector_perspective_on_facemesh(tmp_path, caplo
     assert (tmp_path / "stab" / "perspective_check.jpg").is_file()
     assert not (tmp_path / "stab" / "perspective_check").exists()
     # the focal measured again on the tracked head points (the default tracker.focal_source=points), with its own
-    # perspective check on warped tracks; used only when sure, else the landmark focal is written
+    # perspective check on re-filmed tracks; used only when sure, else the landmark focal is written
     assert report["focal_points_frames"] == n and len(report["focal_points_halves"]) == 2
     assert len(report["perspective_points_focals"]) == 3 and report["perspective_points_gain"] is not None
+    refused_by_the_check = any("re-filmed" in reason for reason in report["focal_points_rejected"])
+    assert refused_by_the_check == (report["perspective_points_gain"] < PERSPECTIVE_GAIN_WARN)
     if report["focal_points_used"]:
         assert report["focal"] == report["focal_points"] and not report["focal_points_rejected"]
     else:

@@ -154,31 +154,22 @@ def _tile(path: Path, points: np.ndarray, label: str) -> np.ndarray:
     return image
 
 
-def warp_tracks(points2d: np.ndarray, visible: np.ndarray, face_xy: np.ndarray, face_depth: np.ndarray, ratio: float,
-                width: int, height: int, anchors: int = 9) -> tuple[np.ndarray, np.ndarray]:
-    """Tracked points moved as :func:`warp_image` moves the pixels under them: per frame, the displacement of the
-    face vertices (:func:`warp_points`) interpolated linearly at the points, falling to 0 at the image edges.
+def warp_rigid_tracks(points2d: np.ndarray, depth: np.ndarray, centre_depth: np.ndarray, ratio: float, cx: float,
+                      cy: float) -> np.ndarray:
+    """Tracked points as a camera with ``ratio`` x the focal, moved back so that the face's centre keeps its size,
+    would have filmed them: each point moves as :func:`warp_points` says for its own depth.
+
+    Each point's depth comes from one rigid head (its 3D position under the frame's pose), so the warped tracks are
+    those of a rigid head filmed at the new focal, hair and ears included. Warping by the face mesh's depth alone and
+    interpolating between its vertices (as the warped frames move pixels) would move the points off the mesh less
+    than a camera does, and the focal measured on them would follow less of the change than it can see.
 
     Args:
-        points2d: (N, P, 2) px; visible: (N, P); face_xy: (N, V, 2) the face vertices in the image (NaN: no face);
-        face_depth: (N, V) their depths (any unit); ratio: the warped frames' focal, times the clip's.
+        points2d: (N, P, 2) px; depth: (N, P) each point's distance along the optical axis in each frame;
+        centre_depth: (N,) the face centre's (same unit); ratio: the new focal, times the clip's.
     Returns:
-        (N, P, 2) warped tracks and (N, P) visibility (False in frames without a face).
+        (N, P, 2) px.
     """
-    from scipy.interpolate import LinearNDInterpolator
-
-    cx, cy = width / 2.0, height / 2.0
-    edge = [(x, y) for x in np.linspace(0, width - 1, anchors) for y in (0, height - 1)]
-    edge += [(x, y) for y in np.linspace(0, height - 1, anchors)[1:-1] for x in (0, width - 1)]
-    edge = np.asarray(edge, np.float64)
-    out, seen = points2d.astype(np.float64).copy(), visible.copy()
-    for i in range(len(points2d)):
-        xy = face_xy[i]
-        if np.isnan(xy).any():
-            seen[i] = False
-            continue
-        centre = float(face_depth[i][np.unique(MESH_TO_68)].mean())
-        moved = warp_points(xy, face_depth[i], ratio, centre, cx, cy) - xy
-        field = LinearNDInterpolator(np.concatenate([xy, edge]), np.concatenate([moved, np.zeros_like(edge)]))
-        out[i] += np.nan_to_num(field(points2d[i]))
-    return out, seen
+    scale = ratio * depth / (depth + (ratio - 1.0) * centre_depth[:, None])
+    centre = np.array([cx, cy])
+    return centre + (points2d - centre) * scale[..., None]

@@ -88,24 +88,27 @@ def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, f
         lambda paths: detector.detect_files(paths, progress=False), out_dir / "perspective_check", count)
 
 
-def _check_perspective_points(tracks, mesh: np.ndarray, model: FaceModel, fit, focal: float, reference: int,
-                              lms68: np.ndarray, size: tuple[int, int], opts) -> dict:
-    """The perspective check of the focal measured on the points: the tracks moved as frames warped to
-    :data:`~synctalk.stabilizer.perspective_check.RATIOS` x the landmark focal would move them (the face's depth from
-    the fitted face model, as the landmark check warps), and the focal measured on them from the same start."""
-    from synctalk.stabilizer.perspective_check import RATIOS, dense_face, perspective_response, warp_tracks
+def _check_perspective_points(tracks, model: FaceModel, fit, focal: float, reference: int, lms68: np.ndarray,
+                              size: tuple[int, int], opts) -> dict:
+    """The perspective check of the focal measured on the points: the tracks as a camera with
+    :data:`~synctalk.stabilizer.perspective_check.RATIOS` x the landmark focal would have filmed them
+    (:func:`~synctalk.stabilizer.perspective_check.warp_rigid_tracks`; each point's depth from its back-projection on
+    the fitted face under each frame's pose, the centre that of the fitted face's landmarks), and the focal measured
+    on them from the same start."""
+    from synctalk.stabilizer.perspective_check import RATIOS, perspective_response, warp_rigid_tracks
 
     with torch.no_grad():
         neutral = model(torch.as_tensor(fit.id_coeff), torch.zeros(1, 1, model.num_exp))[0, 0].numpy()
-    dense = dense_face(neutral)
     rotation, translation = fit.rotation[0], fit.translation[0]
-    depth = np.einsum("vb,nab->nva", dense, rotation)[..., 2] + translation[:, None, 2]
-    start = _keypoints_3d(model, fit, tracks, reference, lms68, focal, size[0] / 2.0, size[1] / 2.0)
+    cx, cy = size[0] / 2.0, size[1] / 2.0
+    start = _keypoints_3d(model, fit, tracks, reference, lms68, focal, cx, cy)
+    depth = np.einsum("pb,nab->npa", start, rotation)[..., 2] + translation[:, None, 2]
+    centre = (np.einsum("vb,nab->nva", neutral, rotation)[..., 2] + translation[:, None, 2]).mean(1)
     found, only_focal = [], replace(opts, check_halves=False, check_parts=False)
     for ratio in RATIOS:
-        points, visible = warp_tracks(tracks.points, tracks.visible, mesh[:, :468, :2], depth, ratio, *size)
-        found.append(round(measure_focal(points, visible, start, rotation, translation, focal, size[0] / 2.0,
-                                         size[1] / 2.0, reference, only_focal).focal, 1))
+        points = warp_rigid_tracks(tracks.points, depth, centre, ratio, cx, cy)
+        found.append(round(measure_focal(points, tracks.visible, start, rotation, translation, focal, cx, cy,
+                                         reference, only_focal).focal, 1))
     gain = perspective_response([r * focal for r in RATIOS], found)["gain"]
     return {"perspective_points_ratios": list(RATIOS), "perspective_points_focals": found,
             "perspective_points_gain": gain}
@@ -201,10 +204,16 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
             focal_tracks.points, focal_tracks.visible,
             _keypoints_3d(model, fit, focal_tracks, reference, lms68, focal, cx, cy),
             fit.rotation[0], fit.translation[0], focal, cx, cy, reference, t.focal_points, progress))
-        report.update(measured.to_dict())
         if t.check_perspective:
             report.update(steps("perspective_check_points", lambda: _check_perspective_points(
-                focal_tracks, mesh, model, fit, focal, reference, lms68, (width, height), t.focal_points)))
+                focal_tracks, model, fit, focal, reference, lms68, (width, height), t.focal_points)))
+            gain = report["perspective_points_gain"]
+            if gain < PERSPECTIVE_GAIN_WARN:  # it would not see the camera's perspective on this clip's tracks
+                measured.used = False
+                measured.reasons.append(f"on its tracks re-filmed at {report['perspective_points_ratios']} x the "
+                                        f"focal it follows {100 * gain:.0f}% of the change of perspective (limit "
+                                        f"{100 * PERSPECTIVE_GAIN_WARN:.0f}%)")
+        report.update(measured.to_dict())
         if measured.used:
             focal = round(measured.focal, 2)
             fit = steps("landmark_fit_points", lambda: landmark_fit(focal))
