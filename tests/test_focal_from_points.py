@@ -3,7 +3,7 @@ import numpy as np
 
 from synctalk.stabilizer.focal_from_points import fit_focal, measure_focal
 from synctalk.stabilizer.options import FocalPointsOptions
-from synctalk.stabilizer.perspective_check import perspective_response, warp_rigid_tracks
+from synctalk.stabilizer.perspective_check import perspective_response, warp_points
 
 TRUE_FOCAL, SIZE = 1200.0, 512
 
@@ -16,9 +16,9 @@ def _euler(yaw, pitch, roll):
     return rz @ rx @ ry
 
 
-def _scene(frames=40, points=80, motion_deg=15.0, noise_px=0.1, seed=0):
-    """Points on the front of a head-sized ellipsoid filmed at TRUE_FOCAL as the head turns, and the start a
-    landmark fit would give at 900 px: translations scaled so the head keeps its size, points flat at its depth."""
+def _head(frames=40, points=80, motion_deg=15.0, seed=0):
+    """Points on the front of a head-sized ellipsoid (P, 3) m, turning: rotations (N, 3, 3), translations (N, 3) m
+    (0.8 m away), and the random generator after drawing them."""
     rng = np.random.default_rng(seed)
     theta, phi = rng.uniform(-1.2, 1.2, points), rng.uniform(-0.9, 0.9, points)
     head = np.stack([0.08 * np.sin(theta) * np.cos(phi), 0.11 * np.sin(phi), 0.09 * np.cos(theta) * np.cos(phi)], 1)
@@ -26,8 +26,21 @@ def _scene(frames=40, points=80, motion_deg=15.0, noise_px=0.1, seed=0):
     a = np.radians(motion_deg)
     rotation = np.stack([_euler(a * np.sin(k), 0.5 * a * np.sin(2 * k + 1), 0.2 * a * np.cos(k)) for k in t])
     translation = np.stack([0.01 * np.sin(t), 0.005 * np.cos(t), np.full(frames, 0.8)], 1)
-    cam = np.einsum("nab,pb->npa", rotation, head) + translation[:, None]
-    tracks = TRUE_FOCAL * cam[..., :2] / cam[..., 2:] + SIZE / 2 + rng.normal(0, noise_px, cam[..., :2].shape)
+    return head, rotation, translation, rng
+
+
+def _project(points, rotation, translation, focal):
+    """(N, P, 2) px and (N, P) depths of the points (P, 3) under the poses, filmed at ``focal``."""
+    cam = np.einsum("nab,pb->npa", rotation, points) + translation[:, None]
+    return focal * cam[..., :2] / cam[..., 2:] + SIZE / 2, cam[..., 2]
+
+
+def _scene(frames=40, points=80, motion_deg=15.0, noise_px=0.1, seed=0):
+    """The head of :func:`_head` filmed at TRUE_FOCAL, and the start a landmark fit would give at 900 px:
+    translations scaled so the head keeps its size, points flat at its depth."""
+    head, rotation, translation, rng = _head(frames, points, motion_deg, seed)
+    filmed = _project(head, rotation, translation, TRUE_FOCAL)[0]
+    tracks = filmed + rng.normal(0, noise_px, filmed.shape)
     start_focal, ref = 900.0, 0
     start_t = translation * start_focal / TRUE_FOCAL
     rays = np.concatenate([(tracks[ref] - SIZE / 2) / start_focal, np.ones((points, 1))], 1) * start_t[ref, 2]
@@ -57,32 +70,24 @@ def test_measured_focal_is_used_only_when_the_motion_shows_perspective():
     assert report["focal_points_used"] is False and report["focal_points_rejected"] == rigid.reasons
 
 
-def _project(points, rotation, translation, focal):
-    cam = np.einsum("nab,pb->npa", rotation, points) + translation[:, None]
-    return focal * cam[..., :2] / cam[..., 2:] + SIZE / 2, cam[..., 2]
-
-
 def test_rigid_warp_films_the_head_with_another_focal_and_the_measured_focal_follows_it():
     """The tracks warped to 1.45 x the focal are the head filmed at 1.45 x the focal from a camera moved back by
     0.45 x the face centre's depth, every point (not only those on a face mesh); the focal measured on warped tracks
     follows the whole change (gain 1), from the same start."""
     tracks, visible, start, rotation, start_t, start_focal, ref = _scene(noise_px=0.0)
-    rng = np.random.default_rng(0)
-    theta, phi = rng.uniform(-1.2, 1.2, 80), rng.uniform(-0.9, 0.9, 80)  # the scene of _scene(seed=0)
-    head = np.stack([0.08 * np.sin(theta) * np.cos(phi), 0.11 * np.sin(phi), 0.09 * np.cos(theta) * np.cos(phi)], 1)
-    t = np.linspace(0, 2 * np.pi, 40)
-    translation = np.stack([0.01 * np.sin(t), 0.005 * np.cos(t), np.full(40, 0.8)], 1)
+    head, _, translation, _ = _head()
     filmed, depth = _project(head, rotation, translation, TRUE_FOCAL)
     assert np.allclose(filmed, tracks)
     centre = np.full(40, 0.8)
     moved_back = translation + np.array([0.0, 0.0, 0.45 * 0.8])
     expected = _project(head, rotation, moved_back, 1.45 * TRUE_FOCAL)[0]
-    assert np.allclose(warp_rigid_tracks(tracks, depth, centre, 1.45, SIZE / 2, SIZE / 2), expected, atol=1e-9)
-    assert np.allclose(warp_rigid_tracks(tracks, depth, centre, 1.0, SIZE / 2, SIZE / 2), tracks)
+    assert np.allclose(warp_points(tracks, depth, 1.45, centre[:, None], SIZE / 2, SIZE / 2), expected, atol=1e-9)
+    assert np.allclose(warp_points(tracks, depth, 1.0, centre[:, None], SIZE / 2, SIZE / 2), tracks)
     opts = FocalPointsOptions(frames=40, rounds=1, iterations=40, check_halves=False, check_parts=False)
-    found = [measure_focal(warp_rigid_tracks(tracks, depth, centre, r, SIZE / 2, SIZE / 2), visible, start, rotation,
-                           start_t, start_focal, SIZE / 2, SIZE / 2, ref, opts).focal for r in (0.7, 1.0, 1.45)]
-    assert abs(perspective_response([r * TRUE_FOCAL for r in (0.7, 1.0, 1.45)], found)["gain"] - 1) < 0.02
+    ratios = (0.7, 1.0, 1.45)
+    found = [measure_focal(warp_points(tracks, depth, r, centre[:, None], SIZE / 2, SIZE / 2), visible, start,
+                           rotation, start_t, start_focal, SIZE / 2, SIZE / 2, ref, opts).focal for r in ratios]
+    assert abs(perspective_response([r * TRUE_FOCAL for r in ratios], found)["gain"] - 1) < 0.02
 
 
 def test_a_start_far_from_the_truth_converges():

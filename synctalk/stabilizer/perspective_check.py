@@ -42,18 +42,20 @@ def dense_face(shape68: np.ndarray) -> np.ndarray:
     return np.concatenate([vertices, np.ones((468, 1))], 1) @ affine
 
 
-def warp_points(xy: np.ndarray, depth: np.ndarray, ratio: float, centre_depth: float, cx: float, cy: float
+def warp_points(xy: np.ndarray, depth: np.ndarray, ratio: float, centre_depth, cx: float, cy: float
                 ) -> np.ndarray:
     """Image points as filmed with ``ratio`` x the focal from a camera moved back so that points at
     ``centre_depth`` keep their size.
 
     Args:
-        xy: (P, 2) pixels; depth: (P,) their distances along the optical axis (any unit, that of centre_depth).
+        xy: (..., 2) pixels; depth: (...) their distances along the optical axis (any unit, that of centre_depth);
+        centre_depth: a number, or an array broadcasting against ``depth`` (e.g. (N, 1) for one centre per frame).
     Returns:
-        (P, 2) pixels: ``x' - c = (x - c) * ratio * z / (z + (ratio - 1) * centre_depth)``.
+        (..., 2) pixels: ``x' - c = (x - c) * ratio * z / (z + (ratio - 1) * centre_depth)``.
     """
     scale = ratio * depth / (depth + (ratio - 1.0) * centre_depth)
-    return np.stack([cx + (xy[:, 0] - cx) * scale, cy + (xy[:, 1] - cy) * scale], 1)
+    centre = np.array([cx, cy])
+    return centre + (xy - centre) * scale[..., None]
 
 
 def warp_image(image: np.ndarray, source: np.ndarray, target: np.ndarray, anchors: int = 9) -> np.ndarray:
@@ -152,24 +154,3 @@ def _tile(path: Path, points: np.ndarray, label: str) -> np.ndarray:
         cv2.circle(image, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
     cv2.putText(image, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
     return image
-
-
-def warp_rigid_tracks(points2d: np.ndarray, depth: np.ndarray, centre_depth: np.ndarray, ratio: float, cx: float,
-                      cy: float) -> np.ndarray:
-    """Tracked points as a camera with ``ratio`` x the focal, moved back so that the face's centre keeps its size,
-    would have filmed them: each point moves as :func:`warp_points` says for its own depth.
-
-    Each point's depth comes from one rigid head (its 3D position under the frame's pose), so the warped tracks are
-    those of a rigid head filmed at the new focal, hair and ears included. Warping by the face mesh's depth alone and
-    interpolating between its vertices (as the warped frames move pixels) would move the points off the mesh less
-    than a camera does, and the focal measured on them would follow less of the change than it can see.
-
-    Args:
-        points2d: (N, P, 2) px; depth: (N, P) each point's distance along the optical axis in each frame;
-        centre_depth: (N,) the face centre's (same unit); ratio: the new focal, times the clip's.
-    Returns:
-        (N, P, 2) px.
-    """
-    scale = ratio * depth / (depth + (ratio - 1.0) * centre_depth[:, None])
-    centre = np.array([cx, cy])
-    return centre + (points2d - centre) * scale[..., None]

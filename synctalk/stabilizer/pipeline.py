@@ -88,25 +88,28 @@ def _check_perspective(frames: list[Path], mesh: np.ndarray, model: FaceModel, f
         lambda paths: detector.detect_files(paths, progress=False), out_dir / "perspective_check", count)
 
 
-def _check_perspective_points(tracks, model: FaceModel, fit, focal: float, reference: int, lms68: np.ndarray,
+def _check_perspective_points(tracks, start: np.ndarray, model: FaceModel, fit, focal: float, reference: int,
                               size: tuple[int, int], opts) -> dict:
     """The perspective check of the focal measured on the points: the tracks as a camera with
-    :data:`~synctalk.stabilizer.perspective_check.RATIOS` x the landmark focal would have filmed them
-    (:func:`~synctalk.stabilizer.perspective_check.warp_rigid_tracks`; each point's depth from its back-projection on
-    the fitted face under each frame's pose, the centre that of the fitted face's landmarks), and the focal measured
-    on them from the same start."""
-    from synctalk.stabilizer.perspective_check import RATIOS, perspective_response, warp_rigid_tracks
+    :data:`~synctalk.stabilizer.perspective_check.RATIOS` x the landmark focal, moved back so that the face's centre
+    keeps its size, would have filmed them, and the focal measured on them from the same start (``start``: (P, 3)
+    the points' back-projection on the fitted face, :func:`_keypoints_3d`).
+
+    Each point moves by its own depth (``start`` under each frame's pose; the centre is the fitted face's landmarks'),
+    so the moved tracks are those of one rigid head, hair and ears included. Moving them by the face mesh's depth
+    interpolated between its vertices, as the warped frames move pixels, would move the points off the mesh less than
+    a camera does, and the focal measured on them would follow less of the change than it can see."""
+    from synctalk.stabilizer.perspective_check import RATIOS, perspective_response, warp_points
 
     with torch.no_grad():
         neutral = model(torch.as_tensor(fit.id_coeff), torch.zeros(1, 1, model.num_exp))[0, 0].numpy()
     rotation, translation = fit.rotation[0], fit.translation[0]
     cx, cy = size[0] / 2.0, size[1] / 2.0
-    start = _keypoints_3d(model, fit, tracks, reference, lms68, focal, cx, cy)
-    depth = np.einsum("pb,nab->npa", start, rotation)[..., 2] + translation[:, None, 2]
-    centre = (np.einsum("vb,nab->nva", neutral, rotation)[..., 2] + translation[:, None, 2]).mean(1)
+    depth = np.einsum("pb,nab->npa", start, rotation)[..., 2] + translation[:, None, 2]  # (N, P)
+    centre = (np.einsum("vb,nab->nva", neutral, rotation)[..., 2] + translation[:, None, 2]).mean(1)  # (N,)
     found, only_focal = [], replace(opts, check_halves=False, check_parts=False)
     for ratio in RATIOS:
-        points = warp_rigid_tracks(tracks.points, depth, centre, ratio, cx, cy)
+        points = warp_points(tracks.points, depth, ratio, centre[:, None], cx, cy)
         found.append(round(measure_focal(points, tracks.visible, start, rotation, translation, focal, cx, cy,
                                          reference, only_focal).focal, 1))
     gain = perspective_response([r * focal for r in RATIOS], found)["gain"]
@@ -200,13 +203,13 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
             focal_tracks = steps("focal_tracks", lambda: track_some_frames(
                 frames, masks, lms68, reference, focal_frames(len(frames), t.focal_points.frames, reference),
                 focal_points_options, opts.flow, to_px, progress))
+        start = _keypoints_3d(model, fit, focal_tracks, reference, lms68, focal, cx, cy)
         measured = steps("focal_points", lambda: measure_focal(
-            focal_tracks.points, focal_tracks.visible,
-            _keypoints_3d(model, fit, focal_tracks, reference, lms68, focal, cx, cy),
-            fit.rotation[0], fit.translation[0], focal, cx, cy, reference, t.focal_points, progress))
+            focal_tracks.points, focal_tracks.visible, start, fit.rotation[0], fit.translation[0], focal, cx, cy,
+            reference, t.focal_points, progress))
         if t.check_perspective:
             report.update(steps("perspective_check_points", lambda: _check_perspective_points(
-                focal_tracks, model, fit, focal, reference, lms68, (width, height), t.focal_points)))
+                focal_tracks, start, model, fit, focal, reference, (width, height), t.focal_points)))
             gain = report["perspective_points_gain"]
             if gain < PERSPECTIVE_GAIN_WARN:  # it would not see the camera's perspective on this clip's tracks
                 measured.used = False
