@@ -210,7 +210,13 @@ def user_focals(frames: int, work: Path, runs: Path) -> dict:
         print("as a user at", focal, json.dumps(rows[-1]), flush=True)
     return {"rows": rows, "written": perspective_response(PERSPECTIVE_FOCALS, [r["focal"] for r in rows]),
             "landmarks": perspective_response(PERSPECTIVE_FOCALS, [r["focal_landmark_search"] for r in rows]),
-            "points": perspective_response(PERSPECTIVE_FOCALS, [r["focal_points"] for r in rows])}
+            "points": perspective_response(PERSPECTIVE_FOCALS, [points_focal(r) for r in rows])}
+
+
+def points_focal(report: dict) -> float:
+    """The focal measured on the tracked points, px, signed (negative: an inverted perspective; 1 / focal is what
+    :func:`perspective_response` fits)."""
+    return report["focal_landmark_search"] / report["focal_points_perspective"]
 
 
 def user_focals_table(result: dict) -> str:
@@ -250,16 +256,16 @@ def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
                              CanonicalFace(), pose_source="landmarks",
                              focal_range=(0.4 * focal, 2.5 * focal, 0.05 * focal),
                              focal_source="landmarks" if source == "truth" else "points")
-            found[source].append(res["report"]["focal_landmarks"])
+            found[source].append(res["report"]["focal_landmark_search"])
             if source == "facemesh":
-                found["points"].append(res["report"]["focal_points"])
+                found["points"].append(points_focal(res["report"]))
         print("perspective", focal, {k: v[-1] for k, v in found.items()}, flush=True)
     return {"seed": seed, "true_focal": list(PERSPECTIVE_FOCALS), "distance_m": [round(d, 3) for d in distances],
             **{source: {"focal": f, **perspective_response(PERSPECTIVE_FOCALS, f)} for source, f in found.items()}}
 
 
 REAL_KEYS = ("focal", "focal_landmark_search", "focal_interior", "focal_halves", "focal_halves_difference_pct",
-             "focal_points", "focal_points_std_pct", "focal_points_halves", "focal_points_halves_difference_pct",
+             "focal_points", "focal_points_perspective", "focal_points_std_pct", "focal_points_halves", "focal_points_halves_difference_pct",
              "focal_points_parts_std_pct", "focal_points_used", "focal_points_rejected", "perspective_points_focals",
              "perspective_points_gain",
              "jitter_landmarks", "jitter_bundle_adjustment", "bundle_adjustment_kept", "bundle_adjustment_rejected",
@@ -299,12 +305,20 @@ def real_clips(clips: list[Path], work: Path, runs: Path, check_perspective: boo
 def _points_cells(c: dict) -> str:
     """The focal measured on the tracked points: value (std %; the parts' std %; halves), used or why not, its
     perspective gain."""
-    if c.get("focal_points") is None:
+    if c.get("focal_points_perspective") is None:
         return "not measured | | "
-    halves = " / ".join(f"{h:.0f}" for h in c["focal_points_halves"])
+
+    def px(focal):
+        return "no focal" if focal is None else f"{focal:.0f}"
+
+    def pct(value):
+        return "unmeasured" if value is None else f"{value:.1f}%"
+
+    halves = " / ".join(px(h) for h in c["focal_points_halves"])
     gain, parts = c.get("perspective_points_gain"), c.get("focal_points_parts_std_pct")
-    parts = "" if parts is None else f"; parts {parts:.1f}%"
-    return (f"{c['focal_points']:.0f} ({c['focal_points_std_pct']:.1f}%{parts}; {halves}) | "
+    parts = "" if parts is None else f"; parts {pct(parts)}"
+    value = px(c["focal_points"]) + ("" if c["focal_points"] else f" (perspective {c['focal_points_perspective']:+.2f})")
+    return (f"{value} ({pct(c['focal_points_std_pct'])}{parts}; {halves}) | "
             f"{'yes' if c['focal_points_used'] else 'no: ' + '; '.join(c['focal_points_rejected'])} | "
             f"{'not checked' if gain is None else f'{gain:.2f}'}")
 

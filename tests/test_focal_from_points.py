@@ -1,7 +1,7 @@
 """The focal measured on tracked head points (synctalk.stabilizer.focal_from_points) and its perspective check."""
 import numpy as np
 
-from synctalk.stabilizer.focal_from_points import fit_focal, measure_focal
+from synctalk.stabilizer.focal_from_points import fit_focal, image_positions, measure_focal
 from synctalk.stabilizer.options import FocalPointsOptions
 from synctalk.stabilizer.perspective_check import perspective_response, warp_points
 
@@ -50,11 +50,12 @@ def _scene(frames=40, points=80, motion_deg=15.0, noise_px=0.1, seed=0):
 
 def test_bundle_adjustment_with_a_free_focal_finds_the_camera_focal():
     tracks, visible, points, rotation, translation, focal, ref = _scene()
-    fit = fit_focal(tracks, visible, points, rotation, translation, focal, SIZE / 2, SIZE / 2, ref)
+    start = image_positions(translation, focal)
+    fit = fit_focal(tracks, visible, points, rotation, start, 1 / focal, SIZE / 2, SIZE / 2, ref)
     assert abs(fit.focal / TRUE_FOCAL - 1) < 0.01 and fit.rms_px < 0.15
-    assert 0 < fit.std_px < 0.01 * TRUE_FOCAL
-    assert np.allclose(fit.rotation[ref], rotation[ref]) and np.allclose(fit.translation[ref] / fit.focal,
-                                                                          translation[ref] / focal)
+    assert 0 < fit.inverse_focal_std < 0.01 * fit.inverse_focal
+    assert np.allclose(fit.rotation[ref], rotation[ref]) and np.allclose(fit.position[ref], start[ref])
+    assert np.allclose(image_positions(fit.translation, fit.focal), fit.position)
 
 
 def test_measured_focal_is_used_only_when_the_motion_shows_perspective():
@@ -92,9 +93,10 @@ def test_rigid_warp_films_the_head_with_another_focal_and_the_measured_focal_fol
 
 def test_a_start_far_from_the_truth_converges():
     tracks, visible, points, rotation, translation, focal, ref = _scene()
-    wide = translation * 2000.0 / focal
-    fit = fit_focal(tracks, visible, points * 1.0, rotation, wide, 2000.0, SIZE / 2, SIZE / 2, ref)
-    assert abs(fit.focal / TRUE_FOCAL - 1) < 0.01
+    for far in (2000.0, 20000.0):  # the second: a start with hardly any perspective
+        wide = image_positions(translation * far / focal, far)
+        fit = fit_focal(tracks, visible, points * 1.0, rotation, wide, 1 / far, SIZE / 2, SIZE / 2, ref)
+        assert abs(fit.focal / TRUE_FOCAL - 1) < 0.01
 
 
 def test_tracks_whose_error_differs_over_the_head_are_not_used():
@@ -129,7 +131,7 @@ def test_a_step_eliminating_the_frames_or_the_points_solves_the_whole_system():
         free = torch.ones(frames, dtype=torch.float64)
         free[ref] = 0.0
         normal = _normal_equations(_Problem(tracks, SIZE / 2, SIZE / 2, 1.0), torch.as_tensor(rotation),
-                                   torch.as_tensor(translation) / f, torch.as_tensor(pts), f,
+                                   torch.as_tensor(image_positions(translation, focal)), torch.as_tensor(pts), 1 / f,
                                    torch.as_tensor(visible, dtype=torch.float64), free).damped(1e-3)
         n6, p3 = 6 * frames, 3 * points
         whole = torch.zeros(n6 + p3 + 1, n6 + p3 + 1, dtype=torch.float64)
@@ -145,3 +147,47 @@ def test_a_step_eliminating_the_frames_or_the_points_solves_the_whole_system():
         assert normal.split()[0] == (6 * frames < 3 * points)
         torch.testing.assert_close(torch.cat([d_c.reshape(-1), d_p.reshape(-1), d_f[None]]), step, rtol=1e-7, atol=1e-9)
         assert d_c[ref].abs().max() < 1e-12 and d_p[0].abs().max() < 1e-12  # the fixed frame and the unseen point stay
+
+
+def test_normal_equations_hold_the_gradient_of_the_cost():
+    """``g_*`` of the normal equations are minus the gradient of the cost over the rotation increments, u, d, the
+    points and the inverse focal (residuals under the Huber threshold: the cost is their half squared sum)."""
+    import torch
+
+    from synctalk.stabilizer.focal_from_points import _normal_equations, _Problem, _rotate
+
+    tracks, visible, pts, rotation, translation, focal, ref = _scene(frames=8, points=12, noise_px=0.2)
+    problem = _Problem(tracks, SIZE / 2, SIZE / 2, 100.0)
+    rot, pos = torch.as_tensor(rotation), torch.as_tensor(image_positions(translation, focal))
+    pts, kappa = torch.as_tensor(pts), torch.tensor(1 / focal, dtype=torch.float64)
+    w = torch.as_tensor(visible, dtype=torch.float64)
+    normal = _normal_equations(problem, rot, pos, pts, kappa, w, torch.ones(8, dtype=torch.float64))
+    d_c = torch.zeros(8, 6, dtype=torch.float64, requires_grad=True)
+    d_p = torch.zeros_like(pts, requires_grad=True)
+    d_k = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    r = problem.residuals(_rotate(d_c[:, :3] + 1e-30) @ rot, pos + d_c[:, 3:], pts + d_p, kappa + d_k)
+    (0.5 * (r ** 2).sum()).backward()
+    torch.testing.assert_close(-d_c.grad, normal.g_c, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(-d_p.grad, normal.g_p, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(-d_k.grad, normal.g_f, rtol=1e-6, atol=1e-9)
+
+
+def test_tracks_with_an_inverted_perspective_are_measured_and_refused():
+    """Tracks whose near parts are magnified less than the far ones (a head that deforms as it turns can look so):
+    the fit reaches the negative inverse focal from a start at 900 px, and the stage does not use it."""
+    import torch
+
+    from synctalk.stabilizer.focal_from_points import _Problem
+
+    head, rotation, translation, _ = _head()
+    position = torch.as_tensor(image_positions(translation, TRUE_FOCAL))
+    kappa = -0.2 / TRUE_FOCAL
+    tracks = (_Problem(np.zeros((40, 80, 2)), SIZE / 2, SIZE / 2, 1.0).project(
+        torch.as_tensor(rotation), position, torch.as_tensor(head), kappa)[0] + SIZE / 2).numpy()
+    start = _scene()[2:]
+    opts = FocalPointsOptions(frames=40, rounds=2, iterations=40, check_parts=False)
+    found = measure_focal(tracks, np.ones((40, 80), bool), *start[:4], SIZE / 2, SIZE / 2, start[4], opts)
+    assert abs(found.inverse_focal / kappa - 1) < 0.02 and found.focal < 0
+    assert not found.used and any("inverted perspective" in r for r in found.reasons)
+    report = found.to_dict()
+    assert report["focal_points"] is None and abs(report["focal_points_perspective"] - (-0.2 * 900 / TRUE_FOCAL)) < 0.01

@@ -110,11 +110,11 @@ def _check_perspective_points(tracks, start: np.ndarray, model: FaceModel, fit, 
     found, only_focal = [], replace(opts, check_halves=False, check_parts=False)
     for ratio in RATIOS:
         points = warp_points(tracks.points, depth, ratio, centre[:, None], cx, cy)
-        found.append(round(measure_focal(points, tracks.visible, start, rotation, translation, focal, cx, cy,
-                                         reference, only_focal).focal, 1))
-    gain = perspective_response([r * focal for r in RATIOS], found)["gain"]
-    return {"perspective_points_ratios": list(RATIOS), "perspective_points_focals": found,
-            "perspective_points_gain": gain}
+        found.append(measure_focal(points, tracks.visible, start, rotation, translation, focal, cx, cy, reference,
+                                   only_focal))
+    gain = perspective_response([r * focal for r in RATIOS], [f.focal for f in found])["gain"]  # signed, in 1/focal
+    return {"perspective_points_ratios": list(RATIOS),
+            "perspective_points_focals": [f.to_dict()["focal_points"] for f in found], "perspective_points_gain": gain}
 
 
 def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np.ndarray, width: int,
@@ -221,8 +221,8 @@ def stabilize(frames: list[Path], masks: list[Path], mesh: np.ndarray, lms68: np
             focal = round(measured.focal, 2)
             fit = steps("landmark_fit_points", lambda: landmark_fit(focal))
         else:
-            log.warning("the focal measured on the tracked head points (%.0f px) is not used: %s. The landmark focal "
-                        "(%.0f px) is kept", measured.focal, "; ".join(measured.reasons), focal)
+            log.warning("the focal measured on the tracked head points (%s px) is not used: %s. The landmark focal "
+                        "(%.0f px) is kept", report["focal_points"], "; ".join(measured.reasons), focal)
     rot_lm, trans_lm = fit.rotation[0], fit.translation[0]
     with atomic_path(out_dir / "landmark_fit.npz") as tmp:
         np.savez(tmp, focal=focal, rotation=rot_lm, translation=trans_lm, id_coeff=fit.id_coeff[0],
