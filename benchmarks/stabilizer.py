@@ -265,7 +265,8 @@ def detector_perspective(frames: int, work: Path, seed: int = 0) -> dict:
 
 
 REAL_KEYS = ("focal", "focal_landmark_search", "focal_interior", "focal_halves", "focal_halves_difference_pct",
-             "focal_points", "focal_points_perspective", "focal_points_std_pct", "focal_points_halves", "focal_points_halves_difference_pct",
+             "focal_points", "focal_points_perspective", "focal_points_std_pct", "focal_points_halves",
+             "focal_points_halves_difference_pct",
              "focal_points_parts_std_pct", "focal_points_used", "focal_points_rejected", "perspective_points_focals",
              "perspective_points_gain",
              "jitter_landmarks", "jitter_bundle_adjustment", "bundle_adjustment_kept", "bundle_adjustment_rejected",
@@ -317,7 +318,9 @@ def _points_cells(c: dict) -> str:
     halves = " / ".join(px(h) for h in c["focal_points_halves"])
     gain, parts = c.get("perspective_points_gain"), c.get("focal_points_parts_std_pct")
     parts = "" if parts is None else f"; parts {pct(parts)}"
-    value = px(c["focal_points"]) + ("" if c["focal_points"] else f" (perspective {c['focal_points_perspective']:+.2f})")
+    value = px(c["focal_points"])
+    if c["focal_points"] is None:
+        value += f" (perspective {c['focal_points_perspective']:+.2f})"
     return (f"{value} ({pct(c['focal_points_std_pct'])}{parts}; {halves}) | "
             f"{'yes' if c['focal_points_used'] else 'no: ' + '; '.join(c['focal_points_rejected'])} | "
             f"{'not checked' if gain is None else f'{gain:.2f}'}")
