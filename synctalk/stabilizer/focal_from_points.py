@@ -427,7 +427,7 @@ def measure_focal(points2d: np.ndarray, visible: np.ndarray, points3d: np.ndarra
     if kappa <= 0:
         out.reasons.append(f"the tracks show {'no' if kappa == 0 else 'an inverted'} perspective (1 / focal = "
                            f"{kappa:.2e} / px): the head's motion is not that of a rigid head seen by a camera")
-    if out.std_pct > opts.max_std_pct:
+    if kappa > 0 and out.std_pct > opts.max_std_pct:  # below 0 the reason above says more
         out.reasons.append(f"its standard deviation is {out.std_pct:.1f}% (limit {opts.max_std_pct}%): the head "
                            f"moves too little for the perspective to be measured")
     if out.parts_std_pct is not None and out.parts_std_pct > opts.max_std_pct:
@@ -435,7 +435,7 @@ def measure_focal(points2d: np.ndarray, visible: np.ndarray, points3d: np.ndarra
                            f"{opts.max_std_pct}%): the tracks of different parts of the head disagree (compressed "
                            f"skin texture, moving hair or skin)")
     if out.halves_difference_pct is not None and out.halves_difference_pct > opts.max_halves_pct:
-        halves_px = " and ".join(f"{h:.0f} px" if h else "no focal" for h in map(_px, out.halves))
+        halves_px = " and ".join(f"{h:.0f} px" if h else "no focal (no perspective)" for h in map(_px, out.halves))
         out.reasons.append(f"the halves of the clip give {halves_px} ({out.halves_difference_pct:.0f}% apart in "
                            f"1 / focal, limit {opts.max_halves_pct}%)")
     if out.halves:
