@@ -62,6 +62,11 @@ def _rotate(w: torch.Tensor) -> torch.Tensor:
     return torch.eye(3, dtype=w.dtype) + s * k + (1 - c) * (k @ k)
 
 
+def signed_focal(inverse_focal: float) -> float:
+    """The focal (px) of an inverse focal (1/px): infinite without perspective, negative where it is inverted."""
+    return 1.0 / inverse_focal if inverse_focal else math.inf
+
+
 @dataclass
 class FocalFit:
     """One self-calibrating bundle adjustment: the inverse focal and its standard deviation, the fitted scene."""
@@ -77,8 +82,8 @@ class FocalFit:
 
     @property
     def focal(self) -> float:
-        """px; infinite without perspective, negative where it is inverted."""
-        return 1.0 / self.inverse_focal if self.inverse_focal else math.inf
+        """px: :func:`signed_focal`."""
+        return signed_focal(self.inverse_focal)
 
     @property
     def translation(self) -> np.ndarray:
@@ -332,8 +337,8 @@ class FocalFromPoints:
 
     @property
     def focal(self) -> float:
-        """px; infinite without perspective, negative where it is inverted."""
-        return 1.0 / self.inverse_focal if self.inverse_focal else math.inf
+        """px: :func:`signed_focal`."""
+        return signed_focal(self.inverse_focal)
 
     def to_dict(self) -> dict:
         def pct(value):
@@ -344,7 +349,8 @@ class FocalFromPoints:
                 "focal_points_std_pct": pct(self.std_pct),
                 "focal_points_halves": [_px(h) for h in self.halves],
                 "focal_points_halves_difference_pct": pct(self.halves_difference_pct),
-                "focal_points_parts": [_px(k) for k in self.parts], "focal_points_parts_std_pct": pct(self.parts_std_pct),
+                "focal_points_parts": [_px(k) for k in self.parts],
+                "focal_points_parts_std_pct": pct(self.parts_std_pct),
                 "focal_points_rms_px": round(self.rms_px, 4), "focal_points_frames": self.frames,
                 "focal_points_tracked": self.points, "focal_points_used": self.used,
                 "focal_points_rejected": self.reasons}

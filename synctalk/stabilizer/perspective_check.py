@@ -83,7 +83,8 @@ def perspective_response(true_focals, measured_focals) -> dict:
     that follows nearly all of the perspective is not pulled anywhere; near gain 1 that point is noise).
 
     Args:
-        true_focals, measured_focals: (K,) pixels, K >= 2 different true focals.
+        true_focals, measured_focals: (K,) pixels, K >= 2 different true focals; a measured focal may be infinite
+            or negative (no perspective, an inverted one: 1 / focal at or below 0).
     """
     true_p, meas_p = 1.0 / np.asarray(true_focals, np.float64), 1.0 / np.asarray(measured_focals, np.float64)
     if len(true_p) < 2 or np.ptp(true_p) == 0 or len(meas_p) != len(true_p):
