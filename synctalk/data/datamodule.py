@@ -83,7 +83,8 @@ class SubjectFrames:
         feats_path = self.layout.audio_features(audio_name)
         if not feats_path.is_file():
             raise UserError(f"{feats_path} not found: this dataset has no '{audio_name}' audio features; "
-                            f"run 'synctalk preprocess' with the same audio_encoder")
+                            f"run 'synctalk preprocess' on it again with the same audio_encoder (experiment=lip_sync "
+                            f"reads audio_encoder=whisper): only the features stage runs")
         feats = np.load(feats_path)
         if feats.ndim == 2:  # one vector per frame, e.g. aud_ave.npy (frames, 512)
             feats = feats[:, None]
