@@ -138,9 +138,21 @@ MODEL_KEYS = ("model.net", "encoding", "audio_encoder", "blendshapes")  # what t
 
 
 def model_mismatch(prev: DictConfig, cfg: DictConfig) -> list[str]:
-    """The keys of :data:`MODEL_KEYS` whose settings differ between a checkpoint's config and ``cfg``."""
+    """The keys of :data:`MODEL_KEYS` whose settings differ between a checkpoint's config and ``cfg``; a key
+    either side lacks (added to the schema since) counts as its default."""
     current = OmegaConf.create(resolved_container(cfg))
-    return [k for k in MODEL_KEYS if OmegaConf.select(prev, k) != OmegaConf.select(current, k)]
+    schema = OmegaConf.structured(TrainConfig)
+
+    def settings(config: DictConfig, key: str):
+        node, default = OmegaConf.select(config, key), OmegaConf.select(schema, key)
+        if not isinstance(node, DictConfig) or not isinstance(default, DictConfig):
+            return node
+        try:
+            return OmegaConf.merge(default, node)
+        except OmegaConfBaseException:  # a key the schema no longer has: compared as it is
+            return node
+
+    return [k for k in MODEL_KEYS if settings(prev, k) != settings(current, k)]
 
 
 def check_resume(ckpt: str, cfg: DictConfig) -> None:

@@ -194,6 +194,16 @@ def test_checkpoints_of_older_and_foreign_configs(run_cli, tmp_path):
     torch.save(state, tmp_path / "older.ckpt")
     cfg, system = load_run(tmp_path / "older.ckpt")
     assert cfg.model.torso_deform_weight == 1e-5 and system.net is not None
+    from omegaconf import OmegaConf
+
+    from synctalk.runs import model_mismatch
+
+    stored = OmegaConf.create(state["hyper_parameters"]["config"])
+    assert "layer" not in stored.audio_encoder  # the mel config does not set it
+    current = OmegaConf.merge(stored, {"audio_encoder": {"layer": None}})
+    assert model_mismatch(stored, current) == [] and model_mismatch(current, stored) == []  # a missing key: its default
+    current.audio_encoder.layer = 1
+    assert model_mismatch(stored, current) == ["audio_encoder"]
     state["hyper_parameters"]["config"]["model"]["removed_option"] = 1
     torch.save(state, tmp_path / "foreign.ckpt")
     with pytest.raises(UserError, match="incompatible"):
