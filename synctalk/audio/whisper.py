@@ -84,11 +84,13 @@ def read_encoder_weights(path: str | Path) -> dict[str, np.ndarray]:
                 key = name()
                 dims = [read("I") for _ in range(read("B"))]
                 dtype, size = _CT2_DTYPES.get(read("B")), read("I")
+                if not key.startswith("encoder/"):  # the decoder's
+                    f.seek(size, 1)
+                    continue
                 data = f.read(size)
-                if key.startswith("encoder/"):
-                    if dtype is None or len(data) != size:
-                        raise ValueError(f"variable {key} is of an unknown type or cut short")
-                    weights[key[len("encoder/"):]] = np.frombuffer(data, dtype).reshape(dims)
+                if dtype is None or len(data) != size:
+                    raise ValueError(f"variable {key} is of an unknown type or cut short")
+                weights[key[len("encoder/"):]] = np.frombuffer(data, dtype).reshape(dims)
     except (OSError, struct.error, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"cannot load the Whisper model {path}: {e}") from None
     if "conv1/weight" not in weights or "num_heads" not in weights:
