@@ -219,11 +219,10 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
         _check_feature_dim(audio_cfg, FEATURE_DIM, "embedding")
         return speech_embedding_features(samples, num_frames, fps, audio_cfg.window, folder=audio_cfg.checkpoint)
     if name == "whisper":
-        from synctalk.audio.whisper import whisper_features
+        from synctalk.audio.whisper import load_encoder, whisper_features
 
-        features = whisper_features(samples, num_frames, fps, audio_cfg.window, audio_cfg.checkpoint, audio_cfg.layer)
-        _check_feature_dim(audio_cfg, features.shape[-1], "encoder state")
-        return features
+        _check_feature_dim(audio_cfg, load_encoder(audio_cfg.checkpoint or None).dim, "encoder state")
+        return whisper_features(samples, num_frames, fps, audio_cfg.window, audio_cfg.checkpoint, audio_cfg.layer)
     if name == "ave":
         return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
     if name == "hu":
