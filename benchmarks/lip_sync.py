@@ -17,7 +17,9 @@ runs there are.
 ``data`` (at the training's 256 px). A clip named ``desk:<clip>`` is that clip's speaker placed smaller
 (``--desk-speaker-px``) in a plain 1280x720 room at 30 fps, as a desk camera films it: the crop stage finds the head
 and scales its box up to 512 px, so the face there holds less detail than a 512 px clip's. ``--eval-downscale 1``
-also scores every run at the dataset's resolution (``synctalk evaluate downscale=1``, columns ``at1/...``).
+also scores every run at the dataset's resolution (``synctalk evaluate downscale=1``, columns ``at1/...``);
+``--only-existing --eval-downscale 2`` scores runs trained before with today's evaluation (for example the 90%
+intervals of ``mouth_corr`` and ``sync_gap``, columns ``at2/...``).
 
 Writes ``--out`` (default benchmarks/results/lip_sync.json) with one row per run and the min / median / max per
 clip and encoder over the seeds, and prints the table.
@@ -40,7 +42,8 @@ from synctalk.audio.features import SAMPLE_RATE, load_audio, write_wav  # noqa: 
 from synctalk.io import write_json  # noqa: E402
 
 COLUMNS = ("parsed/psnr", "parsed/face_psnr", "parsed/lmd", "parsed/mouth_corr", "parsed/jaw_corr", "sync_gap",
-           "sync_gap_gt", "mouth_corr_still_audio", "mouth_loudness_corr", "dataset_mouth_loudness_corr")
+           "sync_gap_gt", "mouth_corr_still_audio", "mouth_loudness_corr", "dataset_mouth_loudness_corr",
+           "mouth_corr_low", "mouth_corr_high", "sync_gap_low", "sync_gap_high", "effective_frames")
 
 
 def synctalk(*args: str, log: Path) -> None:

@@ -164,7 +164,8 @@ def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict,
         clips: {mode: (renders, targets)} lists of (H, W, 3) uint8 frames.
     """
     from synctalk.external import find_weight
-    from synctalk.metrics.lip_sync import FaceReader, blendshape_au_errors, correlation, mouth_agreement, sync_gap
+    from synctalk.metrics.lip_sync import (FaceReader, blendshape_au_errors, correlation, lip_sync_intervals,
+                                           lip_sync_verdict, mouth_agreement, sync_gap)
 
     reader = FaceReader(find_weight(metrics_cfg.face_landmarker, "face_landmarker.task", "Face Landmarker model",
                                     "metrics.face_landmarker", weights_root))
@@ -178,9 +179,10 @@ def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict,
         out["aue_kind"] = ("AU error from the Face Landmarker's blendshapes: mean absolute difference x100 of the "
                            "brow and eyelid set (upper) and of the jaw and mouth set (lower)")
     shift = round(metrics_cfg.sync_shift_s * fps)
+    pred_mouth, gt_mouth = readings["parsed"][0]["mouth"], readings["parsed"][1]["mouth"]
+    shifted_mouths: list[np.ndarray] = []
     if shift > 0 and len(frames) >= 3:
         smooth = system.inference_net.smooth_frames
-        gt_mouth = readings["parsed"][1]["mouth"]
         shifted = [reader.read(np.stack(render_with_audio(system, frames,
                                                           lambda k, s=s: frames.shifted_audio_context(k, s, smooth),
                                                           f"sync test, audio {s:+d} frames")))
@@ -188,11 +190,18 @@ def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict,
         out.update(sync_gap(out["parsed/mouth_corr"], [correlation(r["mouth"], gt_mouth) for r in shifted], gt_mouth,
                             shift))
         out["sync_shift_frames"] = shift
+        shifted_mouths = [r["mouth"] for r in shifted]
         # what the rest of the condition explains: the audio of the middle frame throughout, true poses and eyes
         still = reader.read(np.stack(render_with_audio(system, frames,
                                                        lambda k: frames.audio_context(len(frames) // 2, smooth),
                                                        "sync test, still audio")))
         out["mouth_corr_still_audio"] = correlation(still["mouth"], gt_mouth)
+    out.update(lip_sync_intervals(pred_mouth, gt_mouth, shifted_mouths))
+    verdict = lip_sync_verdict(out)
+    if verdict:
+        out["lip_sync_verdict"] = verdict
+        (log.info if verdict.startswith("the mouth follows") else log.warning)("%s (%d held-out frames)", verdict,
+                                                                              len(frames))
     return out
 
 

@@ -30,7 +30,7 @@ from synctalk.io import atomic_path, read_json, save_figure, subplots
 HEADLINE = ("psnr", "parsed/psnr", "with_hair/psnr", "parsed/face_psnr", "parsed/ssim", "parsed/ms_ssim",
             "parsed/lpips", "parsed/fid", "parsed/niqe", "parsed/brisque", "parsed/lmd", "parsed/aue_upper",
             "parsed/aue_lower", "parsed/face_found", "parsed/mouth_corr", "parsed/jaw_corr", "sync_gap",
-            "mouth_corr_still_audio", "mouth_audio_response", "parsed/lse_c", "parsed/lse_d",
+            "sync_gap_low", "mouth_corr_still_audio", "mouth_audio_response", "parsed/lse_c", "parsed/lse_d",
             "focal", "truth.focal_error_pct", "truth.landmarks.rotation_median_deg",
             "truth.bundle_adjustment.rotation_median_deg", "truth.bundle_adjustment.translation_median_pct",
             "landmark_rms_px", "ba_reprojection_px.joint", "jitter_landmarks.rotation_deg",

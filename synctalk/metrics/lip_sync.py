@@ -15,6 +15,10 @@ its jaw and mouth blendshapes (:data:`MOUTH_BLENDSHAPES`) and its brow and eyeli
   audio minus its mean with the shifted audio; positive means the mouth follows this audio, 0 means it
   ignores it. ``sync_gap_gt`` is what the shift does to the ground truth itself (1 minus the correlation of
   its mouth with itself ``shift`` frames later), a scale for the gap.
+* ``mouth_corr_low`` / ``_high``, ``sync_gap_low`` / ``_high`` (:func:`lip_sync_intervals`): 90% intervals of the
+  two from the held-out frames' effective number (smooth mouths make neighbouring frames dependent), and
+  :func:`lip_sync_verdict`, whether those frames show the mouth following the audio at all (a few dozen frames
+  often cannot).
 """
 from __future__ import annotations
 
@@ -109,6 +113,93 @@ def sync_gap(true_corr: float, shifted_corrs: list[float], gt_mouth: np.ndarray,
     if shift < len(gt_mouth) - 2:
         out["sync_gap_gt"] = float(1 - correlation(gt_mouth[shift:], gt_mouth[:-shift]))
     return out
+
+
+INTERVAL_LEVEL = 0.9  # the confidence of the held-out frames' intervals
+
+
+def effective_frames(pred: np.ndarray, gt: np.ndarray) -> float:
+    """How many independent frames a correlation of two smooth (N, K) signals rests on (Bartlett's effective
+    sample size: N / (1 + 2 sum_k (1 - k/N) r_pred(k) r_gt(k)) over lags up to N/4, the autocorrelations of the
+    two signals), averaged over the columns with the ground truth's standard deviation as weight, as
+    :func:`correlation` averages. Neighbouring frames of a mouth are far from independent: 19 frames at 25 fps
+    count as a few."""
+    both = np.isfinite(pred).all(1) & np.isfinite(gt).all(1)
+    pred, gt = pred[both], gt[both]
+    n = len(gt)
+    if n < 3:
+        return float(n)
+    lags = np.arange(1, max(n // 4, 1) + 1)
+
+    def autocorrelation(x: np.ndarray) -> np.ndarray:  # (n, K) -> (lags, K)
+        x = x - x.mean(0)
+        var = np.maximum((x * x).sum(0), 1e-12)
+        return np.stack([(x[:-lag] * x[lag:]).sum(0) / var for lag in lags])
+
+    weights = (1 - lags / n)[:, None]
+    inflation = 1 + 2 * (weights * autocorrelation(pred) * autocorrelation(gt)).sum(0)
+    std_g = gt.std(0)
+    live = std_g >= MIN_STD
+    if not live.any():
+        return float(n)
+    per_column = n / np.maximum(inflation[live], 1.0)
+    return float(np.average(per_column, weights=std_g[live]))
+
+
+def lip_sync_intervals(pred_mouth: np.ndarray, gt_mouth: np.ndarray, shifted_mouths: list[np.ndarray],
+                       level: float = INTERVAL_LEVEL) -> dict[str, float]:
+    """How far ``mouth_corr`` and ``sync_gap`` of a few held-out frames can be trusted: ``level`` intervals from
+    Fisher's z with the frames' effective number (:func:`effective_frames`); the sync gap's from the two
+    correlations' errors taken as independent (their shared ground truth makes the true error smaller, so the
+    interval errs wide).
+
+    Args:
+        pred_mouth, gt_mouth: (N, K) mouth signals of the renders and of the ground truth.
+        shifted_mouths: (N, K) mouth signals of the renders with the audio shifted (the sync test; may be empty).
+    Returns:
+        ``mouth_corr_low``, ``mouth_corr_high``, ``effective_frames`` and, with shifted renders, ``sync_gap_low``,
+        ``sync_gap_high``; empty when the correlation is undefined. With 3 effective frames or fewer the
+        intervals are the whole range.
+    """
+    from scipy.stats import norm
+
+    corr = correlation(pred_mouth, gt_mouth)
+    if not np.isfinite(corr):
+        return {}
+    frames = effective_frames(pred_mouth, gt_mouth)
+    z = norm.ppf(0.5 + level / 2)
+
+    def error(r: float) -> float:  # the standard error of a correlation r, Fisher's z mapped back at r
+        return (1 - r * r) / np.sqrt(frames - 3) if frames > 3 else np.inf
+
+    def bounds(r: float) -> tuple[float, float]:
+        if frames <= 3:
+            return -1.0, 1.0
+        centre, half = np.arctanh(np.clip(r, -0.999999, 0.999999)), z / np.sqrt(frames - 3)
+        return float(np.tanh(centre - half)), float(np.tanh(centre + half))
+
+    low, high = bounds(corr)
+    out = {"mouth_corr_low": low, "mouth_corr_high": high, "effective_frames": frames}
+    if shifted_mouths:
+        shifted = [correlation(s, gt_mouth) for s in shifted_mouths]
+        gap, half = corr - float(np.mean(shifted)), z * np.hypot(error(corr), error(float(np.mean(shifted))))
+        out.update(sync_gap_low=float(max(gap - half, -2.0)), sync_gap_high=float(min(gap + half, 2.0)))
+    return out
+
+
+def lip_sync_verdict(metrics: dict) -> str | None:
+    """One line on whether the held-out frames show the mouth following the audio, from the sync test and its
+    interval (:func:`lip_sync_intervals`); None without the sync test."""
+    if "sync_gap" not in metrics:
+        return None
+    gap, low, high = metrics["sync_gap"], metrics.get("sync_gap_low", np.nan), metrics.get("sync_gap_high", np.nan)
+    scale = f" (the ground truth's own {metrics['sync_gap_gt']:.2f})" if "sync_gap_gt" in metrics else ""
+    where = f"sync gap {gap:.2f}, {INTERVAL_LEVEL:.0%} interval {low:.2f} to {high:.2f}{scale}"
+    if low > 0:
+        return f"the mouth follows the audio: {where}"
+    if high <= 0:
+        return f"the mouth ignores the audio: {where}"
+    return f"these held-out frames cannot tell whether the mouth follows the audio: {where}"
 
 
 LOUDNESS_WINDOW_S = 0.1  # the loudness of a frame: RMS over 100 ms centred on it
