@@ -183,14 +183,12 @@ def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict,
     shifted_mouths: list[np.ndarray] = []
     if shift > 0 and len(frames) >= 3:
         smooth = system.inference_net.smooth_frames
-        shifted = [reader.read(np.stack(render_with_audio(system, frames,
-                                                          lambda k, s=s: frames.shifted_audio_context(k, s, smooth),
-                                                          f"sync test, audio {s:+d} frames")))
-                   for s in (shift, -shift)]
-        out.update(sync_gap(out["parsed/mouth_corr"], [correlation(r["mouth"], gt_mouth) for r in shifted], gt_mouth,
+        shifted_mouths = [reader.read(np.stack(render_with_audio(
+            system, frames, lambda k, s=s: frames.shifted_audio_context(k, s, smooth),
+            f"sync test, audio {s:+d} frames")))["mouth"] for s in (shift, -shift)]
+        out.update(sync_gap(out["parsed/mouth_corr"], [correlation(m, gt_mouth) for m in shifted_mouths], gt_mouth,
                             shift))
         out["sync_shift_frames"] = shift
-        shifted_mouths = [r["mouth"] for r in shifted]
         # what the rest of the condition explains: the audio of the middle frame throughout, true poses and eyes
         still = reader.read(np.stack(render_with_audio(system, frames,
                                                        lambda k: frames.audio_context(len(frames) // 2, smooth),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from synctalk.metrics.lip_sync import (FaceReader, blendshape_au_errors, correlation,
-                                      effective_frames, lip_sync_intervals, lip_sync_verdict, loudness_per_frame, mouth_agreement,
+from synctalk.metrics.lip_sync import (FaceReader, blendshape_au_errors, correlation, effective_frames,
+                                      lip_sync_intervals, lip_sync_verdict, loudness_per_frame, mouth_agreement,
                                       mouth_follows_loudness, mouth_opening, opening_loudness_correlation, sync_gap)
 
 
