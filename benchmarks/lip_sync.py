@@ -8,10 +8,12 @@ the features are computed again), then for every encoder and seed ``synctalk tra
 data.downscale=2`` (512 px clips trained at 256 px; extra ``--set`` overrides are added), which evaluates the
 held-out frames with the Face Landmarker as the judge when ``$SYNCTALK_WEIGHTS`` holds ``face_landmarker.task``.
 Then ``synctalk render`` drives each trained head with the first ``--novel-seconds`` of ``--novel-audio`` and
-reads the mouth's opening against that audio's loudness (``<run>/novel.json``, with the training footage's own
-as the scale). Every step is a child process, one at a time; a run whose ``metrics.json`` (or ``novel.json``)
-exists is read, not redone, so an interrupted benchmark resumes; ``--only-existing`` trains nothing and reports the
-runs there are.
+reads the mouth against that audio (``<run>/novel.json``: its opening against the opening the audio's phones imply
+and against its loudness, how far it moves, what the head's audio branch reads of the phones, how far it follows the
+footage's own mouth at the replayed poses; the training footage's own as the scale). Every step is a child
+process, one at a time; a run whose ``metrics.json`` (or ``novel.json``) exists is read, not redone, so an
+interrupted benchmark resumes (a ``novel.json`` written before these measures existed gets them from its
+``novel.mp4``); ``--only-existing`` trains nothing and reports the runs there are.
 
 ``--mouth full`` trains with the mouth-box rays at the dataset's resolution (``data.mouth_downscale=1``) beside
 ``data`` (at the training's 256 px). A clip named ``desk:<clip>`` is that clip's speaker placed smaller
@@ -42,7 +44,9 @@ from synctalk.audio.features import SAMPLE_RATE, load_audio, write_wav  # noqa: 
 from synctalk.io import write_json  # noqa: E402
 
 COLUMNS = ("parsed/psnr", "parsed/face_psnr", "parsed/lmd", "parsed/mouth_corr", "parsed/jaw_corr", "sync_gap",
-           "sync_gap_gt", "mouth_corr_still_audio", "mouth_loudness_corr", "dataset_mouth_loudness_corr",
+           "sync_gap_gt", "mouth_corr_still_audio", "mouth_phone_corr", "dataset_mouth_phone_corr", "mouth_motion",
+           "audio_branch_phone_corr", "mouth_replayed_corr",
+           "mouth_loudness_corr", "dataset_mouth_loudness_corr",
            "mouth_corr_low", "mouth_corr_high", "sync_gap_low", "sync_gap_high", "effective_frames")
 
 
@@ -102,12 +106,40 @@ def evaluate_at(run: Path, downscale: int, logs: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def novel(run: Path, audio: Path, logs: Path) -> dict:
+def novel(run: Path, audio: Path, root: Path, logs: Path) -> dict:
     out = run / "novel.mp4"
     if not out.with_suffix(".json").is_file():
         synctalk("render", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"audio={audio}", f"output={out}",
                  f"hydra.run.dir={run / 'novel_render'}", log=logs / f"render_{run.name}.log")
-    return json.loads(out.with_suffix(".json").read_text())
+    measured = json.loads(out.with_suffix(".json").read_text())
+    if "mouth_replayed_corr" not in measured:  # rendered before these measures: read the video again
+        measured.update(measure_rendered(out, audio, root, run / "checkpoints" / "last.ckpt"))
+        write_json(out.with_suffix(".json"), measured)
+    return measured
+
+
+def measure_rendered(video: Path, audio: Path, root: Path, ckpt: Path) -> dict:
+    """The render's own mouth measure (``synctalk render``'s :func:`measure_mouth`) on a video it wrote before:
+    its frames as decoded, at most 256 px; ``audio`` the speech that drove the head of ``ckpt``."""
+    import av
+    import torch
+    from omegaconf import OmegaConf
+
+    from synctalk.apps.render import MEASURE_SIZE, at_most, audio_branch_opening, measure_mouth, pose_schedule
+    from synctalk.audio.encoders import compute_features
+    from synctalk.runs import build_datamodule, load_run
+
+    with av.open(str(video)) as container:
+        fps = float(container.streams.video[0].average_rate)
+        clip = np.stack([at_most(f.to_ndarray(format="rgb24") / 255.0, MEASURE_SIZE)
+                         for f in container.decode(video=0)])
+    samples = load_audio(audio)
+    run_cfg, system = load_run(ckpt)
+    features = torch.from_numpy(compute_features(run_cfg.audio_encoder, samples, len(clip), fps))
+    cfg = OmegaConf.create({"face_landmarker": "auto", "paths": {"root_dir": str(REPO)}})
+    train_ids = build_datamodule(run_cfg).frames("train").img_ids
+    pose_frames = train_ids[pose_schedule("replay", len(clip), len(train_ids))]  # as the benchmark renders
+    return measure_mouth(clip, samples, fps, root, cfg, audio_branch_opening(system, features), pose_frames)
 
 
 def is_metric(key: str) -> bool:
@@ -179,7 +211,7 @@ def main() -> None:
             metrics = train(root, run, encoder, seed, MOUTH_OVERRIDES[mouth] + args.set, logs)
             row.update({k: metrics[k] for k in COLUMNS if k in metrics})
             row["frames"], row["lip_sync_source"] = metrics.get("frames"), metrics.get("lip_sync_source")
-            row.update({k: v for k, v in novel(run, novel_audio, logs).items() if k in COLUMNS})
+            row.update({k: v for k, v in novel(run, novel_audio, root, logs).items() if k in COLUMNS})
             if args.eval_downscale:
                 scored = evaluate_at(run, args.eval_downscale, logs)
                 row.update({f"at{args.eval_downscale}/{k}": scored[k] for k in COLUMNS if k in scored})

@@ -190,8 +190,9 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
     with av.open(str(out)) as c:
         assert c.streams.video[0].frames == 50 and len(c.streams.audio) == 1
     mouth = json.loads(out.with_suffix(".json").read_text())  # the novel-audio measure, beside the footage's own
-    assert mouth["frames"] == 50 and 0 <= mouth["mouth_loudness_frames"] <= 50  # a smoke head: faces are not sure
-    assert -1 <= mouth["dataset_mouth_loudness_corr"] <= 1  # the real footage's own mouth against its audio
+    assert mouth["frames"] == 50 and 0 <= mouth["mouth_frames_with_face"] <= 50  # a smoke head: faces are not sure
+    for key in ("dataset_mouth_loudness_corr", "dataset_mouth_phone_corr"):  # the real footage's own mouth
+        assert -1 <= mouth[key] <= 1, key
 
 
 def test_variable_frame_rate_is_resampled_by_timestamp(tmp_path):

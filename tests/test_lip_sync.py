@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from synctalk.metrics.lip_sync import (FaceReader, blendshape_au_errors, correlation, effective_frames,
-                                      lip_sync_intervals, lip_sync_verdict, loudness_per_frame, mouth_agreement,
-                                      mouth_follows_loudness, mouth_opening, opening_loudness_correlation, sync_gap)
+from synctalk.metrics.lip_sync import (STILL_MOUTH_MOTION, FaceReader, blendshape_au_errors, correlation,
+                                      effective_frames, lip_sync_intervals, lip_sync_verdict, loudness_per_frame,
+                                      mouth_agreement, mouth_follows_audio, mouth_motion, mouth_opening,
+                                      opening_correlation, sync_gap)
 
 
 def test_correlation_weights_the_coefficients_that_move():
@@ -102,30 +103,58 @@ def test_loudness_per_frame_and_its_correlation_with_a_mouth_opening():
     rng = np.random.default_rng(0)
     opening = np.interp(loudness, [-40, 0], [0.0, 0.6]) + rng.normal(0, 0.01, 75)
     opening[::7] = np.nan  # no face read in these frames
-    assert opening_loudness_correlation(opening, loudness) > 0.95
-    assert opening_loudness_correlation(-opening, loudness) < -0.95
-    assert np.isnan(opening_loudness_correlation(np.full(75, 0.3), loudness))  # a mouth that never moves
-    assert np.isnan(opening_loudness_correlation(np.full(75, np.nan), loudness))
+    assert opening_correlation(opening, loudness) > 0.95
+    assert opening_correlation(-opening, loudness) < -0.95
+    assert np.isnan(opening_correlation(np.full(75, 0.3), loudness))  # a mouth that never moves
+    assert np.isnan(opening_correlation(np.full(75, np.nan), loudness))
 
 
 @pytest.mark.real_data
 def test_a_real_mouth_opens_with_its_own_audio_more_than_with_audio_half_a_second_off(real_data, face_landmarker_task):
-    """The novel-audio measure on real footage, the scale a driven head is compared with: May_13s's mouth follows
-    its own audio (measured 0.35) and not the same audio 0.5 s early or late (-0.16, -0.05)."""
+    """The novel-audio measures on real footage, the scale a driven head is compared with: May_13s's mouth follows
+    its own audio's loudness (measured 0.35) and the opening its phones imply (0.40), and not the same audio 0.5 s
+    early or late (loudness -0.16, -0.05; phones -0.05, -0.07)."""
     from synctalk.audio.features import load_audio
+    from synctalk.audio.phones import phone_opening
 
     clip = real_data / "May_13s.mp4"
     with av.open(str(clip)) as c:
         video = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
     samples = load_audio(clip)
     reader = FaceReader(face_landmarker_task)
-    measured = mouth_follows_loudness(video, samples, 25.0, reader)
-    assert measured["mouth_source"] == "face_landmarker" and measured["mouth_loudness_frames"] == len(video)
+    measured = mouth_follows_audio(video, samples, 25.0, reader)
+    assert measured["mouth_source"] == "face_landmarker" and measured["mouth_frames_with_face"] == len(video)
+    assert 0.02 < measured["mouth_opening_sd"] < 0.3  # jawOpen of someone speaking
     opening = mouth_opening(reader.read(video), reader.mouth_names)
-    loudness = loudness_per_frame(samples, len(video) + 12, 25.0)
-    shifted = [opening_loudness_correlation(opening[:-12], loudness[12:-12]),
-               opening_loudness_correlation(opening[12:], loudness[:-24])]
-    assert measured["mouth_loudness_corr"] > 0.2 and max(shifted) < measured["mouth_loudness_corr"] - 0.2, shifted
+    for key, reading in (("mouth_loudness_corr", loudness_per_frame(samples, len(video) + 12, 25.0)),
+                         ("mouth_phone_corr", phone_opening(samples, len(video) + 12, 25.0))):
+        shifted = [opening_correlation(opening[:-12], reading[12:-12]),
+                   opening_correlation(opening[12:], reading[:-24])]
+        assert measured[key] > 0.2 and max(shifted) < measured[key] - 0.2, (key, measured[key], shifted)
+
+
+def test_mouth_motion_against_the_footage():
+    measured = {"mouth_source": "face_landmarker", "mouth_opening_sd": 0.003, "dataset_mouth_opening_sd": 0.03}
+    assert mouth_motion(measured) == pytest.approx(0.1) and mouth_motion(measured) < STILL_MOUTH_MOTION
+    assert mouth_motion({**measured, "mouth_source": "facemesh"}) is None  # a lip gap is not in jawOpen's units
+    assert mouth_motion({**measured, "dataset_mouth_opening_sd": float("nan")}) is None  # no bs.npy
+    assert mouth_motion({**measured, "mouth_opening_sd": 0.0}) == 0.0  # a mouth that never moves
+    assert mouth_motion({**measured, "dataset_mouth_opening_sd": 0.0}) is None
+
+
+def test_the_phones_opening_per_frame():
+    """Each frame reads the mean jaw opening of the 10 ms viseme rows inside it; frames past the audio are silence."""
+    from synctalk.audio.phones import JAW_OPENING, VISEMES, frame_opening
+
+    labels = np.array([VISEMES.index("open")] * 42 + [VISEMES.index("closed")] * 18
+                      + [VISEMES.index("close_spread")] * 2)
+    opening = frame_opening(np.eye(len(VISEMES))[labels], 18, 25.0)  # 4 rows a frame
+    np.testing.assert_allclose(opening[:10], JAW_OPENING["open"])
+    assert opening[10] == pytest.approx(JAW_OPENING["open"] / 2)  # half its rows open, half shut
+    np.testing.assert_allclose(opening[11:15], 0.0)  # lips shut for P/B/M
+    assert opening[15] == pytest.approx(JAW_OPENING["close_spread"])  # the rows there are
+    np.testing.assert_array_equal(opening[16:], 0.0)
+    assert JAW_OPENING["open"] > JAW_OPENING["mid_spread"] > JAW_OPENING["close_spread"] > JAW_OPENING["closed"]
 
 
 def _frames(clip, count):

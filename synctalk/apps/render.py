@@ -73,7 +73,8 @@ def run(cfg: DictConfig) -> dict:
     log.info("wrote %s: %d frames, %.2f s of audio", output, n, len(samples) / 16000)
     result = {"output": str(output), "frames": n, "seconds": len(samples) / 16000}
     if cfg.measure_mouth:
-        result.update(measure_mouth(np.stack(kept), samples, fps, frames, cfg))
+        result.update(measure_mouth(np.stack(kept), samples, fps, frames.layout.root, cfg,
+                                    audio_branch_opening(system, features), frames.img_ids[schedule]))
     write_json(output.with_suffix(".json"), result)
     return threads.record(result)
 
@@ -90,17 +91,53 @@ def at_most(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
 
 
-def measure_mouth(clip: np.ndarray, samples: np.ndarray, fps: float, frames, cfg: DictConfig) -> dict:
+def audio_branch_opening(system, features: torch.Tensor) -> np.ndarray | None:
+    """The ``jawOpen`` the head's audio branch reads from each frame's audio ``features`` (N, window, dim): its mouth
+    head, trained on the footage's blendshapes (``model.loss.audio_mouth_weight`` > 0). (N,); None without one."""
+    from synctalk.data.datamodule import temporal_context
+    from synctalk.face.blendshape_sets import MOUTH_BLENDSHAPES
+
+    net = system.inference_net
+    if net.mouth_head is None:
+        return None
+    device, column = next(net.parameters()).device, MOUTH_BLENDSHAPES.index("jawOpen")
+    with torch.no_grad():
+        return np.array([float(net.predict_mouth(temporal_context(features, i, net.smooth_frames).to(device))[column])
+                         for i in range(len(features))])
+
+
+def measure_mouth(clip: np.ndarray, samples: np.ndarray, fps: float, dataset_root: Path, cfg: DictConfig,
+                  branch_opening: np.ndarray | None = None, pose_frames: np.ndarray | None = None) -> dict:
     """How far the rendered mouth opens with the driving audio, beside the training footage's own measure
-    (:func:`synctalk.metrics.lip_sync.mouth_follows_loudness`)."""
+    (:func:`synctalk.metrics.lip_sync.mouth_follows_audio`, :func:`synctalk.metrics.lip_sync.dataset_mouth_audio`
+    on the dataset at ``dataset_root``), how far the head's audio branch reads the audio's phones
+    (``branch_opening``, :func:`audio_branch_opening`) and how far the mouth follows the footage's own at the
+    dataset frames whose poses were replayed (``pose_frames`` (N,)). Args: clip (N, H, W, 3) uint8; samples 16 kHz;
+    ``cfg.face_landmarker``."""
     from synctalk.external import find_weight
-    from synctalk.metrics.lip_sync import FaceReader, dataset_mouth_loudness, mouth_follows_loudness
+    from synctalk.data.layout import DatasetLayout
+    from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES
+    from synctalk.metrics.lip_sync import (STILL_MOUTH_MOTION, FaceReader, dataset_mouth_audio, mouth_follows_audio,
+                                           mouth_motion)
 
     reader = FaceReader(find_weight(cfg.face_landmarker, "face_landmarker.task", "Face Landmarker model",
                                     "face_landmarker", cfg.paths.root_dir))
-    out = mouth_follows_loudness(clip, samples, fps, reader)
-    out["dataset_mouth_loudness_corr"] = dataset_mouth_loudness(frames.layout.root, fps)
-    log.info("mouth opening against the driving audio's loudness: correlation %.2f (%s; the training footage "
-             "with its own audio: %.2f)", out["mouth_loudness_corr"], out["mouth_source"],
+    replayed = None
+    blendshapes = DatasetLayout(dataset_root).blendshapes
+    if pose_frames is not None and blendshapes.is_file():
+        replayed = np.load(blendshapes)[:, BLENDSHAPE_NAMES.index("jawOpen")][pose_frames]
+    out = {**mouth_follows_audio(clip, samples, fps, reader, branch_opening, replayed),
+           **dataset_mouth_audio(dataset_root, fps)}
+    log.info("mouth opening (%s) against the driving audio: correlation %.2f with the opening its phones imply, "
+             "%.2f with its loudness (the training footage with its own audio: %.2f, %.2f)", out["mouth_source"],
+             out["mouth_phone_corr"], out["mouth_loudness_corr"], out["dataset_mouth_phone_corr"],
              out["dataset_mouth_loudness_corr"])
+    if "audio_branch_phone_corr" in out:
+        log.info("the head's audio branch reads the opening the phones imply at %.2f", out["audio_branch_phone_corr"])
+    motion = mouth_motion(out)
+    if motion is not None:
+        out["mouth_motion"] = motion
+        if motion < STILL_MOUTH_MOTION:
+            log.warning("the rendered mouth hardly moves with this audio: its opening varies %.0f%% as much as in "
+                        "the training footage", 100 * motion)
     return out

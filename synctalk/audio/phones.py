@@ -43,6 +43,12 @@ _VISEME_PHONES = {
     "close_spread": ("IY", "IH", "Y"),
 }
 VISEME_OF_PHONE = {p: VISEMES.index(v) for v, phones in _VISEME_PHONES.items() for p in phones}
+#: how far each viseme opens the jaw, 0 (closed) to 1, from phonetics and not fitted to any clip: lips shut for
+#: P/B/M, teeth near together for F/V and the sibilants, vowels by their height (low AA/AE/AH widest, mid EH/AO/OW,
+#: high IY/UW nearly closed)
+JAW_OPENING = {"silence": 0.0, "closed": 0.0, "lip_teeth": 0.1, "tongue_teeth": 0.25, "alveolar": 0.25,
+               "sibilant": 0.15, "postalveolar": 0.2, "velar": 0.35, "rhotic": 0.3, "rounded_close": 0.2,
+               "rounded_open": 0.6, "open": 0.9, "mid_spread": 0.6, "close_spread": 0.3}
 FEATURE_DIM = len(VISEMES) + 1  # the visemes and the loudness
 
 LOUDNESS_WINDOW = 400  # samples (25 ms) per loudness row
@@ -141,3 +147,29 @@ def phone_features(samples: np.ndarray, num_frames: int, fps: float, window: int
     """
     rows, _ = phone_rows(samples)
     return frame_windows(rows, num_frames, fps, window, ROWS_PER_SECOND)
+
+
+def frame_opening(visemes: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
+    """The jaw opening the visemes of 10 ms rows (rows, len(VISEMES)) imply at each video frame: the mean
+    :data:`JAW_OPENING` of the rows inside the frame's 1 / fps; 0 (silence) for frames past the rows.
+
+    Returns:
+        (num_frames,) float64 in [0, 1].
+    """
+    per_row = np.asarray(visemes, np.float64) @ np.array([JAW_OPENING[v] for v in VISEMES])
+    edges = np.clip(np.round(np.arange(num_frames + 1) / fps * ROWS_PER_SECOND).astype(int), 0, len(per_row))
+    sums = np.concatenate([[0.0], np.cumsum(per_row)])
+    counts = np.diff(edges)
+    return np.where(counts > 0, (sums[edges[1:]] - sums[edges[:-1]]) / np.maximum(counts, 1), 0.0)
+
+
+def phone_opening(samples: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
+    """How open the phones recognised in 16 kHz ``samples`` say the jaw is at each video frame
+    (:func:`frame_opening` of :func:`phone_rows`): what a mouth speaking this audio should do, read from the
+    audio alone. The recogniser is US English; other languages are read as the English phones nearest them.
+
+    Returns:
+        (num_frames,) float64 in [0, 1].
+    """
+    rows, _ = phone_rows(samples)
+    return frame_opening(rows[:, :len(VISEMES)], num_frames, fps)

@@ -157,7 +157,7 @@ class RenderConfig:
     poses: str = "replay"  # replay (back and forth) | smoothed (replay, Gaussian-smoothed) | still
     pose_smoothing: float = 2.0  # Gaussian sigma in frames for poses=smoothed
     downscale: Optional[int] = None  # render at 1/downscale of the dataset resolution (default: the run's)
-    measure_mouth: bool = True  # correlation of the mouth opening with the audio's loudness, in <output>.json
+    measure_mouth: bool = True  # correlation of the mouth opening with the audio's phones and loudness
     face_landmarker: Optional[str] = "auto"  # the measure's reader (auto: found in the weight folders; else FaceMesh)
     paths: PathsConfig = field(default_factory=PathsConfig)
     gt_mode: GtModeConfig = field(default_factory=GtModeConfig)

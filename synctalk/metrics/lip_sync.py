@@ -229,27 +229,45 @@ def mouth_opening(reading: dict, names: list[str]) -> np.ndarray:
     return reading["mouth"][:, column]
 
 
-def mouth_follows_loudness(clip: np.ndarray, samples: np.ndarray, fps: float, reader: FaceReader) -> dict:
-    """Whether a clip's mouth opens with its audio: the Pearson correlation, over the frames with a face, of the
-    mouth opening (:func:`mouth_opening`) with the audio's loudness (:func:`loudness_per_frame`), both smoothed
-    over about 2 frames. Real footage of speech gives the scale (its own mouth with its own audio); a head driven by
+def mouth_follows_audio(clip: np.ndarray, samples: np.ndarray, fps: float, reader: FaceReader,
+                        branch_opening: np.ndarray | None = None, replayed_opening: np.ndarray | None = None) -> dict:
+    """Whether a clip's mouth opens with its audio, over the frames with a face: the Pearson correlation of the
+    mouth opening (:func:`mouth_opening`) with the audio's loudness (:func:`loudness_per_frame`) and with the
+    opening its recognised phones imply (:func:`synctalk.audio.phones.phone_opening`), each pair smoothed over
+    about 2 frames. Real footage of speech gives the scale (its own mouth with its own audio); a head driven by
     new audio should come near it.
 
     Args:
         clip: (N, H, W, 3) RGB uint8 frames; samples: their audio, 16 kHz, starting with the first frame.
+        branch_opening: (N,) another reading of the mouth to score against the phones (the head's audio branch).
+        replayed_opening: (N,) the footage's own ``jawOpen`` at the frames whose poses a render replays.
     Returns:
-        ``mouth_loudness_corr``, ``mouth_loudness_frames`` (frames with a face), ``mouth_source``.
+        ``mouth_loudness_corr``, ``mouth_phone_corr``, ``mouth_opening_sd`` (how far the opening moves: its standard
+        deviation), ``mouth_frames_with_face``, ``mouth_source``; with ``branch_opening``,
+        ``audio_branch_phone_corr``; with ``replayed_opening``, ``mouth_replayed_corr`` (the mouth against the
+        footage's mouth at the replayed poses: high when a head draws the mouth from the pose, not the audio).
     """
+    from synctalk.audio.phones import phone_opening
+
     opening = mouth_opening(reader.read(clip), reader.mouth_names)
+    phones = phone_opening(samples, len(clip), fps)
     face = np.isfinite(opening)
-    return {"mouth_loudness_corr": opening_loudness_correlation(opening, loudness_per_frame(samples, len(clip), fps)),
-            "mouth_loudness_frames": int(face.sum()), "mouth_source": reader.source}
+    out = {"mouth_loudness_corr": opening_correlation(opening, loudness_per_frame(samples, len(clip), fps)),
+           "mouth_phone_corr": opening_correlation(opening, phones),
+           "mouth_opening_sd": float(opening[face].std()) if face.any() else float("nan"),
+           "mouth_frames_with_face": int(face.sum()), "mouth_source": reader.source}
+    if branch_opening is not None:
+        out["audio_branch_phone_corr"] = opening_correlation(np.asarray(branch_opening, np.float64), phones)
+    if replayed_opening is not None:
+        out["mouth_replayed_corr"] = opening_correlation(opening, replayed_opening)
+    return out
 
 
-def opening_loudness_correlation(opening: np.ndarray, loudness: np.ndarray) -> float:
+def opening_correlation(opening: np.ndarray, reference: np.ndarray) -> float:
     """Pearson correlation of a mouth opening (N,) (NaN where no face was read, filled from the neighbours for the
-    smoothing and then left out) with the loudness (N,), both Gaussian-smoothed by :data:`SMOOTHING_FRAMES`; NaN
-    when fewer than 3 frames have a face or either does not vary."""
+    smoothing and then left out) with a reading of the audio per frame (N,) (its loudness, its phones' opening),
+    both Gaussian-smoothed by :data:`SMOOTHING_FRAMES`; NaN when fewer than 3 frames have a face or either does
+    not vary."""
     from scipy.ndimage import gaussian_filter1d
 
     face = np.isfinite(opening)
@@ -258,21 +276,45 @@ def opening_loudness_correlation(opening: np.ndarray, loudness: np.ndarray) -> f
     index = np.arange(len(opening))
     filled = np.interp(index, index[face], opening[face])
     a = gaussian_filter1d(filled, SMOOTHING_FRAMES)[face]
-    b = gaussian_filter1d(np.asarray(loudness, np.float64), SMOOTHING_FRAMES)[face]
+    b = gaussian_filter1d(np.asarray(reference, np.float64), SMOOTHING_FRAMES)[face]
     if a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def dataset_mouth_loudness(root: Path, fps: float) -> float:
-    """The scale of :func:`mouth_follows_loudness` on the footage a head was trained on: the dataset's
-    ``jawOpen`` (``bs.npy``, the blendshapes stage's reading of every frame) against the loudness of its
-    ``aud.wav``. NaN when the dataset lacks either file."""
+def dataset_mouth_audio(root: Path, fps: float) -> dict:
+    """The scale of :func:`mouth_follows_audio` on the footage a head was trained on: the dataset's ``jawOpen``
+    (``bs.npy``, the blendshapes stage's reading of every frame) against the loudness and the phones of its
+    ``aud.wav``.
+
+    Returns:
+        ``dataset_mouth_loudness_corr``, ``dataset_mouth_phone_corr``, ``dataset_mouth_opening_sd`` (the standard
+        deviation of its ``jawOpen``); NaN when the dataset lacks either file.
+    """
     from synctalk.audio.features import load_audio
+    from synctalk.audio.phones import phone_opening
     from synctalk.data.layout import DatasetLayout
 
     layout = DatasetLayout(Path(root))
     if not layout.blendshapes.is_file() or not layout.audio.is_file():
-        return float("nan")
+        return {"dataset_mouth_loudness_corr": float("nan"), "dataset_mouth_phone_corr": float("nan"),
+                "dataset_mouth_opening_sd": float("nan")}
     jaw = np.load(layout.blendshapes)[:, BLENDSHAPE_NAMES.index("jawOpen")].astype(np.float64)
-    return opening_loudness_correlation(jaw, loudness_per_frame(load_audio(layout.audio), len(jaw), fps))
+    samples = load_audio(layout.audio)
+    return {"dataset_mouth_loudness_corr": opening_correlation(jaw, loudness_per_frame(samples, len(jaw), fps)),
+            "dataset_mouth_phone_corr": opening_correlation(jaw, phone_opening(samples, len(jaw), fps)),
+            "dataset_mouth_opening_sd": float(jaw.std())}
+
+
+STILL_MOUTH_MOTION = 0.25  # a driven mouth whose opening moves less than this share of the footage's hardly moves
+
+
+def mouth_motion(measured: dict) -> float | None:
+    """How far a driven head's mouth moves against its training footage's: ``mouth_opening_sd`` over
+    ``dataset_mouth_opening_sd`` (:func:`mouth_follows_audio`, :func:`dataset_mouth_audio`). None unless the
+    Face Landmarker read the render (FaceMesh's lip gap is not in ``jawOpen``'s units) and both vary."""
+    render_sd = float(measured.get("mouth_opening_sd", np.nan))
+    footage_sd = float(measured.get("dataset_mouth_opening_sd", np.nan))
+    if measured.get("mouth_source") != "face_landmarker" or not np.isfinite(render_sd) or not footage_sd > 0:
+        return None
+    return render_sd / footage_sd
