@@ -127,7 +127,8 @@ def measure_rendered(video: Path, audio: Path, root: Path, ckpt: Path) -> dict:
 
     from synctalk.apps.render import MEASURE_SIZE, at_most, audio_branch_opening, measure_mouth, pose_schedule
     from synctalk.audio.encoders import compute_features
-    from synctalk.runs import build_datamodule, load_run
+    from synctalk.data.layout import DatasetLayout, Transforms
+    from synctalk.runs import load_run
 
     with av.open(str(video)) as container:
         fps = float(container.streams.video[0].average_rate)
@@ -137,7 +138,7 @@ def measure_rendered(video: Path, audio: Path, root: Path, ckpt: Path) -> dict:
     run_cfg, system = load_run(ckpt)
     features = torch.from_numpy(compute_features(run_cfg.audio_encoder, samples, len(clip), fps))
     cfg = OmegaConf.create({"face_landmarker": "auto", "paths": {"root_dir": str(REPO)}})
-    train_ids = build_datamodule(run_cfg).frames("train").img_ids
+    train_ids = Transforms.read(DatasetLayout(root).transforms("train")).img_ids
     pose_frames = train_ids[pose_schedule("replay", len(clip), len(train_ids))]  # as the benchmark renders
     return measure_mouth(clip, samples, fps, root, cfg, audio_branch_opening(system, features), pose_frames)
 

@@ -115,17 +115,13 @@ def measure_mouth(clip: np.ndarray, samples: np.ndarray, fps: float, dataset_roo
     dataset frames whose poses were replayed (``pose_frames`` (N,)). Args: clip (N, H, W, 3) uint8; samples 16 kHz;
     ``cfg.face_landmarker``."""
     from synctalk.external import find_weight
-    from synctalk.data.layout import DatasetLayout
-    from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES
-    from synctalk.metrics.lip_sync import (STILL_MOUTH_MOTION, FaceReader, dataset_mouth_audio, mouth_follows_audio,
-                                           mouth_motion)
+    from synctalk.metrics.lip_sync import (STILL_MOUTH_MOTION, FaceReader, dataset_mouth_audio, footage_jaw_open,
+                                           mouth_follows_audio, mouth_motion)
 
     reader = FaceReader(find_weight(cfg.face_landmarker, "face_landmarker.task", "Face Landmarker model",
                                     "face_landmarker", cfg.paths.root_dir))
-    replayed = None
-    blendshapes = DatasetLayout(dataset_root).blendshapes
-    if pose_frames is not None and blendshapes.is_file():
-        replayed = np.load(blendshapes)[:, BLENDSHAPE_NAMES.index("jawOpen")][pose_frames]
+    jaw = footage_jaw_open(dataset_root)
+    replayed = jaw[pose_frames] if pose_frames is not None and jaw is not None else None
     out = {**mouth_follows_audio(clip, samples, fps, reader, branch_opening, replayed),
            **dataset_mouth_audio(dataset_root, fps)}
     log.info("mouth opening (%s) against the driving audio: correlation %.2f with the opening its phones imply, "

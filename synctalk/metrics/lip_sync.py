@@ -282,6 +282,15 @@ def opening_correlation(opening: np.ndarray, reference: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def footage_jaw_open(root: Path) -> np.ndarray | None:
+    """The dataset's ``jawOpen`` per frame (``bs.npy``, the blendshapes stage's reading of every frame), (N,)
+    float64; None without ``bs.npy``."""
+    from synctalk.data.layout import DatasetLayout
+
+    path = DatasetLayout(Path(root)).blendshapes
+    return np.load(path)[:, BLENDSHAPE_NAMES.index("jawOpen")].astype(np.float64) if path.is_file() else None
+
+
 def dataset_mouth_audio(root: Path, fps: float) -> dict:
     """The scale of :func:`mouth_follows_audio` on the footage a head was trained on: the dataset's ``jawOpen``
     (``bs.npy``, the blendshapes stage's reading of every frame) against the loudness and the phones of its
@@ -296,10 +305,10 @@ def dataset_mouth_audio(root: Path, fps: float) -> dict:
     from synctalk.data.layout import DatasetLayout
 
     layout = DatasetLayout(Path(root))
-    if not layout.blendshapes.is_file() or not layout.audio.is_file():
+    jaw = footage_jaw_open(root)
+    if jaw is None or not layout.audio.is_file():
         return {"dataset_mouth_loudness_corr": float("nan"), "dataset_mouth_phone_corr": float("nan"),
                 "dataset_mouth_opening_sd": float("nan")}
-    jaw = np.load(layout.blendshapes)[:, BLENDSHAPE_NAMES.index("jawOpen")].astype(np.float64)
     samples = load_audio(layout.audio)
     return {"dataset_mouth_loudness_corr": opening_correlation(jaw, loudness_per_frame(samples, len(jaw), fps)),
             "dataset_mouth_phone_corr": opening_correlation(jaw, phone_opening(samples, len(jaw), fps)),
