@@ -36,6 +36,7 @@ class AudioConfig:
     checkpoint: Optional[str] = None  # weight file of encoders that need one
     features_file: Optional[str] = None  # precomputed features to import, e.g. aud_ds.npy of the original tools
     layer: Optional[int] = None  # whisper: which encoder layer's states (null: the middle one)
+    context_s: Optional[float] = None  # whisper: each frame encoded alone from this many seconds (null: whole audio)
 
 AVE_MEL_ROWS = 16  # mel rows per window (0.2 s)
 AVE_ROWS_PER_SECOND = SAMPLE_RATE / 200
@@ -222,7 +223,8 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
         from synctalk.audio.whisper import load_encoder, whisper_features
 
         _check_feature_dim(audio_cfg, load_encoder(audio_cfg.checkpoint or None).dim, "encoder state")
-        return whisper_features(samples, num_frames, fps, audio_cfg.window, audio_cfg.checkpoint, audio_cfg.layer)
+        return whisper_features(samples, num_frames, fps, audio_cfg.window, audio_cfg.checkpoint, audio_cfg.layer,
+                                getattr(audio_cfg, "context_s", None), progress)
     if name == "ave":
         return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
     if name == "hu":

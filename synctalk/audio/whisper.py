@@ -10,8 +10,15 @@ layers, 384 values per state), so no download and no weight file to configure.
 The feature is one layer's states: by default the middle layer's (the output of layer 2 of tiny's 4), which
 carries more of how the speech sounds than the last, whose states are shaped for the decoder's words. Per video
 frame it is ``window`` states centred on the frame (8 x 20 ms by default: 160 ms, the span of the 16 mel rows
-``audio_encoder=mel`` gives a frame). Audio longer than 30 s is encoded in 30 s windows that overlap by 10 s,
-each state taken from the window whose centre is nearest.
+``audio_encoder=mel`` gives a frame).
+
+The encoder adds a position code to every state, and its middle layer still carries it: states of two unrelated
+recordings at the same time in their 30 s windows are alike (cosine 0.3-0.5 of their departures from the mean),
+so a head trained on them can learn the footage's mouth by the time in the clip and replay it for any audio.
+With ``context_s`` set (``audio_encoder=whisper`` sets 2 s), every frame is encoded alone, from the ``context_s``
+seconds of log-mel centred on it, so each frame's states sit at the same positions and only the sound differs
+(:func:`frame_states`). Without it (runs written before the setting existed) the whole audio is encoded in 30 s
+windows that overlap by 10 s, each state taken from the window whose centre is nearest (:func:`encoder_states`).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from synctalk.audio.features import SAMPLE_RATE, mel_filterbank
 from synctalk.errors import UserError
@@ -151,18 +159,18 @@ def load_encoder(folder: str | None = None) -> WhisperEncoder:
     return WhisperEncoder(read_encoder_weights(model_dir(folder) / "model.bin")).eval()
 
 
-def log_mel(samples: np.ndarray, n_mels: int = 80) -> np.ndarray:
-    """Whisper's input for up to 30 s of 16 kHz ``samples``: zero-padded to 30 s, the power spectrum of 25 ms Hann
-    windows every 10 ms on the Slaney mel bank (area-normalised triangles, 0-8 kHz), log10, floored 8 below its
-    maximum, and scaled as ``(x + 4) / 4``.
+def log_mel(samples: np.ndarray, n_mels: int = 80, length: int = CHUNK_SAMPLES) -> np.ndarray:
+    """Whisper's input for ``length`` 16 kHz samples (30 s by default: the first ``length`` of ``samples``,
+    zero-padded): the power spectrum of 25 ms Hann windows every 10 ms on the Slaney mel bank (area-normalised
+    triangles, 0-8 kHz), log10, floored 8 below its maximum, and scaled as ``(x + 4) / 4``.
 
     Returns:
-        (n_mels, 3000) float32; row ``i`` is centred on sample ``160 i``.
+        (n_mels, length // 160) float32; row ``i`` is centred on sample ``160 i``.
     """
-    audio = np.zeros(CHUNK_SAMPLES, np.float32)
-    audio[:min(len(samples), CHUNK_SAMPLES)] = np.asarray(samples, np.float32)[:CHUNK_SAMPLES]
+    audio = np.zeros(length, np.float32)
+    audio[:min(len(samples), length)] = np.asarray(samples, np.float32)[:length]
     spec = torch.stft(torch.from_numpy(audio), N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True)
-    power = spec[:, :-1].abs().numpy().astype(np.float64) ** 2  # (bins, 3000)
+    power = spec[:, :length // HOP].abs().numpy().astype(np.float64) ** 2  # (bins, length // HOP)
     bank = mel_filterbank(SAMPLE_RATE, N_FFT, n_mels, 0.0, SAMPLE_RATE / 2, scale="slaney").astype(np.float64)
     mel = np.log10(np.maximum(bank @ power, 1e-10))
     return ((np.maximum(mel, mel.max() - 8.0) + 4.0) / 4.0).astype(np.float32)
@@ -206,17 +214,56 @@ def encoder_states(samples: np.ndarray, folder: str | Path | None = None, layer:
     return states
 
 
+def frame_centres(num_frames: int, fps: float) -> np.ndarray:
+    """The state each video frame is centred on (frame ``k`` at ``(k + 0.5) / fps`` s, as the mel windows are),
+    (num_frames,) int."""
+    return np.round((np.arange(num_frames) + 0.5) / fps / STATE_SECONDS).astype(int)
+
+
+def frame_states(samples: np.ndarray, num_frames: int, fps: float, window: int, context_s: float,
+                 folder: str | Path | None = None, layer: int | None = None, progress: bool = False,
+                 batch: int = 64) -> np.ndarray:
+    """Every frame's ``window`` states, each frame encoded alone from the ``context_s`` seconds of log-mel centred
+    on it (the log-mel of the whole audio, zero-padded by half the context at both ends, so its floor is the
+    clip's), so the states of every frame sit at the same positions of the encoder.
+
+    Returns:
+        (num_frames, window, D) float32; ``[k, i]`` is the state at ``frame_centres[k] + i - window // 2``.
+    """
+    if not 0 < context_s <= CHUNK_SECONDS:
+        raise UserError(f"audio_encoder.context_s={context_s}: the seconds of audio encoded around each frame, "
+                        f"above 0 and at most {CHUNK_SECONDS} (or null: the whole audio at once)")
+    encoder = load_encoder(str(folder) if folder else None)
+    layer = resolve_layer(encoder, layer)
+    half = max(round(context_s / STATE_SECONDS / 2), window // 2 + 1)  # states on each side of the frame
+    pad = half * STATE_SAMPLES
+    padded = np.concatenate([np.zeros(pad, np.float32), np.asarray(samples, np.float32), np.zeros(pad, np.float32)])
+    mel = torch.from_numpy(log_mel(padded, encoder.num_mels, len(padded) + (-len(padded)) % STATE_SAMPLES))
+    centres = np.clip(frame_centres(num_frames, fps), 0, max(-(-len(samples) // STATE_SAMPLES) - 1, 0))
+    rows = 2 * centres[:, None] + np.arange(4 * half)[None]  # the padded mel's rows of each frame's context
+    take = half + np.arange(window) - window // 2
+    out = np.zeros((num_frames, window, encoder.dim), np.float32)
+    for start in tqdm(range(0, num_frames, batch), desc="Whisper features", unit="batch", disable=not progress):
+        contexts = mel[:, torch.from_numpy(rows[start:start + batch])].permute(1, 0, 2)  # (B, mels, 4 half)
+        with torch.no_grad():
+            out[start:start + batch] = encoder(contexts.contiguous(), layer)[:, take].numpy()
+    return out
+
+
 def whisper_features(samples: np.ndarray, num_frames: int, fps: float, window: int = 8,
-                     folder: str | Path | None = None, layer: int | None = None) -> np.ndarray:
-    """Per video frame, the ``window`` states of one encoder layer centred on the frame (frame ``k`` is centred at
-    ``(k + 0.5) / fps`` s, as the mel windows are); states past either end of the audio repeat the last one.
+                     folder: str | Path | None = None, layer: int | None = None, context_s: float | None = None,
+                     progress: bool = False) -> np.ndarray:
+    """Per video frame, the ``window`` states of one encoder layer centred on the frame: each frame encoded alone
+    from ``context_s`` seconds around it (:func:`frame_states`), or, with ``context_s`` None, states of the whole
+    audio encoded at once (:func:`encoder_states`), where states past either end of the audio repeat the last one.
 
     Returns:
         (num_frames, window, D) float32.
     """
     if window < 1:
         raise UserError(f"audio_encoder.window must be at least 1, got {window}")
+    if context_s is not None:
+        return frame_states(samples, num_frames, fps, window, context_s, folder, layer, progress)
     states = encoder_states(samples, folder, layer)
-    centre = np.round((np.arange(num_frames) + 0.5) / fps / STATE_SECONDS).astype(int)
     offsets = np.arange(window) - window // 2  # 8: -4 .. +3 states
-    return states[np.clip(centre[:, None] + offsets[None], 0, len(states) - 1)]
+    return states[np.clip(frame_centres(num_frames, fps)[:, None] + offsets[None], 0, len(states) - 1)]
