@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from synctalk.config.schema import TrainConfig
 from synctalk.data.datamodule import SubjectDataModule
 from synctalk.errors import UserError
 from synctalk.face.blendshape_sets import MOUTH_BLENDSHAPES
-from synctalk.io import atomic_path, write_json
+from synctalk.io import atomic_path, read_json, write_json
 from synctalk.models.losses import LossConfig
 from synctalk.models.occupancy import OccupancyConfig
 from synctalk.synthetic.subject import SyntheticSpec, generate
@@ -40,6 +41,33 @@ def resolved_container(cfg: DictConfig) -> dict:
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     return data
+
+
+def check_audio_features(root: str | Path, audio_cfg: DictConfig) -> None:
+    """Fail when the dataset's ``aud_<name>.npy`` was written by the ``audio_features`` stage with other settings
+    than ``audio_cfg`` (a setting either side lacks counts as its default). Datasets without the stage's record
+    (generated, or features copied in) are not checked."""
+    from synctalk.audio.encoders import AudioConfig
+
+    marker = Path(root) / ".stages" / "audio_features.json"
+    if not marker.is_file():
+        return
+    written = read_json(marker).get("key", {}).get("settings", {}).get("audio")
+    if not isinstance(written, dict) or written.get("name") != audio_cfg.name:
+        return  # the record is of another encoder's features (the stage keeps the last one's)
+    defaults = asdict(AudioConfig())
+    wanted = {**defaults, **OmegaConf.to_container(audio_cfg, resolve=True)}
+    written = {**defaults, **written}
+    def shown(value: Any) -> str:  # as the command line writes it
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    changed = [f"audio_encoder.{k}={shown(written[k])} (this run: {shown(wanted[k])})"
+               for k in defaults if written[k] != wanted[k]]
+    if changed:
+        raise UserError(f"{Path(root) / f'aud_{audio_cfg.name}.npy'} was computed with {', '.join(changed)}: run "
+                        f"'synctalk preprocess data.video=<the source video> data.root={root} "
+                        f"audio_encoder={audio_cfg.name}' with this run's audio_encoder settings (only the features "
+                        f"stage runs), or train with the settings the features were written with")
 
 
 def build_datamodule(cfg: DictConfig) -> SubjectDataModule:

@@ -253,6 +253,44 @@ def test_whisper_features_are_centred_on_each_frame_and_long_audio_is_windowed(r
     np.testing.assert_array_equal(encoder_states(audio, layer=2), states)
 
 
+def test_whisper_frames_encoded_alone_carry_the_sound_and_not_the_time_in_the_clip(real_data):
+    """Whisper's encoder adds a position code that its middle layer keeps: encoded as a whole, unrelated audio
+    (speech, noise) has alike states at the same time. Each frame encoded alone from the 2 s around it
+    (context_s) gives states that follow the sound: the same audio 0.2 s later gives the same states 5 frames
+    on, a tone burst shows at its own time, and unrelated audio shares nothing at the same time."""
+    from synctalk.audio.features import load_audio
+    from synctalk.audio.whisper import whisper_features
+
+    _whisper_encoder()
+    talk = load_audio(real_data / "eng_speech.wav")[:6 * SAMPLE_RATE]
+    rng = np.random.default_rng(0)
+    noise = (0.05 * rng.normal(size=len(talk))).astype(np.float32)
+
+    def aligned_cosine(a, b):  # of each frame's departure from the clip's mean, averaged over the frames
+        a, b = a.mean(1) - a.mean((0, 1)), b.mean(1) - b.mean((0, 1))
+        return float(np.mean((a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)))
+
+    whole = [whisper_features(x, 150, 25.0) for x in (talk, noise)]
+    alone = [whisper_features(x, 150, 25.0, context_s=2.0) for x in (talk, noise)]
+    assert alone[0].shape == (150, 8, 384) and alone[0].dtype == np.float32
+    assert aligned_cosine(*whole) > 0.3  # the time in the clip, whatever the sound
+    assert abs(aligned_cosine(*alone)) < 0.1
+    later = whisper_features(np.concatenate([np.zeros(SAMPLE_RATE // 5, np.float32), talk]), 155, 25.0,
+                             context_s=2.0)
+    np.testing.assert_allclose(later[5:], alone[0], atol=1e-3 * np.abs(alone[0]).max())
+
+    quiet = (1e-3 * rng.normal(size=6 * SAMPLE_RATE)).astype(np.float32)
+    burst = quiet.copy()  # 60 ms of 600 Hz from 3.00 s: states 150-152 (state j is centred at 0.02 j s)
+    burst[3 * SAMPLE_RATE:3 * SAMPLE_RATE + 960] += 0.5 * np.sin(2 * np.pi * 600 * np.arange(960) / SAMPLE_RATE)
+    change = np.linalg.norm(whisper_features(burst, 150, 25.0, context_s=2.0)
+                            - whisper_features(quiet, 150, 25.0, context_s=2.0), axis=-1)  # (150, 8)
+    for k in range(73, 78):  # frame k is centred on state round((k + 0.5) * 2); window position i is 4 states less
+        assert 150 <= round((k + 0.5) * 2) + int(change[k].argmax()) - 4 <= 152, change[k]
+    for context in (0.0, 40.0):
+        with pytest.raises(UserError, match="context_s"):
+            whisper_features(talk, 150, 25.0, context_s=context)
+
+
 def test_whisper_config_and_errors(tmp_path, monkeypatch):
     import importlib.util
 

@@ -208,3 +208,29 @@ def test_checkpoints_of_older_and_foreign_configs(run_cli, tmp_path):
     torch.save(state, tmp_path / "foreign.ckpt")
     with pytest.raises(UserError, match="incompatible"):
         load_run(tmp_path / "foreign.ckpt")
+
+
+def test_audio_features_written_with_other_settings_are_refused(tmp_path):
+    """A run whose audio_encoder differs from the settings the dataset's features stage wrote aud_<name>.npy with
+    fails before training, naming the setting and the preprocess command; a setting the record lacks counts as
+    its default, and a record of another encoder's features is not compared."""
+    from omegaconf import OmegaConf
+
+    from synctalk.audio.encoders import AudioConfig
+    from synctalk.errors import UserError
+    from synctalk.io import write_json
+    from synctalk.runs import check_audio_features
+
+    whisper = OmegaConf.structured(AudioConfig(name="whisper", feature_dim=384, window=8, context_s=2.0))
+    check_audio_features(tmp_path, whisper)  # no record: not checked
+    record = {"name": "whisper", "feature_dim": 384, "window": 8, "checkpoint": None, "features_file": None}
+    write_json(tmp_path / ".stages" / "audio_features.json", {"key": {"settings": {"audio": record}}})
+    with pytest.raises(UserError, match=r"aud_whisper.npy was computed with audio_encoder.context_s=null \(this run: "
+                                        r"2.0\): run 'synctalk preprocess .* audio_encoder=whisper'"):
+        check_audio_features(tmp_path, whisper)
+    whisper.context_s = None
+    check_audio_features(tmp_path, whisper)
+    whisper.window = 4
+    with pytest.raises(UserError, match=r"audio_encoder.window=8 \(this run: 4\)"):
+        check_audio_features(tmp_path, whisper)
+    check_audio_features(tmp_path, OmegaConf.structured(AudioConfig(name="mel")))

@@ -11,7 +11,7 @@ from synctalk.config.schema import EvaluateConfig
 from synctalk.data.datamodule import SubjectFrames
 from synctalk.evaluation import evaluate_split
 from synctalk.io import write_json
-from synctalk.runs import load_run
+from synctalk.runs import check_audio_features, load_run
 
 log = logging.getLogger(__name__)
 SCHEMA = EvaluateConfig
@@ -21,6 +21,7 @@ def run(cfg: DictConfig) -> dict:
     run_cfg, system = load_run(cfg.ckpt)
     root = cfg.data_root or run_cfg.data.root
     downscale = cfg.downscale or run_cfg.data.downscale
+    check_audio_features(root, run_cfg.audio_encoder)
     frames = SubjectFrames(root, cfg.split, run_cfg.audio_encoder.name, list(run_cfg.blendshapes.names), downscale,
                            run_cfg.data.scale, run_cfg.blendshapes.smooth_window, run_cfg.blendshapes.smooth_order,
                            run_cfg.data.cache_mb)

@@ -17,8 +17,8 @@ from synctalk.distributed import ddp_ranks, global_rank
 from synctalk.evaluation import evaluate_split
 from synctalk.errors import UserError
 from synctalk.io import write_json
-from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system, check_resume,
-                           finish_loggers, load_stage_weights, write_run_info)
+from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system,
+                           check_audio_features, check_resume, finish_loggers, load_stage_weights, write_run_info)
 
 log = logging.getLogger(__name__)
 SCHEMA = TrainConfig
@@ -34,6 +34,7 @@ def run(cfg: DictConfig) -> dict:
                         "or use experiment=demo / experiment=lip_sync, the CPU recipes")
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, cfg)
+    check_audio_features(cfg.data.root, cfg.audio_encoder)
     datamodule = build_datamodule(cfg)
     rank = global_rank()
     if rank == 0:
