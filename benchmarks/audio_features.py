@@ -37,7 +37,9 @@ from synctalk.stages.source import resampled_frames, upright_bgr  # noqa: E402
 
 CLIPS = ("WDA_KatieHill_000", "WDA_BobMenendez_000", "RD_Radio34_000", "May_13s", "German_20s", "portrait_1080x1920")
 ENCODERS = {"mel": AudioConfig("mel", 80, 16), "phones": AudioConfig("phones", 15, 16),
-            "speech_embedding": AudioConfig("speech_embedding", 96, 8), "whisper": AudioConfig("whisper", 384, 8)}
+            "speech_embedding": AudioConfig("speech_embedding", 96, 8),
+            "whisper": AudioConfig("whisper", 384, 8, context_s=2.0),  # as conf/audio_encoder/whisper.yaml
+            "whisper_whole_audio": AudioConfig("whisper", 384, 8)}  # context_s null: the runs before it existed
 FPS = 25.0
 READ_SIZE = 720  # frames are read by the Face Landmarker at most this many pixels on their longer side
 
