@@ -58,6 +58,7 @@ def check_audio_features(root: str | Path, audio_cfg: DictConfig) -> None:
     defaults = asdict(AudioConfig())
     wanted = {**defaults, **OmegaConf.to_container(audio_cfg, resolve=True)}
     written = {**defaults, **written}
+
     def shown(value: Any) -> str:  # as the command line writes it
         return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 

@@ -224,7 +224,7 @@ def compute_features(audio_cfg, samples: np.ndarray, num_frames: int, fps: float
 
         _check_feature_dim(audio_cfg, load_encoder(audio_cfg.checkpoint or None).dim, "encoder state")
         return whisper_features(samples, num_frames, fps, audio_cfg.window, audio_cfg.checkpoint, audio_cfg.layer,
-                                getattr(audio_cfg, "context_s", None), progress)
+                                audio_cfg.context_s, progress)
     if name == "ave":
         return ave_features(samples, num_frames, fps, audio_cfg.checkpoint, progress)[:, None]
     if name == "hu":
