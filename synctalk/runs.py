@@ -80,6 +80,7 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         smooth_window=cfg.blendshapes.smooth_window, smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
         audio_frames=cfg.model.net.get("smooth_frames", 1), patch_size=cfg.stage.patch_size,
         regions=cfg.stage.name != "torso" and cfg.model.loss.attention_weight > 0,
+        noisy_audio_share=d.get("noisy_audio_share", 0.0),
         prepare=partial(generate, SyntheticSpec(**OmegaConf.to_container(d.synthetic)))
         if d.name == "synthetic" and d.get("synthetic") else None)
 

@@ -212,3 +212,57 @@ def test_image_cache_is_bounded(tiny_dataset):
     assert len(f._cache) == 1  # a zero budget keeps only the image just read
     torch.testing.assert_close(f.gt(0), first)
     assert f.gt(0).dtype == torch.float32 and 0 <= float(f.gt(0).min()) and float(f.gt(0).max()) <= 1
+
+
+def test_noise_floor_is_set_below_the_speech_level_and_seeded():
+    from synctalk.audio.features import speech_level_db, with_noise_floor
+
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t) * (t < 1)).astype(np.float32)  # 1 s of tone, 1 s of digital silence
+    assert speech_level_db(speech) == pytest.approx(20 * np.log10(0.3 / np.sqrt(2)), abs=0.2)
+    for floor in (-45.0, -25.0):
+        noisy = with_noise_floor(speech, floor, seed=3)
+        pause_db = 10 * np.log10(np.mean((noisy[20000:] - speech[20000:]) ** 2))
+        assert pause_db == pytest.approx(speech_level_db(speech) + floor, abs=1.0)
+    np.testing.assert_array_equal(with_noise_floor(speech, -30, seed=1), with_noise_floor(speech, -30, seed=1))
+    assert not np.array_equal(with_noise_floor(speech, -30, seed=1), with_noise_floor(speech, -30, seed=2))
+    loud = with_noise_floor(rng.uniform(-1, 1, 16000).astype(np.float32), -3, seed=0)
+    assert loud.dtype == np.float32 and np.abs(loud).max() <= 1.0
+
+
+def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset, tmp_path):
+    """The features stage writes the features of the audio with each noise floor added (pauses change most, at the
+    loudest floor most); training items draw them at data.noisy_audio_share, validation never."""
+    from synctalk.audio.encoders import AudioConfig
+    from synctalk.stages.audio_track import AudioFeaturesStage
+    from synctalk.stages.base import StageContext
+
+    root = tmp_path / "d"
+    shutil.copytree(tiny_dataset, root)
+    (root / "ori_imgs").mkdir(exist_ok=True)
+    n = len(np.load(root / "aud_mel.npy"))
+    for i in range(n):  # the stage counts the frames
+        (root / "ori_imgs" / f"{i}.jpg").touch()
+    stage = AudioFeaturesStage(AudioConfig(noise_floors_db=[-40.0, -10.0]))
+    assert stage.outputs == ("aud_mel.npy", "aud_mel_noisy.npy")
+    report = stage.run(StageContext(video=root / "none.mp4", root=root, progress=False))
+    clean, noisy = np.load(root / "aud_mel.npy"), np.load(root / "aud_mel_noisy.npy")
+    assert report["noise_floors_db"] == [-40.0, -10.0] and noisy.shape == (2, *clean.shape)
+    np.testing.assert_allclose(clean, mel_windows(load_audio(root / "aud.wav"), n, 25.0), atol=1e-5)
+    change = np.abs(noisy - clean[None]).mean((1, 2, 3))
+    assert 0 < change[0] < change[1]
+
+    f = frames(root, noisy_audio=True)
+    torch.manual_seed(0)
+    assert f.noisy_audio.shape == (2, len(f), 16, 80)
+    always = TrainRays(f, 16, noisy_audio_share=1.0)
+    drawn = [always[3]["audio"][0] for _ in range(20)]
+    variants = {int(np.argmin([float((a - v).abs().max()) for v in f.noisy_audio[:, 3]])) for a in drawn}
+    assert variants == {0, 1}
+    assert all(min(float((a - v).abs().max()) for v in f.noisy_audio[:, 3]) == 0 for a in drawn)
+    torch.testing.assert_close(TrainRays(f, 16)[3]["audio"][0], f.audio[3])  # share 0: the clip's own audio
+    with pytest.raises(UserError, match=r"noisy_audio_share=1.5 must be in \[0, 1\]"):
+        TrainRays(f, 16, noisy_audio_share=1.5)
+    with pytest.raises(UserError, match="noise_floors_db"):
+        frames(tiny_dataset, noisy_audio=True)  # a dataset without the noisy features

@@ -12,7 +12,7 @@ Neither weight file can be downloaded by the platform; paths come from ``audio_e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +37,9 @@ class AudioConfig:
     features_file: Optional[str] = None  # precomputed features to import, e.g. aud_ds.npy of the original tools
     layer: Optional[int] = None  # whisper: which encoder layer's states (null: the middle one)
     context_s: Optional[float] = None  # whisper: each frame encoded alone from this many seconds (null: whole audio)
+    # the features are also written for the audio with a steady noise floor this many dB below the speech level,
+    # one version per value (aud_<name>_noisy.npy), for training with data.noisy_audio_share
+    noise_floors_db: list = field(default_factory=list)
 
 AVE_MEL_ROWS = 16  # mel rows per window (0.2 s)
 AVE_ROWS_PER_SECOND = SAMPLE_RATE / 200

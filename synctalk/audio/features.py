@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.signal import lfilter
 
 from synctalk.errors import UserError
 
@@ -152,6 +153,32 @@ def mean_square_around(samples: np.ndarray, centres: np.ndarray, window: int) ->
     padded = np.pad(np.asarray(samples, np.float64), (half, window + max(0, int(centres.max()) - len(samples))))
     energy = np.cumsum(np.concatenate([[0.0], padded ** 2]))
     return (energy[centres + window] - energy[centres]) / window
+
+
+SPEECH_LEVEL_PERCENTILE = 90  # the speech level: this percentile of the 40 ms frames' RMS
+
+
+def speech_level_db(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """How loud the speech of ``samples`` is: the 90th percentile of the RMS of its 40 ms frames, in dB re full
+    scale (speech is loud in most of its frames, so pauses and the noise floor hardly move it)."""
+    frame = int(0.04 * sample_rate)
+    count = max(len(samples) // frame, 1)
+    frames = np.resize(np.asarray(samples, np.float64), count * frame).reshape(count, frame)
+    rms = np.sqrt((frames ** 2).mean(1))
+    return float(20 * np.log10(max(np.percentile(rms, SPEECH_LEVEL_PERCENTILE), 1e-9)))
+
+
+def with_noise_floor(samples: np.ndarray, floor_db: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``samples`` with a steady noise floor ``floor_db`` dB below their speech level (:func:`speech_level_db`), as
+    a room, a microphone or a phone would add: Gaussian noise through a one-pole low-pass whose pole (0 to 0.95, from
+    white to nearly brown noise) is drawn from ``seed``, as the noise itself is, so the same seed gives the same
+    noise. Returns float32, clipped to [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    pole = rng.uniform(0.0, 0.95)
+    white = rng.standard_normal(len(samples))
+    noise = lfilter([1.0], [1.0, -pole], white)
+    noise *= 10 ** ((speech_level_db(samples, sample_rate) + floor_db) / 20) / max(float(noise.std()), 1e-12)
+    return np.clip(np.asarray(samples, np.float64) + noise, -1.0, 1.0).astype(np.float32)
 
 
 def frame_windows(rows: np.ndarray, num_frames: int, fps: float, window: int, rows_per_second: float

@@ -40,6 +40,7 @@ class DataConfig:
     val_frames: int = 4  # validation frames rendered during training (0: all)
     chunk: int = 2048  # rays rendered at once at inference
     cache_mb: int = 2048  # decoded images kept in memory per split (least recently used dropped)
+    noisy_audio_share: float = 0.0  # training items whose audio features have a noise floor added (aud_<name>_noisy.npy)
     synthetic: Optional[SyntheticSpec] = None  # set: the folder is generated from this spec
 
 

@@ -62,10 +62,13 @@ class SubjectFrames:
         downscale: integer factor; images and intrinsics are reduced by it.
         scale: metres -> NeRF units.
         cache_mb: decoded images kept in memory (least recently used are dropped).
+        noisy_audio: also read ``aud_<audio_name>_noisy.npy``, the features of the audio with noise floors added
+            (``audio_encoder.noise_floors_db``), for :meth:`audio_context`'s ``variant``.
     """
 
     def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
-                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048):
+                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048,
+                 noisy_audio: bool = False):
         self.layout = DatasetLayout(Path(root))
         self.layout.check_ready()
         tf = Transforms.read(self.layout.transforms(split))
@@ -94,6 +97,7 @@ class SubjectFrames:
             raise UserError(f"{feats_path} covers {len(feats)} frames but {split} uses frame {self.aud_ids.max()}")
         self.all_audio = torch.from_numpy(feats.astype(np.float32))  # the whole track's features
         self.audio = self.all_audio[torch.from_numpy(np.asarray(self.aud_ids, np.int64))]
+        self.noisy_audio = self._noisy_audio(audio_name, feats.shape) if noisy_audio else None  # (K, N, window, dim)
         eye = load_eye_features(self.layout.root, eye_names, smooth_window, smooth_order)
         if self.img_ids.max() >= len(eye):
             raise UserError(f"eye features cover {len(eye)} frames but {split} uses frame {self.img_ids.max()}")
@@ -105,6 +109,20 @@ class SubjectFrames:
         self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
         self._landmarks: dict[int, np.ndarray] = {}
         self._has_torso: dict[int, bool] = {}
+
+    def _noisy_audio(self, audio_name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """This split's rows of ``aud_<audio_name>_noisy.npy``, (floors, N, window, dim)."""
+        path = self.layout.noisy_audio_features(audio_name)
+        if not path.is_file():
+            raise UserError(f"{path} not found: data.noisy_audio_share > 0 trains on the audio features of the clip "
+                            f"with noise floors added; run 'synctalk preprocess' on this dataset again with "
+                            f"audio_encoder={audio_name} and audio_encoder.noise_floors_db set (for example "
+                            f"[-45,-35,-25]; only the features stage runs), or set data.noisy_audio_share=0")
+        noisy = np.load(path)
+        if noisy.ndim != 4 or noisy.shape[1:] != tuple(shape):
+            raise UserError(f"{path} has shape {noisy.shape}; expected (floors, {', '.join(map(str, shape))}) as "
+                            f"aud_{audio_name}.npy: run the features stage again (synctalk preprocess)")
+        return torch.from_numpy(noisy[:, np.asarray(self.aud_ids, np.int64)].astype(np.float32))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -222,9 +240,10 @@ class SubjectFrames:
         normal = up / length
         return torch.tensor([*normal, normal @ nose, UPPER_FACE_EDGE * length], dtype=torch.float32)
 
-    def audio_context(self, k: int, length: int) -> torch.Tensor:
-        """Audio features of the ``length`` frames around frame k, (length, window, dim)."""
-        return temporal_context(self.audio, k, length)
+    def audio_context(self, k: int, length: int, variant: int | None = None) -> torch.Tensor:
+        """Audio features of the ``length`` frames around frame k, (length, window, dim): those of the clip's audio,
+        or with ``variant``, those of its audio with the variant-th noise floor added (``noisy_audio``)."""
+        return temporal_context(self.audio if variant is None else self.noisy_audio[variant], k, length)
 
     def shifted_audio_context(self, k: int, shift: int, length: int) -> torch.Tensor:
         """Audio features of the ``length`` frames around the audio ``shift`` frames away from frame k's, taken from
@@ -262,11 +281,19 @@ class TrainRays(Dataset):
         mouth_frames: the same split at another resolution (usually the dataset's own): the mouth-box rays and
             the mouth patches are drawn from its pixels and images, the other rays from ``frames``. Rays are
             resolution-free, so both kinds train the same field; ``pixels`` then mixes the two grids.
+        noisy_audio_share: the share of items whose audio features are those of the clip with a noise floor added
+            (one of ``frames.noisy_audio``, drawn at random), so that a pause with a room's or a phone's noise in new
+            audio is a pause the head has seen.
     """
 
     def __init__(self, frames: SubjectFrames, rays_per_step: int, lips_ray_fraction: float = 0.0,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
-                 mouth_frames: SubjectFrames | None = None):
+                 mouth_frames: SubjectFrames | None = None, noisy_audio_share: float = 0.0):
+        if not 0.0 <= noisy_audio_share <= 1.0:
+            raise UserError(f"data.noisy_audio_share={noisy_audio_share} must be in [0, 1]")
+        if noisy_audio_share > 0 and frames.noisy_audio is None:
+            raise ValueError("noisy_audio_share > 0 needs frames read with noisy_audio=True")
+        self.noisy_audio_share = noisy_audio_share
         self.frames, self.rays_per_step, self.lips_ray_fraction = frames, rays_per_step, lips_ray_fraction
         self.audio_frames, self.patch_size, self.regions = audio_frames, patch_size, regions
         self.mouth_frames = mouth_frames if mouth_frames is not None else frames
@@ -321,7 +348,10 @@ class TrainRays(Dataset):
             item["patch_region"] = torch.tensor(int(region == "mouth"))
         parts = [self._rays(frames, k, pixels) for frames, pixels in groups]
         item.update({key: torch.cat([part[key] for part in parts]) for key in parts[0]})
-        item.update({"c2w": f.c2w[k], "audio": f.audio_context(k, self.audio_frames), "eye": f.eye[k],
+        variant = None
+        if self.noisy_audio_share > 0 and float(torch.rand(())) < self.noisy_audio_share:
+            variant = int(torch.randint(len(f.noisy_audio), ()))
+        item.update({"c2w": f.c2w[k], "audio": f.audio_context(k, self.audio_frames, variant), "eye": f.eye[k],
                      "index": torch.tensor(k)})
         if f.mouth is not None:
             item["mouth"] = f.mouth[k]
@@ -359,14 +389,15 @@ class SubjectDataModule(pl.LightningDataModule):
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
                  smooth_window: int = 5, smooth_order: int = 3, prepare: Callable[[Path], object] | None = None, cache_mb: int = 2048,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
-                 mouth_downscale: int | None = None):
+                 mouth_downscale: int | None = None, noisy_audio_share: float = 0.0):
         super().__init__()
         self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
-                             regions=regions)
+                             regions=regions, noisy_audio_share=noisy_audio_share)
         self.root = Path(root)
         self.prepare = prepare
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
                                smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
+        self.noisy_audio = noisy_audio_share > 0
         self.rays_per_step, self.val_frames = rays_per_step, val_frames
         self.mouth_downscale = mouth_downscale if mouth_downscale not in (None, downscale) else None
         if self.mouth_downscale is not None and self.mouth_downscale < 1:
@@ -382,7 +413,7 @@ class SubjectDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_frames is None:
-            self.train_frames = SubjectFrames(self.root, "train", **self.frame_args)
+            self.train_frames = SubjectFrames(self.root, "train", **self.frame_args, noisy_audio=self.noisy_audio)
             if self.mouth_downscale is not None:
                 self.train_mouth_frames = SubjectFrames(self.root, "train",
                                                         **{**self.frame_args, "downscale": self.mouth_downscale})

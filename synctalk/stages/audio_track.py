@@ -8,7 +8,7 @@ import numpy as np
 
 from synctalk.audio.encoders import compute_features
 from synctalk.audio.encoders import AudioConfig
-from synctalk.audio.features import SAMPLE_RATE, load_audio, write_wav
+from synctalk.audio.features import SAMPLE_RATE, load_audio, with_noise_floor, write_wav
 from synctalk.errors import UserError
 from synctalk.io import atomic_path
 from synctalk.stages.base import Stage, StageContext
@@ -48,7 +48,9 @@ def import_features(path: Path, num_frames: int, window: int, dim: int) -> np.nd
 @dataclass
 class AudioFeaturesStage(Stage):
     """Features of the ``audio_encoder`` config for every frame: computed (mel, phones, speech_embedding, whisper,
-    ave, hubert) or imported from ``audio.features_file``."""
+    ave, hubert) or imported from ``audio.features_file``; with ``audio.noise_floors_db``, also those of the audio
+    with each noise floor added (:func:`synctalk.audio.features.with_noise_floor`, seeded by the floor's place in
+    the list), stacked in ``aud_<name>_noisy.npy`` (floors, frames, window, dim)."""
 
     name = "audio_features"
     needs = ("frames", "audio")
@@ -57,16 +59,26 @@ class AudioFeaturesStage(Stage):
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (f"aud_{self.audio.name}.npy",)
+        noisy = (f"aud_{self.audio.name}_noisy.npy",) if self.audio.noise_floors_db else ()
+        return (f"aud_{self.audio.name}.npy", *noisy)
 
     def run(self, ctx: StageContext) -> dict:
         n, cfg = ctx.frame_count(), self.audio
         if cfg.features_file:
+            if cfg.noise_floors_db:
+                raise UserError("audio_encoder.noise_floors_db needs features computed from the audio, not imported "
+                                "(audio_encoder.features_file): set audio_encoder.noise_floors_db=[]")
             feats = import_features(Path(cfg.features_file), n, cfg.window, cfg.feature_dim)
         else:
-            feats = compute_features(cfg, load_audio(ctx.layout.audio), n, ctx.fps, ctx.progress)
+            samples = load_audio(ctx.layout.audio)
+            feats = compute_features(cfg, samples, n, ctx.fps, ctx.progress)
+            if cfg.noise_floors_db:
+                noisy = np.stack([compute_features(cfg, with_noise_floor(samples, float(floor), seed), n, ctx.fps,
+                                                   ctx.progress) for seed, floor in enumerate(cfg.noise_floors_db)])
+                with atomic_path(ctx.layout.noisy_audio_features(cfg.name)) as tmp:
+                    np.save(tmp, noisy)
         if cfg.window == 1:  # one vector per frame is stored 2-D, as the original's aud_ave.npy
             feats = feats[:, 0]
         with atomic_path(ctx.layout.audio_features(cfg.name)) as tmp:
             np.save(tmp, feats)
-        return {"shape": list(feats.shape)}
+        return {"shape": list(feats.shape), "noise_floors_db": list(cfg.noise_floors_db)}
