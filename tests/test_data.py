@@ -214,21 +214,20 @@ def test_image_cache_is_bounded(tiny_dataset):
     assert f.gt(0).dtype == torch.float32 and 0 <= float(f.gt(0).min()) and float(f.gt(0).max()) <= 1
 
 
-def test_noise_floor_is_set_below_the_speech_level_and_seeded():
-    from synctalk.audio.features import speech_level_db, with_noise_floor
+def test_speech_level_and_noise_floor():
+    from synctalk.audio.features import noise_floor, speech_level_db
 
-    rng = np.random.default_rng(0)
     t = np.arange(32000) / 16000
     speech = (0.3 * np.sin(2 * np.pi * 220 * t) * (t < 1)).astype(np.float32)  # 1 s of tone, 1 s of digital silence
     assert speech_level_db(speech) == pytest.approx(20 * np.log10(0.3 / np.sqrt(2)), abs=0.2)
-    for floor in (-45.0, -25.0):
-        noisy = with_noise_floor(speech, floor, seed=3)
-        pause_db = 10 * np.log10(np.mean((noisy[20000:] - speech[20000:]) ** 2))
-        assert pause_db == pytest.approx(speech_level_db(speech) + floor, abs=1.0)
-    np.testing.assert_array_equal(with_noise_floor(speech, -30, seed=1), with_noise_floor(speech, -30, seed=1))
-    assert not np.array_equal(with_noise_floor(speech, -30, seed=1), with_noise_floor(speech, -30, seed=2))
-    loud = with_noise_floor(rng.uniform(-1, 1, 16000).astype(np.float32), -3, seed=0)
-    assert loud.dtype == np.float32 and np.abs(loud).max() <= 1.0
+    for level in (-60.0, -20.0):
+        noise = noise_floor(32000, level, seed=3)
+        assert 20 * np.log10(noise.std()) == pytest.approx(level, abs=0.01)
+    np.testing.assert_array_equal(noise_floor(1000, -30, seed=1), noise_floor(1000, -30, seed=1))
+    assert not np.array_equal(noise_floor(1000, -30, seed=1), noise_floor(1000, -30, seed=2))
+    spectra = [np.abs(np.fft.rfft(noise_floor(32000, -30, seed))) ** 2 for seed in range(6)]
+    low_share = [p[:len(p) // 8].sum() / p.sum() for p in spectra]  # below 1 kHz
+    assert min(low_share) < 0.3 and max(low_share) > 0.6  # from nearly white to nearly brown
 
 
 def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset, tmp_path):
@@ -245,13 +244,15 @@ def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset
     for i in range(n):  # the stage counts the frames
         (root / "ori_imgs" / f"{i}.jpg").touch()
     stage = AudioFeaturesStage(AudioConfig(noise_floors_db=[-40.0, -10.0]))
-    assert stage.outputs == ("aud_mel.npy", "aud_mel_noisy.npy")
+    assert stage.outputs == ("aud_mel.npy", "aud_mel_noisy.npy", "aud_mel_pause.npy")
     report = stage.run(StageContext(video=root / "none.mp4", root=root, progress=False))
     clean, noisy = np.load(root / "aud_mel.npy"), np.load(root / "aud_mel_noisy.npy")
-    assert report["noise_floors_db"] == [-40.0, -10.0] and noisy.shape == (2, *clean.shape)
+    pause = np.load(root / "aud_mel_pause.npy")
+    assert report["noise_floors_db"] == [-40.0, -10.0] and noisy.shape == (2, *clean.shape) == pause.shape
     np.testing.assert_allclose(clean, mel_windows(load_audio(root / "aud.wav"), n, 25.0), atol=1e-5)
     change = np.abs(noisy - clean[None]).mean((1, 2, 3))
     assert 0 < change[0] < change[1]
+    assert np.median(pause[1]) > np.median(pause[0]) + 1  # a pause is the noise alone: louder at -10 than at -40
 
     f = frames(root, noisy_audio=True)
     torch.manual_seed(0)
@@ -266,3 +267,18 @@ def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset
         TrainRays(f, 16, noisy_audio_share=1.5)
     with pytest.raises(UserError, match="noise_floors_db"):
         frames(tiny_dataset, noisy_audio=True)  # a dataset without the noisy features
+
+    closed = f.closed_mouth_frames()
+    jaw = f.mouth[:, 2]  # jawOpen
+    assert len(closed) == round(0.2 * len(f)) and jaw[closed].max() <= jaw.min() + jaw.quantile(0.25) - jaw.min()
+    pauses = TrainRays(f, 16, pause_share=1.0, lips_ray_fraction=0.5)
+    for _ in range(10):
+        item = pauses[3]
+        k = int(item["index"])
+        assert k in closed.tolist()  # a closed-mouth frame in place of frame 3, with its own rays and conditions
+        torch.testing.assert_close(item["rgb"], f.gt(k, item["pixels"]))
+        torch.testing.assert_close(item["mouth"], f.mouth[k])
+        assert any(bool((item["audio"][0] == window).all()) for window in f.pause_audio.flatten(0, 1))
+    mixed = TrainRays(f, 16, pause_share=0.3)
+    assert 0.15 < np.mean([any(bool((mixed[3]["audio"][0] == w).all()) for w in f.pause_audio.flatten(0, 1))
+                           for _ in range(100)]) < 0.45

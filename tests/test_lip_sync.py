@@ -109,6 +109,30 @@ def test_loudness_per_frame_and_its_correlation_with_a_mouth_opening():
     assert np.isnan(opening_correlation(np.full(75, np.nan), loudness))
 
 
+def test_the_mouth_in_speech_and_in_pauses_is_measured_apart():
+    """A mouth can follow every syllable and still be wrong in the pauses (open where the speaker is silent): over
+    all frames the two mix; the speech-only correlation and the pause opening tell them apart."""
+    from synctalk.metrics.lip_sync import opening_against_audio
+
+    rng = np.random.default_rng(0)
+    t = np.arange(48000) / 16000
+    samples = (0.5 * np.sin(2 * np.pi * 200 * t) * (t >= 1)).astype(np.float32)  # 1 s pause, then 2 s of sound
+    phones = np.zeros(75)
+    phones[25:] = 0.45 + 0.45 * np.sin(2 * np.pi * 4 * np.arange(50) / 25)  # syllables at 4 Hz
+    speech = np.arange(75) >= 25
+    follows = 0.02 + 0.2 * phones + rng.normal(0, 0.005, 75)
+    good = opening_against_audio(follows, samples, 25.0, "mouth", phones)
+    assert good["mouth_phone_corr"] > 0.9 and good["mouth_phone_corr_in_speech"] > 0.9
+    assert good["mouth_pause_opening"] == pytest.approx(0.2 * phones[29:].mean(), abs=0.01)
+    open_in_pauses = np.where(speech, follows, 0.4)  # every syllable followed, the mouth open while silent
+    bad = opening_against_audio(open_in_pauses, samples, 25.0, "mouth", phones)
+    assert bad["mouth_phone_corr"] < 0 and bad["mouth_phone_corr_in_speech"] > 0.9 and bad["mouth_pause_opening"] < 0
+    inverted = opening_against_audio(np.where(speech, 0.3 - 0.2 * phones, 0.02), samples, 25.0, "d", phones)
+    assert inverted["d_phone_corr_in_speech"] < -0.9 and inverted["d_pause_opening"] > 0
+    talking = opening_against_audio(follows[25:], samples[16000:], 25.0, "mouth", phones[25:])
+    assert np.isnan(talking["mouth_pause_opening"]) and talking["mouth_phone_corr_in_speech"] > 0.9  # no pause
+
+
 @pytest.mark.real_data
 def test_a_real_mouth_opens_with_its_own_audio_more_than_with_audio_half_a_second_off(real_data, face_landmarker_task):
     """The novel-audio measures on real footage, the scale a driven head is compared with: May_13s's mouth follows

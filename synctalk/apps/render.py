@@ -124,10 +124,12 @@ def measure_mouth(clip: np.ndarray, samples: np.ndarray, fps: float, dataset_roo
     replayed = jaw[pose_frames] if pose_frames is not None and jaw is not None else None
     out = {**mouth_follows_audio(clip, samples, fps, reader, branch_opening, replayed),
            **dataset_mouth_audio(dataset_root, fps)}
-    log.info("mouth opening (%s) against the driving audio: correlation %.2f with the opening its phones imply, "
-             "%.2f with its loudness (the training footage with its own audio: %.2f, %.2f)", out["mouth_source"],
-             out["mouth_phone_corr"], out["mouth_loudness_corr"], out["dataset_mouth_phone_corr"],
-             out["dataset_mouth_loudness_corr"])
+    log.info("mouth opening (%s) against the driving audio: correlation %.2f with the opening its phones imply "
+             "(%.2f within the speech), %.2f with its loudness; %+.3f more open in speech than in pauses (the "
+             "training footage with its own audio: %.2f (%.2f), %.2f; %+.3f)", out["mouth_source"],
+             out["mouth_phone_corr"], out["mouth_phone_corr_in_speech"], out["mouth_loudness_corr"],
+             out["mouth_pause_opening"], out["dataset_mouth_phone_corr"], out["dataset_mouth_phone_corr_in_speech"],
+             out["dataset_mouth_loudness_corr"], out["dataset_mouth_pause_opening"])
     if "audio_branch_phone_corr" in out:
         log.info("the head's audio branch reads the opening the phones imply at %.2f", out["audio_branch_phone_corr"])
     motion = mouth_motion(out)

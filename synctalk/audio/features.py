@@ -168,17 +168,15 @@ def speech_level_db(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> floa
     return float(20 * np.log10(max(np.percentile(rms, SPEECH_LEVEL_PERCENTILE), 1e-9)))
 
 
-def with_noise_floor(samples: np.ndarray, floor_db: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """``samples`` with a steady noise floor ``floor_db`` dB below their speech level (:func:`speech_level_db`), as
-    a room, a microphone or a phone would add: Gaussian noise through a one-pole low-pass whose pole (0 to 0.95, from
-    white to nearly brown noise) is drawn from ``seed``, as the noise itself is, so the same seed gives the same
-    noise. Returns float32, clipped to [-1, 1]."""
+def noise_floor(num_samples: int, level_db: float, seed: int) -> np.ndarray:
+    """A steady noise floor of ``num_samples`` at an RMS of ``level_db`` dB re full scale, as a room, a microphone or
+    a phone adds: Gaussian noise through a one-pole low-pass whose pole (0 to 0.95, from white to nearly brown
+    noise) is drawn from ``seed``, as the noise itself is, so the same seed gives the same noise. (num_samples,)
+    float64."""
     rng = np.random.default_rng(seed)
     pole = rng.uniform(0.0, 0.95)
-    white = rng.standard_normal(len(samples))
-    noise = lfilter([1.0], [1.0, -pole], white)
-    noise *= 10 ** ((speech_level_db(samples, sample_rate) + floor_db) / 20) / max(float(noise.std()), 1e-12)
-    return np.clip(np.asarray(samples, np.float64) + noise, -1.0, 1.0).astype(np.float32)
+    noise = lfilter([1.0], [1.0, -pole], rng.standard_normal(num_samples))
+    return noise * 10 ** (level_db / 20) / max(float(noise.std()), 1e-12)
 
 
 def frame_windows(rows: np.ndarray, num_frames: int, fps: float, window: int, rows_per_second: float

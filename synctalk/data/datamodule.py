@@ -17,12 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from synctalk.data.layout import DatasetLayout, Transforms
 from synctalk.errors import UserError
-from synctalk.face.blendshape_sets import load_eye_features, load_mouth_targets
+from synctalk.face.blendshape_sets import MOUTH_BLENDSHAPES, load_eye_features, load_mouth_targets
 from synctalk.geometry import nearest_point_to_rays, pixel_rays
 
 MOUTH = slice(48, 68)  # 68-point layout
 NOSE_TIP = 30
 NOSE_BASE, CHIN, BROWS = 33, 8, slice(17, 27)
+CLOSED_MOUTH_SHARE = 0.2  # the pause items' frames: this share of a split's frames, those with the lowest jawOpen
 UPPER_FACE_EDGE = 0.03  # half the upper-face boundary's soft width, as a fraction of the chin-to-brow distance
 
 
@@ -62,8 +63,9 @@ class SubjectFrames:
         downscale: integer factor; images and intrinsics are reduced by it.
         scale: metres -> NeRF units.
         cache_mb: decoded images kept in memory (least recently used are dropped).
-        noisy_audio: also read ``aud_<audio_name>_noisy.npy``, the features of the audio with noise floors added
-            (``audio_encoder.noise_floors_db``), for :meth:`audio_context`'s ``variant``.
+        noisy_audio: also read ``aud_<audio_name>_noisy.npy`` and ``aud_<audio_name>_pause.npy``, the features of
+            the audio with noise floors added (``audio_encoder.noise_floors_db``; :meth:`audio_context`'s
+            ``variant``) and of those floors alone (:meth:`pause_context`).
     """
 
     def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
@@ -97,7 +99,9 @@ class SubjectFrames:
             raise UserError(f"{feats_path} covers {len(feats)} frames but {split} uses frame {self.aud_ids.max()}")
         self.all_audio = torch.from_numpy(feats.astype(np.float32))  # the whole track's features
         self.audio = self.all_audio[torch.from_numpy(np.asarray(self.aud_ids, np.int64))]
-        self.noisy_audio = self._noisy_audio(audio_name, feats.shape) if noisy_audio else None  # (K, N, window, dim)
+        self.noisy_audio = self.pause_audio = None  # (K, N, window, dim), (K, P, window, dim)
+        if noisy_audio:
+            self.noisy_audio, self.pause_audio = self._noisy_audio(audio_name, feats.shape)
         eye = load_eye_features(self.layout.root, eye_names, smooth_window, smooth_order)
         if self.img_ids.max() >= len(eye):
             raise UserError(f"eye features cover {len(eye)} frames but {split} uses frame {self.img_ids.max()}")
@@ -110,19 +114,27 @@ class SubjectFrames:
         self._landmarks: dict[int, np.ndarray] = {}
         self._has_torso: dict[int, bool] = {}
 
-    def _noisy_audio(self, audio_name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """This split's rows of ``aud_<audio_name>_noisy.npy``, (floors, N, window, dim)."""
-        path = self.layout.noisy_audio_features(audio_name)
-        if not path.is_file():
-            raise UserError(f"{path} not found: data.noisy_audio_share > 0 trains on the audio features of the clip "
-                            f"with noise floors added; run 'synctalk preprocess' on this dataset again with "
-                            f"audio_encoder={audio_name} and audio_encoder.noise_floors_db set (for example "
-                            f"[-45,-35,-25]; only the features stage runs), or set data.noisy_audio_share=0")
-        noisy = np.load(path)
-        if noisy.ndim != 4 or noisy.shape[1:] != tuple(shape):
-            raise UserError(f"{path} has shape {noisy.shape}; expected (floors, {', '.join(map(str, shape))}) as "
-                            f"aud_{audio_name}.npy: run the features stage again (synctalk preprocess)")
-        return torch.from_numpy(noisy[:, np.asarray(self.aud_ids, np.int64)].astype(np.float32))
+    def _noisy_audio(self, audio_name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This split's rows of ``aud_<audio_name>_noisy.npy`` (floors, N, window, dim) and the pauses of
+        ``aud_<audio_name>_pause.npy`` (floors, P, window, dim)."""
+        arrays = []
+        for path in (self.layout.noisy_audio_features(audio_name), self.layout.pause_audio_features(audio_name)):
+            if not path.is_file():
+                raise UserError(f"{path} not found: data.noisy_audio_share and data.pause_share train on the audio "
+                                f"features of the clip with noise floors added and of those floors alone; run "
+                                f"'synctalk preprocess' on this dataset again with audio_encoder={audio_name} and "
+                                f"audio_encoder.noise_floors_db set (for example [-45,-35,-25]; only the features stage "
+                                f"runs), or set both to 0")
+            arrays.append(np.load(path))
+        noisy, pause = arrays
+        if noisy.ndim != 4 or noisy.shape[1:] != tuple(shape) or pause.ndim != 4 or pause.shape[0] != noisy.shape[0] \
+                or pause.shape[2:] != tuple(shape[1:]):
+            raise UserError(f"{self.layout.noisy_audio_features(audio_name)} and its pauses have shapes {noisy.shape}, "
+                            f"{pause.shape}; expected (floors, {', '.join(map(str, shape))}) as aud_{audio_name}.npy "
+                            f"and (floors, frames, {', '.join(map(str, shape[1:]))}): run the features stage again "
+                            f"(synctalk preprocess)")
+        return (torch.from_numpy(noisy[:, np.asarray(self.aud_ids, np.int64)].astype(np.float32)),
+                torch.from_numpy(pause.astype(np.float32)))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -245,6 +257,22 @@ class SubjectFrames:
         or with ``variant``, those of its audio with the variant-th noise floor added (``noisy_audio``)."""
         return temporal_context(self.audio if variant is None else self.noisy_audio[variant], k, length)
 
+    def pause_context(self, variant: int, p: int, length: int) -> torch.Tensor:
+        """Features of the ``length`` frames around frame p of the variant-th noise floor alone (a pause in a room
+        with that noise), (length, window, dim)."""
+        return temporal_context(self.pause_audio[variant], p, length)
+
+    def closed_mouth_frames(self, share: float = CLOSED_MOUTH_SHARE) -> torch.Tensor:
+        """The frames of this split whose mouth is most closed: the ``share`` of them with the lowest ``jawOpen``
+        (``bs.npy``), (M,) int64 indices into the split."""
+        if self.mouth is None:
+            raise UserError(f"data.pause_share > 0 pairs pauses with the closed-mouth frames, found by the "
+                            f"blendshapes stage's bs.npy, which {self.layout.root} lacks: run the blendshapes stage "
+                            f"(synctalk preprocess) or set data.pause_share=0")
+        jaw = self.mouth[:, MOUTH_BLENDSHAPES.index("jawOpen")]
+        count = max(1, int(round(share * len(jaw))))
+        return torch.argsort(jaw, stable=True)[:count]
+
     def shifted_audio_context(self, k: int, shift: int, length: int) -> torch.Tensor:
         """Audio features of the ``length`` frames around the audio ``shift`` frames away from frame k's, taken from
         the dataset's whole track (reflected at its ends), (length, window, dim)."""
@@ -282,18 +310,23 @@ class TrainRays(Dataset):
             the mouth patches are drawn from its pixels and images, the other rays from ``frames``. Rays are
             resolution-free, so both kinds train the same field; ``pixels`` then mixes the two grids.
         noisy_audio_share: the share of items whose audio features are those of the clip with a noise floor added
-            (one of ``frames.noisy_audio``, drawn at random), so that a pause with a room's or a phone's noise in new
-            audio is a pause the head has seen.
+            (one of ``frames.noisy_audio``, drawn at random).
+        pause_share: the share of items that are a pause: one of the frames whose mouth is most closed
+            (:meth:`SubjectFrames.closed_mouth_frames`) with the features of a noise floor alone
+            (``frames.pause_audio``), so that the head learns its subject's closed mouth for the pauses of new
+            audio, which a clip of continuous speech hardly shows.
     """
 
     def __init__(self, frames: SubjectFrames, rays_per_step: int, lips_ray_fraction: float = 0.0,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
-                 mouth_frames: SubjectFrames | None = None, noisy_audio_share: float = 0.0):
-        if not 0.0 <= noisy_audio_share <= 1.0:
-            raise UserError(f"data.noisy_audio_share={noisy_audio_share} must be in [0, 1]")
-        if noisy_audio_share > 0 and frames.noisy_audio is None:
-            raise ValueError("noisy_audio_share > 0 needs frames read with noisy_audio=True")
-        self.noisy_audio_share = noisy_audio_share
+                 mouth_frames: SubjectFrames | None = None, noisy_audio_share: float = 0.0, pause_share: float = 0.0):
+        for key, share in (("noisy_audio_share", noisy_audio_share), ("pause_share", pause_share)):
+            if not 0.0 <= share <= 1.0:
+                raise UserError(f"data.{key}={share} must be in [0, 1]")
+        if (noisy_audio_share > 0 or pause_share > 0) and frames.noisy_audio is None:
+            raise ValueError("noisy_audio_share or pause_share > 0 needs frames read with noisy_audio=True")
+        self.noisy_audio_share, self.pause_share = noisy_audio_share, pause_share
+        self.closed_mouth = frames.closed_mouth_frames() if pause_share > 0 else None
         self.frames, self.rays_per_step, self.lips_ray_fraction = frames, rays_per_step, lips_ray_fraction
         self.audio_frames, self.patch_size, self.regions = audio_frames, patch_size, regions
         self.mouth_frames = mouth_frames if mouth_frames is not None else frames
@@ -332,6 +365,9 @@ class TrainRays(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         f, m = self.frames, self.mouth_frames
+        pause = self.pause_share > 0 and float(torch.rand(())) < self.pause_share
+        if pause:  # a closed-mouth frame in place of frame k
+            k = int(self.closed_mouth[torch.randint(len(self.closed_mouth), ())])
         n_lips = int(self.rays_per_step * self.lips_ray_fraction)
         groups = [(f, torch.stack([torch.randint(0, f.width, (self.rays_per_step - n_lips,)),
                                    torch.randint(0, f.height, (self.rays_per_step - n_lips,))], -1))]
@@ -348,11 +384,14 @@ class TrainRays(Dataset):
             item["patch_region"] = torch.tensor(int(region == "mouth"))
         parts = [self._rays(frames, k, pixels) for frames, pixels in groups]
         item.update({key: torch.cat([part[key] for part in parts]) for key in parts[0]})
-        variant = None
-        if self.noisy_audio_share > 0 and float(torch.rand(())) < self.noisy_audio_share:
-            variant = int(torch.randint(len(f.noisy_audio), ()))
-        item.update({"c2w": f.c2w[k], "audio": f.audio_context(k, self.audio_frames, variant), "eye": f.eye[k],
-                     "index": torch.tensor(k)})
+        if pause:
+            variant = int(torch.randint(len(f.pause_audio), ()))
+            audio = f.pause_context(variant, int(torch.randint(f.pause_audio.shape[1], ())), self.audio_frames)
+        elif self.noisy_audio_share > 0 and float(torch.rand(())) < self.noisy_audio_share:
+            audio = f.audio_context(k, self.audio_frames, int(torch.randint(len(f.noisy_audio), ())))
+        else:
+            audio = f.audio_context(k, self.audio_frames)
+        item.update({"c2w": f.c2w[k], "audio": audio, "eye": f.eye[k], "index": torch.tensor(k)})
         if f.mouth is not None:
             item["mouth"] = f.mouth[k]
         return item
@@ -389,15 +428,15 @@ class SubjectDataModule(pl.LightningDataModule):
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
                  smooth_window: int = 5, smooth_order: int = 3, prepare: Callable[[Path], object] | None = None, cache_mb: int = 2048,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
-                 mouth_downscale: int | None = None, noisy_audio_share: float = 0.0):
+                 mouth_downscale: int | None = None, noisy_audio_share: float = 0.0, pause_share: float = 0.0):
         super().__init__()
         self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
-                             regions=regions, noisy_audio_share=noisy_audio_share)
+                             regions=regions, noisy_audio_share=noisy_audio_share, pause_share=pause_share)
         self.root = Path(root)
         self.prepare = prepare
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
                                smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
-        self.noisy_audio = noisy_audio_share > 0
+        self.noisy_audio = noisy_audio_share > 0 or pause_share > 0
         self.rays_per_step, self.val_frames = rays_per_step, val_frames
         self.mouth_downscale = mouth_downscale if mouth_downscale not in (None, downscale) else None
         if self.mouth_downscale is not None and self.mouth_downscale < 1:

@@ -204,6 +204,9 @@ def lip_sync_verdict(metrics: dict) -> str | None:
 
 LOUDNESS_WINDOW_S = 0.1  # the loudness of a frame: RMS over 100 ms centred on it
 LOUDNESS_FLOOR_DB = -40.0  # below the clip's loudest frame; quieter frames count as this
+PAUSE_DB = -30.0  # frames quieter than this (dB below the loudest frame) are pauses, the others speech
+MIN_PAUSE_FRAMES = 5  # fewer pause (or speech) frames with a face: no pause measure
+PAUSE_EDGE_FRAMES = 4  # frames this near a change between speech and pause count as neither (2 smoothing sigmas)
 SMOOTHING_FRAMES = 2.0  # Gaussian sigma applied to the mouth opening and the loudness before they are compared
 
 
@@ -231,19 +234,20 @@ def mouth_opening(reading: dict, names: list[str]) -> np.ndarray:
 
 def mouth_follows_audio(clip: np.ndarray, samples: np.ndarray, fps: float, reader: FaceReader,
                         branch_opening: np.ndarray | None = None, replayed_opening: np.ndarray | None = None) -> dict:
-    """Whether a clip's mouth opens with its audio, over the frames with a face: the Pearson correlation of the
-    mouth opening (:func:`mouth_opening`) with the audio's loudness (:func:`loudness_per_frame`) and with the
-    opening its recognised phones imply (:func:`synctalk.audio.phones.phone_opening`), each pair smoothed over
-    about 2 frames. Real footage of speech gives the scale (its own mouth with its own audio); a head driven by
-    new audio should come near it.
+    """Whether a clip's mouth opens with its audio, over the frames with a face: the mouth opening
+    (:func:`mouth_opening`) against the audio's loudness and the opening its recognised phones imply, over all
+    frames and over the speech alone, and how much more open it is in speech than in pauses
+    (:func:`opening_against_audio`). Real footage of speech gives the scale (its own mouth with its own audio); a
+    head driven by new audio should come near it.
 
     Args:
         clip: (N, H, W, 3) RGB uint8 frames; samples: their audio, 16 kHz, starting with the first frame.
         branch_opening: (N,) another reading of the mouth to score against the phones (the head's audio branch).
         replayed_opening: (N,) the footage's own ``jawOpen`` at the frames whose poses a render replays.
     Returns:
-        ``mouth_loudness_corr``, ``mouth_phone_corr``, ``mouth_opening_sd`` (how far the opening moves: its standard
-        deviation), ``mouth_frames_with_face``, ``mouth_source``; with ``branch_opening``,
+        ``mouth_loudness_corr``, ``mouth_phone_corr``, ``mouth_phone_corr_in_speech``, ``mouth_pause_opening``,
+        ``mouth_opening_sd`` (how far the opening moves: its standard deviation), ``mouth_frames_with_face``,
+        ``mouth_source``; with ``branch_opening``,
         ``audio_branch_phone_corr``; with ``replayed_opening``, ``mouth_replayed_corr`` (the mouth against the
         footage's mouth at the replayed poses: high when a head draws the mouth from the pose, not the audio).
     """
@@ -252,8 +256,7 @@ def mouth_follows_audio(clip: np.ndarray, samples: np.ndarray, fps: float, reade
     opening = mouth_opening(reader.read(clip), reader.mouth_names)
     phones = phone_opening(samples, len(clip), fps)
     face = np.isfinite(opening)
-    out = {"mouth_loudness_corr": opening_correlation(opening, loudness_per_frame(samples, len(clip), fps)),
-           "mouth_phone_corr": opening_correlation(opening, phones),
+    out = {**opening_against_audio(opening, samples, fps, "mouth", phones),
            "mouth_opening_sd": float(opening[face].std()) if face.any() else float("nan"),
            "mouth_frames_with_face": int(face.sum()), "mouth_source": reader.source}
     if branch_opening is not None:
@@ -263,11 +266,47 @@ def mouth_follows_audio(clip: np.ndarray, samples: np.ndarray, fps: float, reade
     return out
 
 
-def opening_correlation(opening: np.ndarray, reference: np.ndarray) -> float:
+def opening_against_audio(opening: np.ndarray, samples: np.ndarray, fps: float, prefix: str,
+                          phones: np.ndarray | None = None) -> dict:
+    """A mouth opening (N,) (NaN where no face was read) against its audio (16 kHz, starting with frame 0):
+
+    - ``<prefix>_loudness_corr``, ``<prefix>_phone_corr``: its correlation (:func:`opening_correlation`) with the
+      loudness (:func:`loudness_per_frame`) and with the opening the recognised phones imply
+      (:func:`synctalk.audio.phones.phone_opening`), over all frames: speech against pauses weighs in as much as
+      each syllable;
+    - ``<prefix>_phone_corr_in_speech``: the same with the phones over the speech frames only (louder than
+      :data:`PAUSE_DB` below the loudest frame, and :data:`PAUSE_EDGE_FRAMES` or more from a pause, out of the
+      smoothing's reach): whether the mouth opens with each syllable;
+    - ``<prefix>_pause_opening``: how much more open the mouth is, on average, in speech than in pauses (``jawOpen``
+      units; negative: open in the pauses, closed in the speech), both :data:`PAUSE_EDGE_FRAMES` or more from a
+      change; NaN with fewer than :data:`MIN_PAUSE_FRAMES` such pause or speech frames.
+
+    ``phones`` (N,): the phones' opening when already computed.
+    """
+    from synctalk.audio.phones import phone_opening
+
+    loudness = loudness_per_frame(samples, len(opening), fps)
+    phones = phone_opening(samples, len(opening), fps) if phones is None else phones
+    from scipy.ndimage import binary_erosion
+
+    speech = loudness >= PAUSE_DB
+    inner = np.ones(2 * PAUSE_EDGE_FRAMES + 1, bool)
+    in_speech = binary_erosion(speech, inner, border_value=1)
+    in_pause = binary_erosion(~speech, inner, border_value=1)
+    face = np.isfinite(opening)
+    enough = min((face & in_speech).sum(), (face & in_pause).sum()) >= MIN_PAUSE_FRAMES
+    return {f"{prefix}_loudness_corr": opening_correlation(opening, loudness),
+            f"{prefix}_phone_corr": opening_correlation(opening, phones),
+            f"{prefix}_phone_corr_in_speech": opening_correlation(opening, phones, in_speech),
+            f"{prefix}_pause_opening": float(opening[face & in_speech].mean() - opening[face & in_pause].mean())
+            if enough else float("nan")}
+
+
+def opening_correlation(opening: np.ndarray, reference: np.ndarray, frames: np.ndarray | None = None) -> float:
     """Pearson correlation of a mouth opening (N,) (NaN where no face was read, filled from the neighbours for the
     smoothing and then left out) with a reading of the audio per frame (N,) (its loudness, its phones' opening),
-    both Gaussian-smoothed by :data:`SMOOTHING_FRAMES`; NaN when fewer than 3 frames have a face or either does
-    not vary."""
+    both Gaussian-smoothed by :data:`SMOOTHING_FRAMES`, over the frames with a face (and in ``frames`` (N,) bool,
+    when given: the smoothing still sees the others); NaN when fewer than 3 frames count or either does not vary."""
     from scipy.ndimage import gaussian_filter1d
 
     face = np.isfinite(opening)
@@ -275,6 +314,10 @@ def opening_correlation(opening: np.ndarray, reference: np.ndarray) -> float:
         return float("nan")
     index = np.arange(len(opening))
     filled = np.interp(index, index[face], opening[face])
+    if frames is not None:
+        face = face & np.asarray(frames, bool)
+        if face.sum() < 3:
+            return float("nan")
     a = gaussian_filter1d(filled, SMOOTHING_FRAMES)[face]
     b = gaussian_filter1d(np.asarray(reference, np.float64), SMOOTHING_FRAMES)[face]
     if a.std() == 0 or b.std() == 0:
@@ -297,21 +340,19 @@ def dataset_mouth_audio(root: Path, fps: float) -> dict:
     ``aud.wav``.
 
     Returns:
-        ``dataset_mouth_loudness_corr``, ``dataset_mouth_phone_corr``, ``dataset_mouth_opening_sd`` (the standard
+        ``dataset_mouth_loudness_corr``, ``dataset_mouth_phone_corr``, ``dataset_mouth_phone_corr_in_speech``,
+        ``dataset_mouth_pause_opening`` (:func:`opening_against_audio`), ``dataset_mouth_opening_sd`` (the standard
         deviation of its ``jawOpen``); NaN when the dataset lacks either file.
     """
     from synctalk.audio.features import load_audio
-    from synctalk.audio.phones import phone_opening
     from synctalk.data.layout import DatasetLayout
 
     layout = DatasetLayout(Path(root))
     jaw = footage_jaw_open(root)
     if jaw is None or not layout.audio.is_file():
-        return {"dataset_mouth_loudness_corr": float("nan"), "dataset_mouth_phone_corr": float("nan"),
-                "dataset_mouth_opening_sd": float("nan")}
-    samples = load_audio(layout.audio)
-    return {"dataset_mouth_loudness_corr": opening_correlation(jaw, loudness_per_frame(samples, len(jaw), fps)),
-            "dataset_mouth_phone_corr": opening_correlation(jaw, phone_opening(samples, len(jaw), fps)),
+        return {f"dataset_mouth_{key}": float("nan") for key in (
+            "loudness_corr", "phone_corr", "phone_corr_in_speech", "pause_opening", "opening_sd")}
+    return {**opening_against_audio(jaw, load_audio(layout.audio), fps, "dataset_mouth"),
             "dataset_mouth_opening_sd": float(jaw.std())}
 
 
