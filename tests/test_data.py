@@ -254,10 +254,11 @@ def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset
     assert 0 < change[0] < change[1]
     assert np.median(pause[1]) > np.median(pause[0]) + 1  # a pause is the noise alone: louder at -10 than at -40
 
-    f = frames(root, noisy_audio=True)
+    f = frames(root)
     torch.manual_seed(0)
-    assert f.noisy_audio.shape == (2, len(f), 16, 80)
+    assert f.noisy_audio is None  # read when training asks for them (rendering and evaluation never do)
     always = TrainRays(f, 16, noisy_audio_share=1.0)
+    assert f.noisy_audio.shape == (2, len(f), 16, 80)
     drawn = [always[3]["audio"][0] for _ in range(20)]
     variants = {int(np.argmin([float((a - v).abs().max()) for v in f.noisy_audio[:, 3]])) for a in drawn}
     assert variants == {0, 1}
@@ -266,7 +267,8 @@ def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset
     with pytest.raises(UserError, match=r"noisy_audio_share=1.5 must be in \[0, 1\]"):
         TrainRays(f, 16, noisy_audio_share=1.5)
     with pytest.raises(UserError, match="noise_floors_db"):
-        frames(tiny_dataset, noisy_audio=True)  # a dataset without the noisy features
+        TrainRays(frames(tiny_dataset), 16, pause_share=0.1)  # a dataset without the noisy features
+    TrainRays(frames(tiny_dataset), 16)  # which training without them does not need
 
     closed = f.closed_mouth_frames()
     jaw = f.mouth[:, 2]  # jawOpen

@@ -63,14 +63,13 @@ class SubjectFrames:
         downscale: integer factor; images and intrinsics are reduced by it.
         scale: metres -> NeRF units.
         cache_mb: decoded images kept in memory (least recently used are dropped).
-        noisy_audio: also read ``aud_<audio_name>_noisy.npy`` and ``aud_<audio_name>_pause.npy``, the features of
-            the audio with noise floors added (``audio_encoder.noise_floors_db``; :meth:`audio_context`'s
-            ``variant``) and of those floors alone (:meth:`pause_context`).
+
+    The features of the audio with noise floors added and of those floors alone (:meth:`read_noisy_audio`) are read
+    when training asks for them.
     """
 
     def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
-                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048,
-                 noisy_audio: bool = False):
+                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048):
         self.layout = DatasetLayout(Path(root))
         self.layout.check_ready()
         tf = Transforms.read(self.layout.transforms(split))
@@ -99,9 +98,8 @@ class SubjectFrames:
             raise UserError(f"{feats_path} covers {len(feats)} frames but {split} uses frame {self.aud_ids.max()}")
         self.all_audio = torch.from_numpy(feats.astype(np.float32))  # the whole track's features
         self.audio = self.all_audio[torch.from_numpy(np.asarray(self.aud_ids, np.int64))]
-        self.noisy_audio = self.pause_audio = None  # (K, N, window, dim), (K, P, window, dim)
-        if noisy_audio:
-            self.noisy_audio, self.pause_audio = self._noisy_audio(audio_name, feats.shape)
+        self.audio_name = audio_name
+        self.noisy_audio = self.pause_audio = None  # (K, N, window, dim), (K, P, window, dim): read_noisy_audio
         eye = load_eye_features(self.layout.root, eye_names, smooth_window, smooth_order)
         if self.img_ids.max() >= len(eye):
             raise UserError(f"eye features cover {len(eye)} frames but {split} uses frame {self.img_ids.max()}")
@@ -114,9 +112,14 @@ class SubjectFrames:
         self._landmarks: dict[int, np.ndarray] = {}
         self._has_torso: dict[int, bool] = {}
 
-    def _noisy_audio(self, audio_name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """This split's rows of ``aud_<audio_name>_noisy.npy`` (floors, N, window, dim) and the pauses of
-        ``aud_<audio_name>_pause.npy`` (floors, P, window, dim)."""
+    def read_noisy_audio(self) -> None:
+        """Read ``noisy_audio``, this split's rows of ``aud_<name>_noisy.npy`` (floors, N, window, dim), the features
+        of the audio with noise floors added (``audio_encoder.noise_floors_db``; :meth:`audio_context`'s
+        ``variant``), and ``pause_audio``, ``aud_<name>_pause.npy`` (floors, P, window, dim), those of the floors
+        alone (:meth:`pause_context`)."""
+        if self.noisy_audio is not None:
+            return
+        audio_name, shape = self.audio_name, tuple(self.all_audio.shape)
         arrays = []
         for path in (self.layout.noisy_audio_features(audio_name), self.layout.pause_audio_features(audio_name)):
             if not path.is_file():
@@ -133,8 +136,8 @@ class SubjectFrames:
                             f"{pause.shape}; expected (floors, {', '.join(map(str, shape))}) as aud_{audio_name}.npy "
                             f"and (floors, frames, {', '.join(map(str, shape[1:]))}): run the features stage again "
                             f"(synctalk preprocess)")
-        return (torch.from_numpy(noisy[:, np.asarray(self.aud_ids, np.int64)].astype(np.float32)),
-                torch.from_numpy(pause.astype(np.float32)))
+        self.noisy_audio = torch.from_numpy(noisy[:, np.asarray(self.aud_ids, np.int64)].astype(np.float32))
+        self.pause_audio = torch.from_numpy(pause.astype(np.float32))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -323,8 +326,8 @@ class TrainRays(Dataset):
         for key, share in (("noisy_audio_share", noisy_audio_share), ("pause_share", pause_share)):
             if not 0.0 <= share <= 1.0:
                 raise UserError(f"data.{key}={share} must be in [0, 1]")
-        if (noisy_audio_share > 0 or pause_share > 0) and frames.noisy_audio is None:
-            raise ValueError("noisy_audio_share or pause_share > 0 needs frames read with noisy_audio=True")
+        if noisy_audio_share > 0 or pause_share > 0:
+            frames.read_noisy_audio()
         self.noisy_audio_share, self.pause_share = noisy_audio_share, pause_share
         self.closed_mouth = frames.closed_mouth_frames() if pause_share > 0 else None
         self.frames, self.rays_per_step, self.lips_ray_fraction = frames, rays_per_step, lips_ray_fraction
@@ -436,7 +439,6 @@ class SubjectDataModule(pl.LightningDataModule):
         self.prepare = prepare
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
                                smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
-        self.noisy_audio = noisy_audio_share > 0 or pause_share > 0
         self.rays_per_step, self.val_frames = rays_per_step, val_frames
         self.mouth_downscale = mouth_downscale if mouth_downscale not in (None, downscale) else None
         if self.mouth_downscale is not None and self.mouth_downscale < 1:
@@ -452,7 +454,7 @@ class SubjectDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_frames is None:
-            self.train_frames = SubjectFrames(self.root, "train", **self.frame_args, noisy_audio=self.noisy_audio)
+            self.train_frames = SubjectFrames(self.root, "train", **self.frame_args)
             if self.mouth_downscale is not None:
                 self.train_mouth_frames = SubjectFrames(self.root, "train",
                                                         **{**self.frame_args, "downscale": self.mouth_downscale})
