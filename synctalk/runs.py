@@ -43,10 +43,10 @@ def resolved_container(cfg: DictConfig) -> dict:
     return data
 
 
-def check_audio_features(root: str | Path, audio_cfg: DictConfig, reads_noisy: bool = False) -> None:
+def check_audio_features(root: str | Path, audio_cfg: DictConfig, reads_pauses: bool = False) -> None:
     """Fail when the dataset's ``aud_<name>.npy`` was written by the ``audio_features`` stage with other settings
     than ``audio_cfg`` (a setting either side lacks counts as its default); ``noise_floors_db`` (which makes
-    ``aud_<name>_noisy.npy``) only when the run ``reads_noisy``. Datasets without the stage's record (generated, or
+    ``aud_<name>_pause.npy``) only when the run ``reads_pauses``. Datasets without the stage's record (generated, or
     features copied in) are not checked."""
     from synctalk.audio.encoders import AudioConfig
 
@@ -64,7 +64,7 @@ def check_audio_features(root: str | Path, audio_cfg: DictConfig, reads_noisy: b
         return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
     changed = [f"audio_encoder.{k}={shown(written[k])} (this run: {shown(wanted[k])})"
-               for k in defaults if written[k] != wanted[k] and (reads_noisy or k != "noise_floors_db")]
+               for k in defaults if written[k] != wanted[k] and (reads_pauses or k != "noise_floors_db")]
     if changed:
         raise UserError(f"{Path(root) / f'aud_{audio_cfg.name}.npy'} was computed with {', '.join(changed)}: run "
                         f"'synctalk preprocess data.video=<the source video> data.root={root} "
@@ -81,7 +81,7 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         smooth_window=cfg.blendshapes.smooth_window, smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
         audio_frames=cfg.model.net.get("smooth_frames", 1), patch_size=cfg.stage.patch_size,
         regions=cfg.stage.name != "torso" and cfg.model.loss.attention_weight > 0,
-        noisy_audio_share=d.get("noisy_audio_share", 0.0), pause_share=d.get("pause_share", 0.0),
+        pause_share=d.get("pause_share", 0.0),
         prepare=partial(generate, SyntheticSpec(**OmegaConf.to_container(d.synthetic)))
         if d.name == "synthetic" and d.get("synthetic") else None)
 

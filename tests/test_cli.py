@@ -235,7 +235,7 @@ def test_audio_features_written_with_other_settings_are_refused(tmp_path):
         check_audio_features(tmp_path, whisper)
     check_audio_features(tmp_path, OmegaConf.structured(AudioConfig(name="mel")))
     whisper.window = 8
-    whisper.noise_floors_db = [-40.0]  # the features of the noisy audio count only for a run that reads them
+    whisper.noise_floors_db = [-40.0]  # the pauses' features count only for a run that reads them
     check_audio_features(tmp_path, whisper)
     with pytest.raises(UserError, match=r"audio_encoder.noise_floors_db=\[\] \(this run: \[-40.0\]\)"):
-        check_audio_features(tmp_path, whisper, reads_noisy=True)
+        check_audio_features(tmp_path, whisper, reads_pauses=True)

@@ -230,9 +230,9 @@ def test_speech_level_and_noise_floor():
     assert min(low_share) < 0.3 and max(low_share) > 0.6  # from nearly white to nearly brown
 
 
-def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset, tmp_path):
-    """The features stage writes the features of the audio with each noise floor added (pauses change most, at the
-    loudest floor most); training items draw them at data.noisy_audio_share, validation never."""
+def test_features_of_pauses_are_written_and_paired_with_closed_mouths(tiny_dataset, tmp_path):
+    """The features stage writes the features of each noise floor alone (a pause); a share of the training items
+    are one of the most closed-mouth frames with a pause's features, the others the frame's own audio."""
     from synctalk.audio.encoders import AudioConfig
     from synctalk.stages.audio_track import AudioFeaturesStage
     from synctalk.stages.base import StageContext
@@ -244,36 +244,21 @@ def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset
     for i in range(n):  # the stage counts the frames
         (root / "ori_imgs" / f"{i}.jpg").touch()
     stage = AudioFeaturesStage(AudioConfig(noise_floors_db=[-40.0, -10.0]))
-    assert stage.outputs == ("aud_mel.npy", "aud_mel_noisy.npy", "aud_mel_pause.npy")
+    assert stage.outputs == ("aud_mel.npy", "aud_mel_pause.npy")
     report = stage.run(StageContext(video=root / "none.mp4", root=root, progress=False))
-    clean, noisy = np.load(root / "aud_mel.npy"), np.load(root / "aud_mel_noisy.npy")
-    pause = np.load(root / "aud_mel_pause.npy")
-    assert report["noise_floors_db"] == [-40.0, -10.0] and noisy.shape == (2, *clean.shape) == pause.shape
+    clean, pause = np.load(root / "aud_mel.npy"), np.load(root / "aud_mel_pause.npy")
+    assert report["noise_floors_db"] == [-40.0, -10.0] and pause.shape == (2, *clean.shape)
     np.testing.assert_allclose(clean, mel_windows(load_audio(root / "aud.wav"), n, 25.0), atol=1e-5)
-    change = np.abs(noisy - clean[None]).mean((1, 2, 3))
-    assert 0 < change[0] < change[1]
-    assert np.median(pause[1]) > np.median(pause[0]) + 1  # a pause is the noise alone: louder at -10 than at -40
+    assert np.median(pause[1]) > np.median(pause[0]) + 1  # louder at -10 dB than at -40
 
     f = frames(root)
     torch.manual_seed(0)
-    assert f.noisy_audio is None  # read when training asks for them (rendering and evaluation never do)
-    always = TrainRays(f, 16, noisy_audio_share=1.0)
-    assert f.noisy_audio.shape == (2, len(f), 16, 80)
-    drawn = [always[3]["audio"][0] for _ in range(20)]
-    variants = {int(np.argmin([float((a - v).abs().max()) for v in f.noisy_audio[:, 3]])) for a in drawn}
-    assert variants == {0, 1}
-    assert all(min(float((a - v).abs().max()) for v in f.noisy_audio[:, 3]) == 0 for a in drawn)
-    torch.testing.assert_close(TrainRays(f, 16)[3]["audio"][0], f.audio[3])  # share 0: the clip's own audio
-    with pytest.raises(UserError, match=r"noisy_audio_share=1.5 must be in \[0, 1\]"):
-        TrainRays(f, 16, noisy_audio_share=1.5)
-    with pytest.raises(UserError, match="noise_floors_db"):
-        TrainRays(frames(tiny_dataset), 16, pause_share=0.1)  # a dataset without the noisy features
-    TrainRays(frames(tiny_dataset), 16)  # which training without them does not need
-
+    assert f.pause_audio is None  # read when training asks for them (rendering and evaluation never do)
+    pauses = TrainRays(f, 16, pause_share=1.0, lips_ray_fraction=0.5)
+    assert f.pause_audio.shape == (2, n, 16, 80)
     closed = f.closed_mouth_frames()
     jaw = f.mouth[:, 2]  # jawOpen
-    assert len(closed) == round(0.2 * len(f)) and jaw[closed].max() <= jaw.min() + jaw.quantile(0.25) - jaw.min()
-    pauses = TrainRays(f, 16, pause_share=1.0, lips_ray_fraction=0.5)
+    assert len(closed) == round(0.2 * len(f)) and jaw[closed].max() <= jaw.quantile(0.25)
     for _ in range(10):
         item = pauses[3]
         k = int(item["index"])
@@ -284,3 +269,9 @@ def test_features_of_noisy_audio_are_written_and_drawn_for_training(tiny_dataset
     mixed = TrainRays(f, 16, pause_share=0.3)
     assert 0.15 < np.mean([any(bool((mixed[3]["audio"][0] == w).all()) for w in f.pause_audio.flatten(0, 1))
                            for _ in range(100)]) < 0.45
+    torch.testing.assert_close(TrainRays(f, 16)[3]["audio"][0], f.audio[3])  # share 0: the frame's own audio
+    with pytest.raises(UserError, match=r"data.pause_share=1.5 must be in \[0, 1\]"):
+        TrainRays(f, 16, pause_share=1.5)
+    with pytest.raises(UserError, match="noise_floors_db"):
+        TrainRays(frames(tiny_dataset), 16, pause_share=0.1)  # a dataset without the pauses' features
+    TrainRays(frames(tiny_dataset), 16)  # which training without pauses does not need

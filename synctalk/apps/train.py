@@ -34,8 +34,7 @@ def run(cfg: DictConfig) -> dict:
                         "or use experiment=demo / experiment=lip_sync, the CPU recipes")
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, cfg)
-    check_audio_features(cfg.data.root, cfg.audio_encoder,
-                         reads_noisy=cfg.data.noisy_audio_share > 0 or cfg.data.pause_share > 0)
+    check_audio_features(cfg.data.root, cfg.audio_encoder, reads_pauses=cfg.data.pause_share > 0)
     datamodule = build_datamodule(cfg)
     rank = global_rank()
     if rank == 0:

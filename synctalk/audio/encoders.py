@@ -37,8 +37,8 @@ class AudioConfig:
     features_file: Optional[str] = None  # precomputed features to import, e.g. aud_ds.npy of the original tools
     layer: Optional[int] = None  # whisper: which encoder layer's states (null: the middle one)
     context_s: Optional[float] = None  # whisper: each frame encoded alone from this many seconds (null: whole audio)
-    # the features are also written for the audio with a steady noise floor this many dB below the speech level,
-    # one version per value (aud_<name>_noisy.npy), for training with data.noisy_audio_share
+    # pauses: the features of a steady noise floor alone, this many dB below the clip's speech level, one per value
+    # (aud_<name>_pause.npy), for training with data.pause_share
     noise_floors_db: list = field(default_factory=list)
 
 AVE_MEL_ROWS = 16  # mel rows per window (0.2 s)

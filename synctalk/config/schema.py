@@ -40,7 +40,6 @@ class DataConfig:
     val_frames: int = 4  # validation frames rendered during training (0: all)
     chunk: int = 2048  # rays rendered at once at inference
     cache_mb: int = 2048  # decoded images kept in memory per split (least recently used dropped)
-    noisy_audio_share: float = 0.0  # training items whose audio features have a noise floor added (aud_<name>_noisy.npy)
     pause_share: float = 0.0  # training items that pair a closed-mouth frame with a pause's features (aud_<name>_pause.npy)
     synthetic: Optional[SyntheticSpec] = None  # set: the folder is generated from this spec
 

@@ -64,8 +64,7 @@ class SubjectFrames:
         scale: metres -> NeRF units.
         cache_mb: decoded images kept in memory (least recently used are dropped).
 
-    The features of the audio with noise floors added and of those floors alone (:meth:`read_noisy_audio`) are read
-    when training asks for them.
+    The features of pauses (:meth:`read_pause_audio`) are read when training asks for them.
     """
 
     def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
@@ -99,7 +98,7 @@ class SubjectFrames:
         self.all_audio = torch.from_numpy(feats.astype(np.float32))  # the whole track's features
         self.audio = self.all_audio[torch.from_numpy(np.asarray(self.aud_ids, np.int64))]
         self.audio_name = audio_name
-        self.noisy_audio = self.pause_audio = None  # (K, N, window, dim), (K, P, window, dim): read_noisy_audio
+        self.pause_audio = None  # (K, P, window, dim): read_pause_audio
         eye = load_eye_features(self.layout.root, eye_names, smooth_window, smooth_order)
         if self.img_ids.max() >= len(eye):
             raise UserError(f"eye features cover {len(eye)} frames but {split} uses frame {self.img_ids.max()}")
@@ -112,31 +111,22 @@ class SubjectFrames:
         self._landmarks: dict[int, np.ndarray] = {}
         self._has_torso: dict[int, bool] = {}
 
-    def read_noisy_audio(self) -> None:
-        """Read ``noisy_audio``, this split's rows of ``aud_<name>_noisy.npy`` (floors, N, window, dim), the features
-        of the audio with noise floors added (``audio_encoder.noise_floors_db``; :meth:`audio_context`'s
-        ``variant``), and ``pause_audio``, ``aud_<name>_pause.npy`` (floors, P, window, dim), those of the floors
-        alone (:meth:`pause_context`)."""
-        if self.noisy_audio is not None:
+    def read_pause_audio(self) -> None:
+        """Read ``pause_audio``, ``aud_<name>_pause.npy`` (floors, P, window, dim): the features of pauses, each
+        noise floor alone (``audio_encoder.noise_floors_db``; :meth:`pause_context`)."""
+        if self.pause_audio is not None:
             return
-        audio_name, shape = self.audio_name, tuple(self.all_audio.shape)
-        arrays = []
-        for path in (self.layout.noisy_audio_features(audio_name), self.layout.pause_audio_features(audio_name)):
-            if not path.is_file():
-                raise UserError(f"{path} not found: data.noisy_audio_share and data.pause_share train on the audio "
-                                f"features of the clip with noise floors added and of those floors alone; run "
-                                f"'synctalk preprocess' on this dataset again with audio_encoder={audio_name} and "
-                                f"audio_encoder.noise_floors_db set (for example [-45,-35,-25]; only the features stage "
-                                f"runs), or set both to 0")
-            arrays.append(np.load(path))
-        noisy, pause = arrays
-        if noisy.ndim != 4 or noisy.shape[1:] != tuple(shape) or pause.ndim != 4 or pause.shape[0] != noisy.shape[0] \
-                or pause.shape[2:] != tuple(shape[1:]):
-            raise UserError(f"{self.layout.noisy_audio_features(audio_name)} and its pauses have shapes {noisy.shape}, "
-                            f"{pause.shape}; expected (floors, {', '.join(map(str, shape))}) as aud_{audio_name}.npy "
-                            f"and (floors, frames, {', '.join(map(str, shape[1:]))}): run the features stage again "
-                            f"(synctalk preprocess)")
-        self.noisy_audio = torch.from_numpy(noisy[:, np.asarray(self.aud_ids, np.int64)].astype(np.float32))
+        path = self.layout.pause_audio_features(self.audio_name)
+        if not path.is_file():
+            raise UserError(f"{path} not found: data.pause_share > 0 trains on the features of pauses; run "
+                            f"'synctalk preprocess' on this dataset again with audio_encoder={self.audio_name} and "
+                            f"audio_encoder.noise_floors_db set (for example [-45,-35,-25]; only the features stage "
+                            f"runs), or set data.pause_share=0")
+        pause = np.load(path)
+        if pause.ndim != 4 or pause.shape[2:] != tuple(self.all_audio.shape[1:]):
+            raise UserError(f"{path} has shape {pause.shape}; expected (floors, frames, "
+                            f"{', '.join(map(str, self.all_audio.shape[1:]))}) as aud_{self.audio_name}.npy: run the "
+                            f"features stage again (synctalk preprocess)")
         self.pause_audio = torch.from_numpy(pause.astype(np.float32))
 
     @property
@@ -255,10 +245,9 @@ class SubjectFrames:
         normal = up / length
         return torch.tensor([*normal, normal @ nose, UPPER_FACE_EDGE * length], dtype=torch.float32)
 
-    def audio_context(self, k: int, length: int, variant: int | None = None) -> torch.Tensor:
-        """Audio features of the ``length`` frames around frame k, (length, window, dim): those of the clip's audio,
-        or with ``variant``, those of its audio with the variant-th noise floor added (``noisy_audio``)."""
-        return temporal_context(self.audio if variant is None else self.noisy_audio[variant], k, length)
+    def audio_context(self, k: int, length: int) -> torch.Tensor:
+        """Audio features of the ``length`` frames around frame k, (length, window, dim)."""
+        return temporal_context(self.audio, k, length)
 
     def pause_context(self, variant: int, p: int, length: int) -> torch.Tensor:
         """Features of the ``length`` frames around frame p of the variant-th noise floor alone (a pause in a room
@@ -312,8 +301,6 @@ class TrainRays(Dataset):
         mouth_frames: the same split at another resolution (usually the dataset's own): the mouth-box rays and
             the mouth patches are drawn from its pixels and images, the other rays from ``frames``. Rays are
             resolution-free, so both kinds train the same field; ``pixels`` then mixes the two grids.
-        noisy_audio_share: the share of items whose audio features are those of the clip with a noise floor added
-            (one of ``frames.noisy_audio``, drawn at random).
         pause_share: the share of items that are a pause: one of the frames whose mouth is most closed
             (:meth:`SubjectFrames.closed_mouth_frames`) with the features of a noise floor alone
             (``frames.pause_audio``), so that the head learns its subject's closed mouth for the pauses of new
@@ -322,14 +309,13 @@ class TrainRays(Dataset):
 
     def __init__(self, frames: SubjectFrames, rays_per_step: int, lips_ray_fraction: float = 0.0,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
-                 mouth_frames: SubjectFrames | None = None, noisy_audio_share: float = 0.0, pause_share: float = 0.0):
-        for key, share in (("noisy_audio_share", noisy_audio_share), ("pause_share", pause_share)):
-            if not 0.0 <= share <= 1.0:
-                raise UserError(f"data.{key}={share} must be in [0, 1]")
-        if noisy_audio_share > 0 or pause_share > 0:
-            frames.read_noisy_audio()
-        self.noisy_audio_share, self.pause_share = noisy_audio_share, pause_share
-        self.closed_mouth = frames.closed_mouth_frames() if pause_share > 0 else None
+                 mouth_frames: SubjectFrames | None = None, pause_share: float = 0.0):
+        if not 0.0 <= pause_share <= 1.0:
+            raise UserError(f"data.pause_share={pause_share} must be in [0, 1]")
+        self.pause_share, self.closed_mouth = pause_share, None
+        if pause_share > 0:
+            frames.read_pause_audio()
+            self.closed_mouth = frames.closed_mouth_frames()
         self.frames, self.rays_per_step, self.lips_ray_fraction = frames, rays_per_step, lips_ray_fraction
         self.audio_frames, self.patch_size, self.regions = audio_frames, patch_size, regions
         self.mouth_frames = mouth_frames if mouth_frames is not None else frames
@@ -390,8 +376,6 @@ class TrainRays(Dataset):
         if pause:
             variant = int(torch.randint(len(f.pause_audio), ()))
             audio = f.pause_context(variant, int(torch.randint(f.pause_audio.shape[1], ())), self.audio_frames)
-        elif self.noisy_audio_share > 0 and float(torch.rand(())) < self.noisy_audio_share:
-            audio = f.audio_context(k, self.audio_frames, int(torch.randint(len(f.noisy_audio), ())))
         else:
             audio = f.audio_context(k, self.audio_frames)
         item.update({"c2w": f.c2w[k], "audio": audio, "eye": f.eye[k], "index": torch.tensor(k)})
@@ -431,10 +415,10 @@ class SubjectDataModule(pl.LightningDataModule):
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
                  smooth_window: int = 5, smooth_order: int = 3, prepare: Callable[[Path], object] | None = None, cache_mb: int = 2048,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
-                 mouth_downscale: int | None = None, noisy_audio_share: float = 0.0, pause_share: float = 0.0):
+                 mouth_downscale: int | None = None, pause_share: float = 0.0):
         super().__init__()
         self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
-                             regions=regions, noisy_audio_share=noisy_audio_share, pause_share=pause_share)
+                             regions=regions, pause_share=pause_share)
         self.root = Path(root)
         self.prepare = prepare
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,

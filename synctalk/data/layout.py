@@ -5,8 +5,7 @@
     <root>/
       aud.wav                    16 kHz mono audio
       aud_<encoder>.npy          audio features per frame, e.g. aud_mel.npy (N, 16, 80)
-      aud_<encoder>_noisy.npy    (optional) the same for the audio with noise floors added, (K, N, window, dim)
-      aud_<encoder>_pause.npy    (optional) the same for those noise floors alone, a pause, (K, <=250, window, dim)
+      aud_<encoder>_pause.npy    (optional) features of pauses, K noise floors alone, (K, <=250, window, dim)
       ori_imgs/<i>.jpg, <i>.lms  frames and 68-point landmarks ("x y" per line)
       parsing/<i>.png            head red, neck green, torso blue, background white
       parsing/<i>_face.png       face-only mask (white) used for portrait blending
@@ -42,9 +41,6 @@ class DatasetLayout:
 
     def audio_features(self, encoder: str) -> Path:
         return self.root / f"aud_{encoder}.npy"
-
-    def noisy_audio_features(self, encoder: str) -> Path:
-        return self.root / f"aud_{encoder}_noisy.npy"
 
     def pause_audio_features(self, encoder: str) -> Path:
         return self.root / f"aud_{encoder}_pause.npy"

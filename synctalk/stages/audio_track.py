@@ -51,11 +51,10 @@ PAUSE_FRAMES = 250  # frames of pause features per noise floor (10 s at 25 fps)
 @dataclass
 class AudioFeaturesStage(Stage):
     """Features of the ``audio_encoder`` config for every frame: computed (mel, phones, speech_embedding, whisper,
-    ave, hubert) or imported from ``audio.features_file``. With ``audio.noise_floors_db``, also those of the audio
-    with a noise floor that many dB below its speech level added (:func:`synctalk.audio.features.noise_floor`,
+    ave, hubert) or imported from ``audio.features_file``. With ``audio.noise_floors_db``, also those of pauses:
+    a steady noise floor alone, that many dB below the clip's speech level (:func:`synctalk.audio.features.noise_floor`,
     seeded by the floor's place in the list; :func:`synctalk.audio.features.speech_level_db`), stacked in
-    ``aud_<name>_noisy.npy`` (floors, frames, window, dim), and those of the same noise alone, a pause at each
-    floor, in ``aud_<name>_pause.npy`` (floors, at most :data:`PAUSE_FRAMES` frames, window, dim)."""
+    ``aud_<name>_pause.npy`` (floors, at most :data:`PAUSE_FRAMES` frames, window, dim)."""
 
     name = "audio_features"
     needs = ("frames", "audio")
@@ -65,8 +64,7 @@ class AudioFeaturesStage(Stage):
     @property
     def outputs(self) -> tuple[str, ...]:
         name = self.audio.name
-        noisy = (f"aud_{name}_noisy.npy", f"aud_{name}_pause.npy") if self.audio.noise_floors_db else ()
-        return (f"aud_{name}.npy", *noisy)
+        return (f"aud_{name}.npy", *((f"aud_{name}_pause.npy",) if self.audio.noise_floors_db else ()))
 
     def run(self, ctx: StageContext) -> dict:
         n, cfg = ctx.frame_count(), self.audio
@@ -79,26 +77,19 @@ class AudioFeaturesStage(Stage):
             samples = load_audio(ctx.layout.audio)
             feats = compute_features(cfg, samples, n, ctx.fps, ctx.progress)
             if cfg.noise_floors_db:
-                self._write_noisy(ctx, samples, n)
+                self._write_pauses(ctx, samples, n)
         if cfg.window == 1:  # one vector per frame is stored 2-D, as the original's aud_ave.npy
             feats = feats[:, 0]
         with atomic_path(ctx.layout.audio_features(cfg.name)) as tmp:
             np.save(tmp, feats)
         return {"shape": list(feats.shape), "noise_floors_db": list(cfg.noise_floors_db)}
 
-    def _write_noisy(self, ctx: StageContext, samples: np.ndarray, n: int) -> None:
-        """``aud_<name>_noisy.npy`` and ``aud_<name>_pause.npy`` (see the class)."""
+    def _write_pauses(self, ctx: StageContext, samples: np.ndarray, n: int) -> None:
+        """``aud_<name>_pause.npy`` (see the class)."""
         cfg, speech_db = self.audio, speech_level_db(samples)
-        pause_frames = min(n, PAUSE_FRAMES)
-        pause_samples = int(np.ceil(pause_frames / ctx.fps * SAMPLE_RATE))
-        noisy, pauses = [], []
-        for seed, floor in enumerate(cfg.noise_floors_db):
-            noise = noise_floor(len(samples), speech_db + float(floor), seed)
-            noisy.append(compute_features(cfg, np.clip(samples + noise, -1, 1).astype(np.float32), n, ctx.fps,
-                                          ctx.progress))
-            pauses.append(compute_features(cfg, noise[:pause_samples].astype(np.float32), pause_frames, ctx.fps,
-                                           ctx.progress))
-        for path, stacked in ((ctx.layout.noisy_audio_features(cfg.name), noisy),
-                              (ctx.layout.pause_audio_features(cfg.name), pauses)):
-            with atomic_path(path) as tmp:
-                np.save(tmp, np.stack(stacked))
+        frames = min(n, PAUSE_FRAMES)
+        length = int(np.ceil(frames / ctx.fps * SAMPLE_RATE))
+        pauses = [compute_features(cfg, noise_floor(length, speech_db + float(floor), seed).astype(np.float32),
+                                   frames, ctx.fps, ctx.progress) for seed, floor in enumerate(cfg.noise_floors_db)]
+        with atomic_path(ctx.layout.pause_audio_features(cfg.name)) as tmp:
+            np.save(tmp, np.stack(pauses))
