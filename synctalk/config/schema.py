@@ -40,7 +40,7 @@ class DataConfig:
     val_frames: int = 4  # validation frames rendered during training (0: all)
     chunk: int = 2048  # rays rendered at once at inference
     cache_mb: int = 2048  # decoded images kept in memory per split (least recently used dropped)
-    pause_share: float = 0.0  # training items that pair a closed-mouth frame with a pause's features (aud_<name>_pause.npy)
+    pause_share: float = 0.0  # items pairing a closed-mouth frame with a pause's features (aud_<name>_pause.npy)
     synthetic: Optional[SyntheticSpec] = None  # set: the folder is generated from this spec
 
 

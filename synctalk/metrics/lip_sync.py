@@ -283,12 +283,12 @@ def opening_against_audio(opening: np.ndarray, samples: np.ndarray, fps: float, 
 
     ``phones`` (N,): the phones' opening when already computed.
     """
+    from scipy.ndimage import binary_erosion
+
     from synctalk.audio.phones import phone_opening
 
     loudness = loudness_per_frame(samples, len(opening), fps)
     phones = phone_opening(samples, len(opening), fps) if phones is None else phones
-    from scipy.ndimage import binary_erosion
-
     speech = loudness >= PAUSE_DB
     inner = np.ones(2 * PAUSE_EDGE_FRAMES + 1, bool)
     in_speech = binary_erosion(speech, inner, border_value=1)

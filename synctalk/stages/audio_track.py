@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synctalk.audio.encoders import compute_features
-from synctalk.audio.encoders import AudioConfig
+from synctalk.audio.encoders import AudioConfig, compute_features
 from synctalk.audio.features import SAMPLE_RATE, load_audio, noise_floor, speech_level_db, write_wav
 from synctalk.errors import UserError
 from synctalk.io import atomic_path
@@ -52,9 +51,10 @@ PAUSE_FRAMES = 250  # frames of pause features per noise floor (10 s at 25 fps)
 class AudioFeaturesStage(Stage):
     """Features of the ``audio_encoder`` config for every frame: computed (mel, phones, speech_embedding, whisper,
     ave, hubert) or imported from ``audio.features_file``. With ``audio.noise_floors_db``, also those of pauses:
-    a steady noise floor alone, that many dB below the clip's speech level (:func:`synctalk.audio.features.noise_floor`,
-    seeded by the floor's place in the list; :func:`synctalk.audio.features.speech_level_db`), stacked in
-    ``aud_<name>_pause.npy`` (floors, at most :data:`PAUSE_FRAMES` frames, window, dim)."""
+    a steady noise floor alone, that many dB below the clip's speech level
+    (:func:`synctalk.audio.features.noise_floor`, seeded by the floor's place in the list;
+    :func:`synctalk.audio.features.speech_level_db`), stacked in ``aud_<name>_pause.npy`` (floors, at most
+    :data:`PAUSE_FRAMES` frames, window, dim)."""
 
     name = "audio_features"
     needs = ("frames", "audio")
