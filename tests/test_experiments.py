@@ -30,18 +30,19 @@ def swept(experiment: str, overrides: list[str]) -> dict[str, list[str]]:
 
 
 def with_audio_features(dataset, copy, encoders: list[str]):
-    """A copy of ``dataset`` holding the features of every audio encoder in ``encoders`` (the weight-free ones)."""
-    import numpy as np
-
-    from synctalk.audio.encoders import compute_features
-    from synctalk.audio.features import load_audio
+    """A copy of ``dataset`` holding the features of every audio encoder in ``encoders`` (the weight-free ones), as
+    the features stage of ``synctalk preprocess audio_encoder=<name>`` writes them (the pauses' features included)."""
+    from synctalk.audio.encoders import AudioConfig
+    from synctalk.config import to_dataclass
+    from synctalk.stages.audio_track import AudioFeaturesStage
+    from synctalk.stages.base import StageContext
 
     shutil.copytree(dataset, copy)
-    frames = len(np.load(copy / "aud_mel.npy"))
     for encoder in encoders:
         cfg = compose_config("train", [f"audio_encoder={encoder}"]).audio_encoder
-        if not (copy / f"aud_{cfg.name}.npy").is_file():
-            np.save(copy / f"aud_{cfg.name}.npy", compute_features(cfg, load_audio(copy / "aud.wav"), frames, 25.0))
+        stage = AudioFeaturesStage(to_dataclass(cfg, AudioConfig))
+        if not all((copy / name).is_file() for name in stage.outputs):
+            stage.run(StageContext(video=copy / "video.mp4", root=copy, progress=False))
     return copy
 
 
