@@ -47,7 +47,7 @@ COLUMNS = ("parsed/psnr", "parsed/face_psnr", "parsed/lmd", "parsed/mouth_corr",
            "sync_gap_gt", "mouth_corr_still_audio", "mouth_phone_corr", "dataset_mouth_phone_corr", "mouth_motion",
            "mouth_phone_corr_in_speech", "dataset_mouth_phone_corr_in_speech", "mouth_pause_opening",
            "dataset_mouth_pause_opening",
-           "audio_branch_phone_corr", "mouth_replayed_corr",
+           "audio_branch_phone_corr", "audio_branch_phone_corr_in_speech", "mouth_replayed_corr",
            "mouth_loudness_corr", "dataset_mouth_loudness_corr",
            "mouth_corr_low", "mouth_corr_high", "sync_gap_low", "sync_gap_high", "effective_frames")
 
@@ -114,7 +114,9 @@ def novel(run: Path, audio: Path, root: Path, logs: Path) -> dict:
         synctalk("render", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"audio={audio}", f"output={out}",
                  f"hydra.run.dir={run / 'novel_render'}", log=logs / f"render_{run.name}.log")
     measured = json.loads(out.with_suffix(".json").read_text())
-    if "mouth_pause_opening" not in measured:  # rendered before these measures: read the video again
+    if "mouth_pause_opening" not in measured or ("audio_branch_phone_corr" in measured
+                                                 and "audio_branch_phone_corr_in_speech" not in measured):
+        # rendered before these measures: read the video again
         measured.update(measure_rendered(out, audio, root, run / "checkpoints" / "last.ckpt"))
         write_json(out.with_suffix(".json"), measured)
     return measured

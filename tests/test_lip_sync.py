@@ -146,8 +146,11 @@ def test_a_real_mouth_opens_with_its_own_audio_more_than_with_audio_half_a_secon
         video = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
     samples = load_audio(clip)
     reader = FaceReader(face_landmarker_task)
-    measured = mouth_follows_audio(video, samples, 25.0, reader)
+    phones = phone_opening(samples, len(video), 25.0)
+    measured = mouth_follows_audio(video, samples, 25.0, reader, branch_opening=phones)  # a branch reading the phones
     assert measured["mouth_source"] == "face_landmarker" and measured["mouth_frames_with_face"] == len(video)
+    assert measured["audio_branch_phone_corr"] == pytest.approx(1.0)
+    assert measured["audio_branch_phone_corr_in_speech"] == pytest.approx(1.0)
     assert 0.02 < measured["mouth_opening_sd"] < 0.3  # jawOpen of someone speaking
     opening = mouth_opening(reader.read(video), reader.mouth_names)
     for key, reading in (("mouth_loudness_corr", loudness_per_frame(samples, len(video) + 12, 25.0)),

@@ -131,7 +131,9 @@ def measure_mouth(clip: np.ndarray, samples: np.ndarray, fps: float, dataset_roo
              out["mouth_pause_opening"], out["dataset_mouth_phone_corr"], out["dataset_mouth_phone_corr_in_speech"],
              out["dataset_mouth_loudness_corr"], out["dataset_mouth_pause_opening"])
     if "audio_branch_phone_corr" in out:
-        log.info("the head's audio branch reads the opening the phones imply at %.2f", out["audio_branch_phone_corr"])
+        log.info("the head's audio branch reads the opening the phones imply at %.2f (%.2f within the speech; "
+                 "%+.3f more open in speech than in pauses)", out["audio_branch_phone_corr"],
+                 out["audio_branch_phone_corr_in_speech"], out["audio_branch_pause_opening"])
     motion = mouth_motion(out)
     if motion is not None:
         out["mouth_motion"] = motion

@@ -247,8 +247,9 @@ def mouth_follows_audio(clip: np.ndarray, samples: np.ndarray, fps: float, reade
     Returns:
         ``mouth_loudness_corr``, ``mouth_phone_corr``, ``mouth_phone_corr_in_speech``, ``mouth_pause_opening``,
         ``mouth_opening_sd`` (how far the opening moves: its standard deviation), ``mouth_frames_with_face``,
-        ``mouth_source``; with ``branch_opening``,
-        ``audio_branch_phone_corr``; with ``replayed_opening``, ``mouth_replayed_corr`` (the mouth against the
+        ``mouth_source``; with ``branch_opening``, the same four of it (``audio_branch_phone_corr``,
+        ``audio_branch_phone_corr_in_speech``, ...: whether the audio branch reads each syllable where the
+        rendered mouth does not); with ``replayed_opening``, ``mouth_replayed_corr`` (the mouth against the
         footage's mouth at the replayed poses: high when a head draws the mouth from the pose, not the audio).
     """
     from synctalk.audio.phones import phone_opening
@@ -260,7 +261,7 @@ def mouth_follows_audio(clip: np.ndarray, samples: np.ndarray, fps: float, reade
            "mouth_opening_sd": float(opening[face].std()) if face.any() else float("nan"),
            "mouth_frames_with_face": int(face.sum()), "mouth_source": reader.source}
     if branch_opening is not None:
-        out["audio_branch_phone_corr"] = opening_correlation(np.asarray(branch_opening, np.float64), phones)
+        out.update(opening_against_audio(np.asarray(branch_opening, np.float64), samples, fps, "audio_branch", phones))
     if replayed_opening is not None:
         out["mouth_replayed_corr"] = opening_correlation(opening, replayed_opening)
     return out
