@@ -262,3 +262,38 @@ def test_the_density_sees_the_true_mouth_on_the_teacher_share_of_steps(tmp_path,
         assert all(m is not None and torch.equal(m, batch["mouth"]) for m in seen), seen
     else:
         assert seen == [None] * 4
+
+
+def test_the_footage_measure_is_kept_in_the_dataset_while_its_audio_and_blendshapes_are_unchanged(tmp_path,
+                                                                                                   monkeypatch):
+    """Every render scores its head beside the footage's own measure; the footage's phones are recognised once and
+    kept in the dataset (``mouth_audio.json``), measured again when the audio, the blendshapes or the fps change."""
+    import synctalk.audio.phones as phones_module
+    from synctalk.audio.features import write_wav
+    from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES
+    from synctalk.metrics.lip_sync import dataset_mouth_audio
+
+    calls = []
+
+    def counted_opening(samples, num_frames, fps):
+        calls.append(num_frames)
+        return np.sin(np.arange(num_frames) / 3.0) + 1.0
+
+    monkeypatch.setattr(phones_module, "phone_opening", counted_opening)
+    t = np.arange(48000) / 16000
+    write_wav(tmp_path / "aud.wav", (0.5 * np.sin(2 * np.pi * 200 * t) * (t >= 1)).astype(np.float32))
+    bs = np.zeros((75, len(BLENDSHAPE_NAMES)), np.float32)
+    bs[:, BLENDSHAPE_NAMES.index("jawOpen")] = 0.1 + 0.05 * np.sin(np.arange(75) / 3.0)
+    np.save(tmp_path / "bs.npy", bs)
+    first = dataset_mouth_audio(tmp_path, 25.0)
+    assert len(calls) == 1 and (tmp_path / "mouth_audio.json").is_file()
+    assert first["dataset_mouth_phone_corr"] > 0.9
+    assert dataset_mouth_audio(tmp_path, 25.0) == first and len(calls) == 1  # read back
+    dataset_mouth_audio(tmp_path, 30.0)
+    assert len(calls) == 2  # another frame rate
+    bs[:, BLENDSHAPE_NAMES.index("jawOpen")] *= -1
+    np.save(tmp_path / "bs.npy", bs)
+    assert dataset_mouth_audio(tmp_path, 25.0)["dataset_mouth_phone_corr"] < -0.9 and len(calls) == 3
+    (tmp_path / "mouth_audio.json").write_text("{not json")
+    assert dataset_mouth_audio(tmp_path, 25.0)["dataset_mouth_phone_corr"] < -0.9 and len(calls) == 4
+    assert dataset_mouth_audio(tmp_path, 25.0)["dataset_mouth_phone_corr"] < -0.9 and len(calls) == 4

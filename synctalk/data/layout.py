@@ -14,6 +14,7 @@
       torso_imgs/<i>.png         RGBA torso and neck without the head
       bc.jpg                     static background
       bs.npy                     (N, 52) blendshapes;  au.csv (optional) AU45 blink
+      mouth_audio.json           (made by the first render) the footage's mouth against its own audio
       transforms_train.json      focal_len, cx, cy, frames[img_id, aud_id, transform_matrix]
       transforms_val.json
 """
@@ -73,6 +74,10 @@ class DatasetLayout:
     @property
     def blendshapes(self) -> Path:
         return self.root / "bs.npy"
+
+    @property
+    def mouth_audio(self) -> Path:
+        return self.root / "mouth_audio.json"
 
     def transforms(self, split: str) -> Path:
         return self.root / f"transforms_{split}.json"

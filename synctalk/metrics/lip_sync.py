@@ -22,11 +22,15 @@ its jaw and mouth blendshapes (:data:`MOUTH_BLENDSHAPES`) and its brow and eyeli
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES, MOUTH_BLENDSHAPES, UPPER_FACE_BLENDSHAPES
+
+log = logging.getLogger(__name__)
+
 GEOMETRIC_MOUTH = ["mouth_open", "mouth_width"]
 MIN_STD = 0.01  # a coefficient whose ground truth varies less than this is not scored for correlation
 
@@ -326,6 +330,9 @@ def opening_correlation(opening: np.ndarray, reference: np.ndarray, frames: np.n
     return float(np.corrcoef(a, b)[0, 1])
 
 
+FOOTAGE_MEASURE_VERSION = 1  # raise when opening_against_audio changes, so that kept footage measures are redone
+
+
 def footage_jaw_open(root: Path) -> np.ndarray | None:
     """The dataset's ``jawOpen`` per frame (``bs.npy``, the blendshapes stage's reading of every frame), (N,)
     float64; None without ``bs.npy``."""
@@ -340,21 +347,42 @@ def dataset_mouth_audio(root: Path, fps: float) -> dict:
     (``bs.npy``, the blendshapes stage's reading of every frame) against the loudness and the phones of its
     ``aud.wav``.
 
+    The phone recognition takes about a quarter of the audio's duration, so the result is kept in the dataset
+    (``mouth_audio.json``, keyed by the two files' contents and ``fps``) and read back while they are unchanged; a
+    dataset folder that cannot be written is measured every time.
+
     Returns:
         ``dataset_mouth_loudness_corr``, ``dataset_mouth_phone_corr``, ``dataset_mouth_phone_corr_in_speech``,
         ``dataset_mouth_pause_opening`` (:func:`opening_against_audio`), ``dataset_mouth_opening_sd`` (the standard
         deviation of its ``jawOpen``); NaN when the dataset lacks either file.
     """
+    import hashlib
+
     from synctalk.audio.features import load_audio
     from synctalk.data.layout import DatasetLayout
+    from synctalk.io import read_json, write_json
 
     layout = DatasetLayout(Path(root))
     jaw = footage_jaw_open(root)
     if jaw is None or not layout.audio.is_file():
         return {f"dataset_mouth_{key}": float("nan") for key in (
             "loudness_corr", "phone_corr", "phone_corr_in_speech", "pause_opening", "opening_sd")}
-    return {**opening_against_audio(jaw, load_audio(layout.audio), fps, "dataset_mouth"),
-            "dataset_mouth_opening_sd": float(jaw.std())}
+    key = {"fps": float(fps), "measure_version": FOOTAGE_MEASURE_VERSION,
+           **{p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in (layout.audio, layout.blendshapes)}}
+    if layout.mouth_audio.is_file():
+        try:
+            kept = read_json(layout.mouth_audio)
+            if kept.get("key") == key:
+                return {k: float(v) for k, v in kept["measures"].items()}
+        except (ValueError, KeyError, AttributeError, TypeError):
+            pass  # unreadable: measured again and written over
+    measures = {**opening_against_audio(jaw, load_audio(layout.audio), fps, "dataset_mouth"),
+                "dataset_mouth_opening_sd": float(jaw.std())}
+    try:
+        write_json(layout.mouth_audio, {"key": key, "measures": measures})
+    except OSError as error:
+        log.info("the footage's mouth measure is not kept (%s): it is measured again by the next render", error)
+    return measures
 
 
 STILL_MOUTH_MOTION = 0.25  # a driven mouth whose opening moves less than this share of the footage's hardly moves
