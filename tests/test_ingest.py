@@ -193,6 +193,15 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
     assert mouth["frames"] == 50 and 0 <= mouth["mouth_frames_with_face"] <= 50  # a smoke head: faces are not sure
     for key in ("dataset_mouth_loudness_corr", "dataset_mouth_phone_corr"):  # the real footage's own mouth
         assert -1 <= mouth[key] <= 1, key
+    kept = json.loads((root / "mouth_audio.json").read_text())  # kept for the next render
+    assert kept["measures"]["dataset_mouth_phone_corr"] == pytest.approx(mouth["dataset_mouth_phone_corr"])
+
+
+def test_a_dataset_too_short_to_learn_lip_sync_from_is_said_to_be():
+    from synctalk.apps.preprocess import short_for_lip_sync
+
+    assert "holds 8 s of video" in short_for_lip_sync(200, 25.0) and "3-5 minutes" in short_for_lip_sync(200, 25.0)
+    assert short_for_lip_sync(1500, 25.0) is None and short_for_lip_sync(1799, 30.0) is not None
 
 
 def test_variable_frame_rate_is_resampled_by_timestamp(tmp_path):

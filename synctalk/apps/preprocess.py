@@ -55,7 +55,23 @@ def run(cfg: DictConfig) -> dict:
     report = run_ingest(Path(cfg.data.video), root, opts)
     _keep_stabilizer_results(root, report["poses"])
     log.info("dataset ready in %s: train with 'synctalk train data=subject data.root=%s'", root, root)
+    short = short_for_lip_sync(report["frames"]["frames"], report["frames"]["fps"])
+    if short:
+        log.warning(short)
     return {"root": str(root), **report}
+
+
+LIP_SYNC_SECONDS = 60.0  # a shorter clip gets a warning: little of its own speech to learn the mouth from
+
+
+def short_for_lip_sync(frames: int, fps: float) -> str | None:
+    """A warning when a dataset of ``frames`` at ``fps`` is under :data:`LIP_SYNC_SECONDS` long, else None."""
+    seconds = frames / fps
+    if seconds >= LIP_SYNC_SECONDS:
+        return None
+    return (f"the dataset holds {seconds:.0f} s of video: a head learns how this face's mouth moves with speech from "
+            "the clip's own speech, and heads trained on 8-20 s clips followed new speech on some faces only "
+            "(docs/lip_sync.md); SyncTalk asks for 3-5 minutes")
 
 
 def face_landmarker(configured: str | None, root_dir: str) -> tuple[str | None, str | None]:
