@@ -72,6 +72,17 @@ def check_audio_features(root: str | Path, audio_cfg: DictConfig, reads_pauses: 
                         f"stage runs), or train with the settings the features were written with")
 
 
+def train_frames_kept(data_cfg: DictConfig) -> int | None:
+    """How many of the training split's last frames ``data.train_seconds`` keeps (None: all)."""
+    seconds = data_cfg.get("train_seconds")
+    if seconds is None:
+        return None
+    frames = int(round(seconds * data_cfg.fps))
+    if frames < 1:
+        raise UserError(f"data.train_seconds={seconds} keeps no frame at {data_cfg.fps:g} fps")
+    return frames
+
+
 def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
     d = cfg.data
     return SubjectDataModule(
@@ -81,7 +92,7 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         smooth_window=cfg.blendshapes.smooth_window, smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
         audio_frames=cfg.model.net.get("smooth_frames", 1), patch_size=cfg.stage.patch_size,
         regions=cfg.stage.name != "torso" and cfg.model.loss.attention_weight > 0,
-        pause_share=d.get("pause_share", 0.0),
+        pause_share=d.get("pause_share", 0.0), train_last=train_frames_kept(d),
         prepare=partial(generate, SyntheticSpec(**OmegaConf.to_container(d.synthetic)))
         if d.name == "synthetic" and d.get("synthetic") else None)
 

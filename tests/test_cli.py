@@ -57,13 +57,14 @@ def test_missing_optional_backends_say_how_to_install(run_cli, capsys):
 
 @pytest.mark.slow
 def test_train_writes_a_complete_run_folder_and_resumes(run_cli):
-    assert run_cli("train", *SMOKE, "trainer.max_steps=10", "trainer.val_check_interval=5") == 0
+    last_seconds = "data.train_seconds=0.6"  # the training split's last 15 frames
+    assert run_cli("train", *SMOKE, "trainer.max_steps=10", "trainer.val_check_interval=5", last_seconds) == 0
     first = latest_run(run_cli.root)
     for name in ("metrics.json", "config_resolved.yaml", "run_info.json", "checkpoints/last.ckpt",
                  "media/val.mp4", ".hydra/config.yaml", ".hydra/overrides.yaml"):
         assert (first / name).is_file(), name
     metrics = json.loads((first / "metrics.json").read_text())
-    assert metrics["step"] == 10 and 5 < metrics["parsed/psnr"] < 60
+    assert metrics["step"] == 10 and 5 < metrics["parsed/psnr"] < 60 and metrics["train_frames"] == 15
     assert metrics["mlp_dtype"] in ("bfloat16", "float32")  # what model.net.mlp_precision=auto chose here
     assert metrics["encoding_lookup"] == "fused_cpu"  # the C++ compiler is part of the supported setup
     assert {"parsed/psnr", "with_hair/psnr", "parsed/face_psnr", "with_hair/ssim"} <= metrics.keys()
@@ -72,7 +73,8 @@ def test_train_writes_a_complete_run_folder_and_resumes(run_cli):
     assert (first / "csv").exists() is False  # logger=none writes no logger files
     # resume: the step count continues from the checkpoint
     ckpt = first / "checkpoints" / "last.ckpt"
-    assert run_cli("train", *SMOKE, "trainer.max_steps=16", f"ckpt_path={ckpt}", "render_video=false") == 0
+    assert run_cli("train", *SMOKE, "trainer.max_steps=16", f"ckpt_path={ckpt}", "render_video=false",
+                   last_seconds) == 0
     second = latest_run(run_cli.root)
     assert second != first
     assert json.loads((second / "metrics.json").read_text())["step"] == 16

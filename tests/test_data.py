@@ -275,3 +275,26 @@ def test_features_of_pauses_are_written_and_paired_with_closed_mouths(tiny_datas
     with pytest.raises(UserError, match="noise_floors_db"):
         TrainRays(frames(tiny_dataset), 16, pause_share=0.1)  # a dataset without the pauses' features
     TrainRays(frames(tiny_dataset), 16)  # which training without pauses does not need
+
+
+def test_training_on_the_last_seconds_of_the_training_split(tiny_dataset):
+    """``data.train_seconds`` keeps the training split's last frames, every per-frame condition with them; the
+    held-out split is untouched."""
+    from omegaconf import OmegaConf
+
+    from synctalk.runs import train_frames_kept
+
+    whole = frames(tiny_dataset)
+    last = frames(tiny_dataset, last=5)
+    assert len(last) == 5 and last.img_ids.tolist() == whole.img_ids[-5:].tolist()
+    torch.testing.assert_close(last.c2w, whole.c2w[-5:])
+    torch.testing.assert_close(last.audio, whole.audio[-5:])
+    torch.testing.assert_close(last.eye, whole.eye[-5:])
+    torch.testing.assert_close(last.gt(4), whole.gt(len(whole) - 1))
+    assert len(frames(tiny_dataset, "val", last=None)) == len(frames(tiny_dataset, "val"))
+    with pytest.raises(UserError, match=f"keeps the last {len(whole) + 1} frames of the train split, which has"):
+        frames(tiny_dataset, last=len(whole) + 1)
+    assert train_frames_kept(OmegaConf.create({"fps": 25.0, "train_seconds": 0.4})) == 10
+    assert train_frames_kept(OmegaConf.create({"fps": 25.0, "train_seconds": None})) is None
+    with pytest.raises(UserError, match="keeps no frame"):
+        train_frames_kept(OmegaConf.create({"fps": 25.0, "train_seconds": 0.01}))

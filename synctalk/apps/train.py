@@ -77,7 +77,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
                        train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))),
                        mlp_dtype=str(system.net.density_net.compute_dtype(system.device)).removeprefix("torch."),
                        encoding_lookup=system.net.encoding.grid.lookup(system.device),
-                       dataset=dataset_summary(datamodule.root))
+                       dataset=dataset_summary(datamodule.root), train_frames=len(datamodule.train_frames))
         threads.record(metrics)
         for logger in loggers:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},

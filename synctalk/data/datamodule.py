@@ -6,6 +6,7 @@ and ``rays_per_step`` of its pixels are rendered and compared with the ground tr
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -63,15 +64,22 @@ class SubjectFrames:
         downscale: integer factor; images and intrinsics are reduced by it.
         scale: metres -> NeRF units.
         cache_mb: decoded images kept in memory (least recently used are dropped).
+        last: keep only the split's last this many frames (None: all).
 
     The features of pauses (:meth:`read_pause_audio`) are read when training asks for them.
     """
 
     def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
-                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048):
+                 scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048,
+                 last: int | None = None):
         self.layout = DatasetLayout(Path(root))
         self.layout.check_ready()
         tf = Transforms.read(self.layout.transforms(split))
+        if last is not None:
+            if not 0 < last <= len(tf.img_ids):
+                raise UserError(f"data.train_seconds keeps the last {last} frames of the {split} split, which has "
+                                f"{len(tf.img_ids)}: set it to at most the split's length in seconds, or null for all")
+            tf = replace(tf, img_ids=tf.img_ids[-last:], aud_ids=tf.aud_ids[-last:], c2w=tf.c2w[-last:])
         self.split, self.scale, self.downscale = split, scale, downscale
         self.img_ids, self.aud_ids = tf.img_ids, tf.aud_ids
         bc = cv2.imread(str(self.layout.background))
@@ -415,7 +423,7 @@ class SubjectDataModule(pl.LightningDataModule):
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
                  smooth_window: int = 5, smooth_order: int = 3, prepare: Callable[[Path], object] | None = None, cache_mb: int = 2048,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
-                 mouth_downscale: int | None = None, pause_share: float = 0.0):
+                 mouth_downscale: int | None = None, pause_share: float = 0.0, train_last: int | None = None):
         super().__init__()
         self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
                              regions=regions, pause_share=pause_share)
@@ -423,7 +431,7 @@ class SubjectDataModule(pl.LightningDataModule):
         self.prepare = prepare
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
                                smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
-        self.rays_per_step, self.val_frames = rays_per_step, val_frames
+        self.rays_per_step, self.val_frames, self.train_last = rays_per_step, val_frames, train_last
         self.mouth_downscale = mouth_downscale if mouth_downscale not in (None, downscale) else None
         if self.mouth_downscale is not None and self.mouth_downscale < 1:
             raise UserError(f"data.mouth_downscale={mouth_downscale} must be a positive integer (1: the mouth rays at "
@@ -438,9 +446,9 @@ class SubjectDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_frames is None:
-            self.train_frames = SubjectFrames(self.root, "train", **self.frame_args)
+            self.train_frames = SubjectFrames(self.root, "train", **self.frame_args, last=self.train_last)
             if self.mouth_downscale is not None:
-                self.train_mouth_frames = SubjectFrames(self.root, "train",
+                self.train_mouth_frames = SubjectFrames(self.root, "train", last=self.train_last,
                                                         **{**self.frame_args, "downscale": self.mouth_downscale})
             self.val = SubjectFrames(self.root, "val", **self.frame_args)
 
