@@ -16,6 +16,7 @@ TOY = ["trainer.max_steps=2", "trainer.val_check_interval=2", "data.val_frames=1
        "logger=none", "metrics.audio_response=false", "metrics.sync_shift_s=0",
        "trainer.accelerator=auto", "data.rays_per_step=256"]  # GPU recipes run here too, at toy size
 TOY_SWEEPS = {"trainer.max_steps": "2,4"}  # a swept key of the toy list keeps two values
+TOY_VALUES = {"data.train_seconds": "0.2,60"}  # swept values the tiny subject holds (60 s: all of its frames)
 
 
 def swept(experiment: str, overrides: list[str]) -> dict[str, list[str]]:
@@ -61,12 +62,12 @@ def test_every_experiment_runs_at_toy_size_and_reports(experiment, run_cli, tiny
     data = ["data=subject"] + ([] if "data.root" in sweeps else [f"data.root={tiny_dataset}"])
     toy = [f"{key}={TOY_SWEEPS[key]}" if key in sweeps and key in TOY_SWEEPS else item
            for item in TOY for key in [item.split("=")[0]]]
-    extra = []
+    extra = [f"{key}={values}" for key, values in TOY_VALUES.items() if key in sweeps]
     for path in sweeps.get("data.root", []):  # datasets the experiment's preprocessing would make: the tiny one
         shutil.copytree(tiny_dataset, path)
     if "stage" in sweeps:  # a head run to start from
         assert run_cli("train", "experiment=demo", *data, *TOY) == 0
-        extra = [f"stage.init_from={latest_run(root) / 'checkpoints' / 'last.ckpt'}"]
+        extra.append(f"stage.init_from={latest_run(root) / 'checkpoints' / 'last.ckpt'}")
     if not sweeps:
         assert run_cli("train", f"experiment={experiment}", *data, *toy) == 0
         assert json.loads((latest_run(root) / "metrics.json").read_text())["step"] == 2
@@ -74,7 +75,7 @@ def test_every_experiment_runs_at_toy_size_and_reports(experiment, run_cli, tiny
     assert run_cli("train", "-m", f"experiment={experiment}", *data, *toy, *extra) == 0
     sweep_dir = root / "outputs" / "sweeps" / experiment
     runs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    expected = math.prod(len(values) for values in swept(experiment, data + toy).values())
+    expected = math.prod(len(values) for values in swept(experiment, data + toy + extra).values())
     assert len(runs) == expected and all((run / "metrics.json").is_file() for run in runs)
     assert run_cli("report", str(sweep_dir)) == 0
     assert (sweep_dir / "report" / "report.md").read_text().count("| done |") == expected

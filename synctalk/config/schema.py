@@ -41,7 +41,7 @@ class DataConfig:
     chunk: int = 2048  # rays rendered at once at inference
     cache_mb: int = 2048  # decoded images kept in memory per split (least recently used dropped)
     pause_share: float = 0.0  # items pairing a closed-mouth frame with a pause's features (aud_<name>_pause.npy)
-    train_seconds: Optional[float] = None  # train on the training split's last this many seconds only; None: all
+    train_seconds: Optional[float] = None  # train on the training split's last this many seconds (None: all of it)
     synthetic: Optional[SyntheticSpec] = None  # set: the folder is generated from this spec
 
 

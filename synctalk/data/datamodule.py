@@ -5,6 +5,7 @@ and ``rays_per_step`` of its pixels are rendered and compared with the ground tr
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,8 @@ from synctalk.data.layout import DatasetLayout, Transforms
 from synctalk.errors import UserError
 from synctalk.face.blendshape_sets import MOUTH_BLENDSHAPES, load_eye_features, load_mouth_targets
 from synctalk.geometry import nearest_point_to_rays, pixel_rays
+
+log = logging.getLogger(__name__)
 
 MOUTH = slice(48, 68)  # 68-point layout
 NOSE_TIP = 30
@@ -64,7 +67,7 @@ class SubjectFrames:
         downscale: integer factor; images and intrinsics are reduced by it.
         scale: metres -> NeRF units.
         cache_mb: decoded images kept in memory (least recently used are dropped).
-        last: keep only the split's last this many frames (None: all).
+        last: keep only the split's last this many frames (None, or more than it has: all).
 
     The features of pauses (:meth:`read_pause_audio`) are read when training asks for them.
     """
@@ -75,11 +78,13 @@ class SubjectFrames:
         self.layout = DatasetLayout(Path(root))
         self.layout.check_ready()
         tf = Transforms.read(self.layout.transforms(split))
-        if last is not None:
-            if not 0 < last <= len(tf.img_ids):
-                raise UserError(f"data.train_seconds keeps the last {last} frames of the {split} split, which has "
-                                f"{len(tf.img_ids)}: set it to at most the split's length in seconds, or null for all")
+        if last is not None and last < len(tf.img_ids):
+            if last < 1:
+                raise UserError(f"cannot train on the last {last} frames of the {split} split")
             tf = replace(tf, img_ids=tf.img_ids[-last:], aud_ids=tf.aud_ids[-last:], c2w=tf.c2w[-last:])
+        elif last is not None:
+            log.warning("data.train_seconds keeps the last %d frames of the %s split, which has %d: all are used",
+                        last, split, len(tf.img_ids))
         self.split, self.scale, self.downscale = split, scale, downscale
         self.img_ids, self.aud_ids = tf.img_ids, tf.aud_ids
         bc = cv2.imread(str(self.layout.background))
