@@ -70,8 +70,8 @@ def short_for_lip_sync(frames: int, fps: float) -> str | None:
     if seconds >= LIP_SYNC_SECONDS:
         return None
     return (f"the dataset holds {seconds:.0f} s of video: a head learns how this face's mouth moves with speech from "
-            "the clip's own speech, and heads trained on 8-20 s clips followed new speech on some faces only "
-            "(docs/lip_sync.md); SyncTalk asks for 3-5 minutes")
+            "the clip's own speech, SyncTalk asks for 3-5 minutes, and heads trained on 8-20 s clips followed new "
+            "speech on some faces and not on others (docs/lip_sync.md)")
 
 
 def face_landmarker(configured: str | None, root_dir: str) -> tuple[str | None, str | None]:
