@@ -119,6 +119,29 @@ def test_fused_cpu_lookup_gives_the_tensor_ops_numbers_at_the_model_size():
     torch.testing.assert_close(fused.grid.embeddings.grad, ops.grid.embeddings.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_copies_of_the_package_share_one_kernel_build_and_a_changed_kernel_gets_its_own(tmp_path, monkeypatch):
+    """An installed wheel, a checkout and an exported revision hold the kernel at different paths; torch would
+    rebuild it whenever the path changes. The build is named by the source's content and compiles a copy kept
+    in its build folder (no compiler runs here)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    name, source = encoding._kernel_source_in_build_folder(cpp_extension)
+    assert source.is_relative_to(tmp_path / "extensions" / name)
+    assert source.read_bytes() == encoding._KERNEL_SOURCE.read_bytes()
+    written = source.stat().st_mtime_ns
+    elsewhere = tmp_path / "wheel" / "csrc" / encoding._KERNEL_SOURCE.name
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(encoding._KERNEL_SOURCE.read_bytes())
+    monkeypatch.setattr(encoding, "_KERNEL_SOURCE", elsewhere)
+    assert encoding._kernel_source_in_build_folder(cpp_extension) == (name, source)
+    assert source.stat().st_mtime_ns == written, "an unchanged source is not rewritten (ninja would rebuild)"
+    elsewhere.write_text(elsewhere.read_text() + "\n// another kernel\n")
+    other_name, other_source = encoding._kernel_source_in_build_folder(cpp_extension)
+    assert other_name != name and other_source.read_bytes() == elsewhere.read_bytes()
+    assert source.read_bytes() != elsewhere.read_bytes(), "the first build's source is left as it was"
+
+
 def test_without_a_compiler_the_encoding_warns_once_and_uses_tensor_ops(monkeypatch, caplog):
     from torch.utils import cpp_extension
 

@@ -7,8 +7,10 @@ plane-major (xy, yz, xz), then level (coarse to fine), then feature.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -26,8 +28,9 @@ _cpu_kernel_cache: list = []  # [module or None] once the first build was tried
 
 def cpu_kernel():
     """The fused CPU lookup of :class:`TorchPlaneHashGrids` (``csrc/plane_hash_grid.cpp``), compiled with the
-    system's C++ compiler on first use (about 20 s, then cached by torch in ``~/.cache/torch_extensions``);
-    None, with one warning, where it cannot be built (the tensor-op path is used then)."""
+    system's C++ compiler on first use (about 20 s, then cached by torch in ``~/.cache/torch_extensions``, one
+    build per kernel source: see :func:`_kernel_source_in_build_folder`); None, with one warning, where it cannot
+    be built (the tensor-op path is used then)."""
     if not _cpu_kernel_cache:
         try:
             # importing cpp_extension warns on a CUDA build of torch without a GPU ("No CUDA runtime is found"),
@@ -40,14 +43,30 @@ def cpu_kernel():
             finally:
                 extension_log.setLevel(level)
             log.info("loading the fused CPU hash-grid kernel (built once per machine and source, about 20 s)")
-            module = cpp_extension.load(name="synctalk_plane_hash_grid", sources=[str(_KERNEL_SOURCE)],
-                                        extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+            name, source = _kernel_source_in_build_folder(cpp_extension)
+            module = cpp_extension.load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"],
+                                        extra_ldflags=["-fopenmp"])
         except Exception as error:  # no compiler, no ninja, headers missing: the slower path still works
             log.warning("the fused CPU hash-grid kernel could not be built (%s); using tensor ops "
                         "(encoding.cpu_kernel=false hides this)", str(error).splitlines()[0] if str(error) else error)
             module = None
         _cpu_kernel_cache.append(module)
     return _cpu_kernel_cache[0]
+
+
+def _kernel_source_in_build_folder(cpp_extension) -> tuple[str, Path]:
+    """Extension name and source path of the CPU kernel's build. torch rebuilds an extension whenever its source
+    path changes, so every copy of this package (a checkout, an installed wheel, a revision exported by
+    ``benchmarks/speedup.py``) would rebuild the kernel whenever another copy ran last. The name carries a hash of
+    the source and the source is copied into the build folder: copies with the same kernel share one build."""
+    text = _KERNEL_SOURCE.read_bytes()
+    name = f"synctalk_plane_hash_grid_{hashlib.sha256(text).hexdigest()[:12]}"
+    source = Path(cpp_extension._get_build_directory(name, verbose=False)) / _KERNEL_SOURCE.name
+    if not source.is_file() or source.read_bytes() != text:  # rewritten only when missing: ninja reads its time
+        partial = source.with_name(f"{source.name}.{os.getpid()}.partial")
+        partial.write_bytes(text)
+        os.replace(partial, source)
+    return name, source
 
 
 _gpu_kernel_cache: list = []  # [module or None] once the import was tried
