@@ -57,8 +57,8 @@ class Setting:
 
     def __init__(self, name: str, tree: Path, work: Path):
         self.name, self.tree = name, tree
-        # each tree builds its own copy of the fused CPU kernel, once: a cache shared by two trees would rebuild
-        # it whenever the tree changes, inside the timed commands
+        # each tree builds its own copy of the fused CPU kernel, once: revisions before the kernel's build was
+        # named by its source rebuild it whenever the tree changes, which would happen inside the timed commands
         self.extensions = work / f"torch_extensions_{'baseline' if name == 'baseline' else 'tree'}"
 
     def command(self, job: str, *overrides: str) -> list[str]:
