@@ -23,6 +23,11 @@ also scores every run at the dataset's resolution (``synctalk evaluate downscale
 ``--only-existing --eval-downscale 2`` scores runs trained before with today's evaluation (for example the 90%
 intervals of ``mouth_corr`` and ``sync_gap``, columns ``at2/...``).
 
+``--folds K`` cross-validates each clip instead (no new audio): K runs of every setting, run ``k`` trained with
+``data.folds=K data.fold=k`` (block k of the clip held out), their held-out mouth readings read together as the
+whole clip (columns ``cv/...``: ``mouth_corr``, ``sync_gap``, their 90% intervals and frames, and the folds'
+PSNR, face PSNR and LMD weighted by their frames).
+
 Writes ``--out`` (default benchmarks/results/lip_sync.json) with one row per run and the min / median / max per
 clip and encoder over the seeds, and prints the table.
 """
@@ -99,6 +104,34 @@ def train(root: Path, run: Path, encoder: str, seed: int, extra: list[str], logs
     return json.loads((run / "metrics.json").read_text())
 
 
+CV_POOLED = ("mouth_corr", "mouth_corr_low", "mouth_corr_high", "sync_gap", "sync_gap_low", "sync_gap_high",
+             "sync_gap_gt", "effective_frames", "frames")
+CV_MEAN = ("parsed/psnr", "parsed/face_psnr", "parsed/lmd")
+
+
+def cross_validated(root: Path, run: Path, encoder: str, seed: int, extra: list[str], folds: int, logs: Path) -> dict:
+    """``folds`` runs of one setting, each holding out one block of the clip; the ``cv/`` columns of their
+    held-out frames read together (:func:`synctalk.metrics.lip_sync.pooled_lip_sync`)."""
+    from synctalk.metrics.lip_sync import pooled_lip_sync
+
+    runs = [run.with_name(f"{run.name}_fold{k}of{folds}") for k in range(folds)]
+    scored = [train(root, r, encoder, seed, [*extra, f"data.folds={folds}", f"data.fold={k}"], logs)
+              for k, r in enumerate(runs)]
+    missing = [r for r in runs if not (r / "mouth_signals.npz").is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0]} has no mouth_signals.npz: its lip-sync test did not run (see its "
+                         f"metrics.json notes)")
+    pooled = pooled_lip_sync([r / "mouth_signals.npz" for r in runs])
+    row = {f"cv/{k}": pooled[k] for k in CV_POOLED if k in pooled}
+    frames = np.array([m["frames"] for m in scored], dtype=float)
+    for key in CV_MEAN:
+        values = np.array([m.get(key, np.nan) for m in scored], dtype=float)
+        if np.isfinite(values).all():
+            row[f"cv/{key}"] = float(np.average(values, weights=frames))
+    row["cv/lip_sync_verdict"] = pooled.get("lip_sync_verdict")
+    return row
+
+
 def evaluate_at(run: Path, downscale: int, logs: Path) -> dict:
     """The run's held-out metrics at 1/downscale of the dataset resolution (``synctalk evaluate downscale=N``)."""
     out = run / f"eval_downscale{downscale}"
@@ -148,8 +181,9 @@ def measure_rendered(video: Path, audio: Path, root: Path, ckpt: Path) -> dict:
 
 
 def is_metric(key: str) -> bool:
-    """A column of COLUMNS, or one scored at another resolution (``at<N>/<column>``)."""
-    return key in COLUMNS or (key.startswith("at") and key.partition("/")[2] in COLUMNS)
+    """A column of COLUMNS, one scored at another resolution (``at<N>/<column>``) or a cross-validated one."""
+    return (key in COLUMNS or (key.startswith("at") and key.partition("/")[2] in COLUMNS)
+            or key.removeprefix("cv/") in CV_POOLED + CV_MEAN)
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -188,6 +222,8 @@ def main() -> None:
     parser.add_argument("--eval-downscale", type=int, default=None,
                         help="also score every run at 1/N of the dataset resolution (1: 512 px), columns 'at<N>/...'")
     parser.add_argument("--set", nargs="*", default=[], help="more training overrides")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="cross-validate every clip in this many blocks (K runs per setting; no new audio)")
     parser.add_argument("--only-existing", action="store_true",
                         help="train nothing: report (and drive with the new audio) the runs that exist")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lip_sync.json")
@@ -210,9 +246,23 @@ def main() -> None:
             root = prepare(name, video, args.data_dir, args.encoders, logs)
         for encoder, mouth, seed in ((e, m, s) for e in args.encoders for m in args.mouth for s in args.seeds):
             run = args.runs_dir / f"{name}_{encoder}{'' if mouth == 'data' else '_mouth' + mouth}_s{seed}"
+            row = {"clip": clip, "encoder": encoder, "mouth": mouth, "seed": seed, "run": str(run)}
+            if args.folds:
+                folds_done = all((run.with_name(f"{run.name}_fold{k}of{args.folds}") / "metrics.json").is_file()
+                                 for k in range(args.folds))
+                if args.only_existing and not folds_done:
+                    continue
+                row.update(cross_validated(root, run, encoder, seed, MOUTH_OVERRIDES[mouth] + args.set, args.folds,
+                                           logs))
+                rows.append(row)
+                print(" | ".join([clip, encoder, mouth, str(seed)]
+                                 + [f"{k}={row[k]:.2f}" for k in row if k.startswith("cv/") and is_metric(k)]),
+                      flush=True)
+                write_json(args.out, {"command": " ".join(sys.argv), "revision": revision, "runs": rows,
+                                      "summary": summary(rows)})
+                continue
             if args.only_existing and not (run / "metrics.json").is_file():
                 continue
-            row = {"clip": clip, "encoder": encoder, "mouth": mouth, "seed": seed, "run": str(run)}
             metrics = train(root, run, encoder, seed, MOUTH_OVERRIDES[mouth] + args.set, logs)
             row.update({k: metrics[k] for k in COLUMNS if k in metrics})
             row["frames"], row["lip_sync_source"] = metrics.get("frames"), metrics.get("lip_sync_source")

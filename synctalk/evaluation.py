@@ -44,7 +44,8 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, mask_blur: int, metrics_cfg: Any,
                    video_path: Path | None = None, fps: float = 25.0, lpips_fallback: str | None = None,
-                   sample_path: Path | None = None, weights_root: str | None = None) -> dict[str, Any]:
+                   sample_path: Path | None = None, weights_root: str | None = None,
+                   mouth_signals_path: Path | None = None) -> dict[str, Any]:
     """Render every frame of ``frames`` and compute the metric suite under both GT modes.
 
     Args:
@@ -53,6 +54,8 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
         lpips_fallback: AlexNet weights to use when ``metrics_cfg.lpips_backbone`` is unset (the run's loss setting).
         sample_path: where to write the middle frame as render | parsed GT | render pasted on the frame | frame.
         weights_root: ``paths.root_dir``, where ``metrics.face_landmarker=auto`` also looks (``<root>/weights``).
+        mouth_signals_path: where the lip-sync test writes its per-frame mouth readings (``mouth_signals.npz``:
+            what :func:`synctalk.metrics.lip_sync.pooled_lip_sync` reads over the folds of a clip).
     Returns:
         ``{"parsed/psnr": ..., "with_hair/psnr": ..., "psnr": ..., "frames": N, "notes": [...], ...}``.
     """
@@ -105,7 +108,7 @@ def evaluate_split(system: HeadNeRFSystem, frames: SubjectFrames, gt_mode: str, 
         result["aue_kind"] = AUE_KIND
     if metrics_cfg.lip_sync:
         try:
-            result.update(lip_sync_metrics(system, frames, clips, metrics_cfg, fps, weights_root))
+            result.update(lip_sync_metrics(system, frames, clips, metrics_cfg, fps, weights_root, mouth_signals_path))
         except ValueError as e:
             notes.append(f"lip sync skipped: {e}")
     result["psnr"] = result[f"{gt_mode}/psnr"]
@@ -156,16 +159,17 @@ def mouth_audio_response(system: HeadNeRFSystem, frames: SubjectFrames, renders:
 
 
 def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict, metrics_cfg: Any, fps: float,
-                     weights_root: str | None) -> dict[str, Any]:
+                     weights_root: str | None, signals_path: Path | None = None) -> dict[str, Any]:
     """The mouth of the renders against the ground truth's under both GT modes, the AU errors from the real
     blendshapes, and the sync test on the parsed renders (see :mod:`synctalk.metrics.lip_sync`).
 
     Args:
         clips: {mode: (renders, targets)} lists of (H, W, 3) uint8 frames.
+        signals_path: where to write the parsed renders' mouth readings (:func:`write_mouth_signals`).
     """
     from synctalk.external import find_weight
     from synctalk.metrics.lip_sync import (FaceReader, blendshape_au_errors, correlation, lip_sync_intervals,
-                                           lip_sync_verdict, mouth_agreement, sync_gap)
+                                           lip_sync_verdict, mouth_agreement, sync_gap, write_mouth_signals)
 
     reader = FaceReader(find_weight(metrics_cfg.face_landmarker, "face_landmarker.task", "Face Landmarker model",
                                     "metrics.face_landmarker", weights_root))
@@ -195,6 +199,8 @@ def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict,
                                                        "sync test, still audio")))
         out["mouth_corr_still_audio"] = correlation(still["mouth"], gt_mouth)
     out.update(lip_sync_intervals(pred_mouth, gt_mouth, shifted_mouths))
+    if signals_path is not None:
+        write_mouth_signals(signals_path, frames.img_ids, pred_mouth, gt_mouth, shifted_mouths, shift)
     verdict = lip_sync_verdict(out)
     if verdict:
         out["lip_sync_verdict"] = verdict

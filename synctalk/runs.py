@@ -83,6 +83,17 @@ def train_frames_kept(data_cfg: DictConfig) -> int | None:
     return frames
 
 
+def data_fold(data_cfg: DictConfig) -> tuple[int, int] | None:
+    """``(data.fold, data.folds)`` of a cross-validated run (None: the dataset's own split)."""
+    folds = data_cfg.get("folds")
+    if folds is None:
+        return None
+    if data_cfg.get("train_seconds") is not None:
+        raise UserError("data.folds and data.train_seconds cannot be combined: a fold trains on the clip's other "
+                        "blocks, not on the training split's last seconds")
+    return int(data_cfg.get("fold", 0)), int(folds)
+
+
 def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
     d = cfg.data
     return SubjectDataModule(
@@ -92,7 +103,7 @@ def build_datamodule(cfg: DictConfig) -> SubjectDataModule:
         smooth_window=cfg.blendshapes.smooth_window, smooth_order=cfg.blendshapes.smooth_order, cache_mb=d.cache_mb,
         audio_frames=cfg.model.net.get("smooth_frames", 1), patch_size=cfg.stage.patch_size,
         regions=cfg.stage.name != "torso" and cfg.model.loss.attention_weight > 0,
-        pause_share=d.get("pause_share", 0.0), train_last=train_frames_kept(d),
+        pause_share=d.get("pause_share", 0.0), train_last=train_frames_kept(d), fold=data_fold(d),
         prepare=partial(generate, SyntheticSpec(**OmegaConf.to_container(d.synthetic)))
         if d.name == "synthetic" and d.get("synthetic") else None)
 

@@ -6,7 +6,9 @@ the latest validation image, and writes into ``<sweep>/report/``:
 
 * ``report.md`` and ``report.html`` (one self-contained file, images embedded): the config keys that
   differ between runs, the headline metrics, the GT-mode comparison (parsed vs with hair, whole frame vs
-  face only), every metric per run, what each run is missing, and the runs' notes;
+  face only), for a sweep over ``data.fold`` the lip sync of the folds' held-out blocks read together (the whole
+  clip held out, :func:`synctalk.metrics.lip_sync.pooled_lip_sync`), every metric per run, what each run is
+  missing, and the runs' notes;
 * plots: ``metrics_per_value.png`` (each headline metric against the swept value), ``quality_vs_focal.png``
   (held-out PSNR, face PSNR and LMD of trained runs against their dataset's focal), ``learning_curves.png``,
   ``focal_curves.png`` (landmark error against focal length), ``samples.png`` (validation frames side by side).
@@ -151,9 +153,9 @@ def tables(runs: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[s
     out = [("Runs", ["job", *keys, "status", *headline],
             [[r["job"], *(_fmt(_value(r, k)) for k in keys), r["status"],
               *(_fmt(r["metrics"][m]) if m in r["metrics"] else "-" for m in headline)] for r in runs])]
-    gt = gt_mode_table(runs, keys)
-    if gt is not None:
-        out.append(gt)
+    for extra in (gt_mode_table(runs, keys), cross_validated_table(runs, keys)):
+        if extra is not None:
+            out.append(extra)
     out.append(("All metrics", ["metric", *(r["job"] for r in runs)],
                 [[m, *(_fmt(r["metrics"][m]) if m in r["metrics"] else "-" for r in runs)] for m in all_metrics]))
     gaps = []
@@ -190,6 +192,48 @@ def gt_mode_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[str, lis
         return None
     return ("GT modes: parsed vs with hair (portrait), whole frame and face only",
             ["run", "metric", "parsed", "with hair", "gain", "face: parsed", "face: with hair", "face: gain"], rows)
+
+
+
+def cross_validated_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[str, list[str], list[list[str]]] | None:
+    """For runs that differ in ``data.fold`` (a clip cross-validated, ``data.folds``): per setting of the other
+    swept keys, the finished folds' held-out mouth readings read as one clip (``mouth_signals.npz``)."""
+    from synctalk.metrics.lip_sync import pooled_lip_sync
+
+    if "data.fold" not in keys:
+        return None
+    others = [k for k in keys if k != "data.fold"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(_label(r, others) if others else "all runs", []).append(r)
+    rows = []
+    for label, members in groups.items():
+        signals = [r["path"] / "mouth_signals.npz" for r in members if r["finished"]]
+        signals = [p for p in signals if p.is_file()]
+        folds = members[0]["config"].get("data.folds")
+        if not signals:
+            why = next((n for r in members for n in r["notes"] if n.startswith("lip sync skipped")),
+                       "no finished run wrote mouth_signals.npz (metrics.lip_sync=false?)")
+            rows.append([label, f"0 of {folds}", *["-"] * 6, why])
+            continue
+        try:
+            pooled = pooled_lip_sync(signals)
+        except ValueError as e:
+            rows.append([label, f"{len(signals)} of {folds}", *["-"] * 6, str(e)])
+            continue
+
+        def interval(key: str) -> str:
+            if key not in pooled:
+                return "-"
+            low, high = pooled.get(f"{key}_low"), pooled.get(f"{key}_high")
+            return _fmt(pooled[key]) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "")
+
+        rows.append([label, f"{len(signals)} of {folds}", str(pooled["frames"]), _fmt(pooled.get("effective_frames")),
+                     interval("mouth_corr"), interval("sync_gap"), _fmt(pooled.get("sync_gap_gt")),
+                     _fmt(pooled.get("mouth_corr_shifted")), pooled.get("lip_sync_verdict", "")])
+    return ("Lip sync over the held-out blocks of all folds (the whole clip held out)",
+            ["runs", "folds", "frames", "effective frames", "mouth_corr [90%]", "sync_gap [90%]", "sync_gap_gt",
+             "mouth_corr_shifted", "verdict"], rows)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -123,6 +123,22 @@ def test_multirun_sweeps_two_values_and_reports_them(run_cli, capsys):
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
 
 
+
+def test_a_fold_sweep_holds_out_each_block_of_the_clip_once_and_the_report_reads_them_together(run_cli, capsys):
+    """``data.folds=2 data.fold=0,1``: each run trains on one half of the clip and is evaluated on the other; the
+    report has the folds' table (here it says why there is no lip sync to pool: a smoke head shows no face)."""
+    assert run_cli("train", "-m", *SMOKE, "render_video=false", "data.folds=2", "data.fold=0,1") == 0
+    sweep = sorted((run_cli.root / "outputs" / "train" / "multiruns").iterdir())[-1]
+    held = [json.loads((sweep / job / "metrics.json").read_text())["frames"] for job in ("0", "1")]
+    assert held == [12, 12]  # the smoke subject's 24 frames, half held out by each fold
+    assert run_cli("report", str(sweep)) == 0
+    report = (sweep / "report" / "report.md").read_text()
+    assert "## Lip sync over the held-out blocks of all folds" in report
+    assert "| all runs | 0 of 2 |" in report and "lip sync skipped" in report
+    assert run_cli("train", *SMOKE, "data.folds=2", "data.fold=2") == 2  # a fold that does not exist: a user error
+    assert "data.fold=2 with data.folds=2" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_evaluate_render_and_stage_chaining(run_cli, capsys):
     assert run_cli("train", *SMOKE, "render_video=false") == 0

@@ -297,3 +297,36 @@ def test_training_on_the_last_seconds_of_the_training_split(tiny_dataset):
     assert train_frames_kept(OmegaConf.create({"fps": 25.0, "train_seconds": None})) is None
     with pytest.raises(UserError, match="keeps no frame"):
         train_frames_kept(OmegaConf.create({"fps": 25.0, "train_seconds": 0.01}))
+
+
+def test_cross_validated_folds_hold_out_contiguous_blocks_that_cover_the_clip(tiny_dataset):
+    """``data.folds``: the train and val frames in time order, cut into blocks; each fold holds out one block
+    and trains on the rest, every per-frame condition with its frame."""
+    from omegaconf import OmegaConf
+
+    from synctalk.runs import data_fold
+
+    train, val = frames(tiny_dataset), frames(tiny_dataset, "val")
+    clip = sorted(train.img_ids.tolist() + val.img_ids.tolist())
+    held_out = []
+    for fold in range(3):
+        held, rest = frames(tiny_dataset, "val", fold=(fold, 3)), frames(tiny_dataset, fold=(fold, 3))
+        ids = held.img_ids.tolist()
+        assert ids == list(range(ids[0], ids[-1] + 1)), "one contiguous block, in time order"
+        assert sorted(ids + rest.img_ids.tolist()) == clip and not set(ids) & set(rest.img_ids.tolist())
+        assert abs(len(held) - len(clip) / 3) <= 1
+        held_out += ids
+        k = ids[0]  # the frame's camera, audio and eyes go with it wherever it came from
+        source = train if k in train.img_ids else val
+        j = source.img_ids.tolist().index(k)
+        torch.testing.assert_close(held.c2w[0], source.c2w[j])
+        torch.testing.assert_close(held.audio[0], source.audio[j])
+        torch.testing.assert_close(held.eye[0], source.eye[j])
+    assert held_out == clip, "the held-out blocks of all folds are the whole clip, once"
+    for fold, folds, match in ((3, 3, "fold one of 0..2"), (0, 1, "at least 2"), (0, len(clip), "fewer than 3")):
+        with pytest.raises(UserError, match=match):
+            frames(tiny_dataset, "val", fold=(fold, folds))
+    assert data_fold(OmegaConf.create({"folds": None, "fold": 0})) is None
+    assert data_fold(OmegaConf.create({"folds": 4, "fold": 2, "train_seconds": None})) == (2, 4)
+    with pytest.raises(UserError, match="cannot be combined"):
+        data_fold(OmegaConf.create({"folds": 4, "fold": 2, "train_seconds": 4.0}))

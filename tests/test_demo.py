@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import latest_run
@@ -25,6 +26,9 @@ def test_demo_trains_renders_and_evaluates(run_cli):
     assert metrics["mouth_audio_response"] > 2  # the mouth follows the audio (measured 9/255; 0.6 without mouth rays)
     # the sync test: true audio, audio shifted by 0.5 s, and the audio held still (what needs no audio)
     assert all(-1 <= metrics[k] <= 1 for k in ("parsed/mouth_corr", "mouth_corr_shifted", "mouth_corr_still_audio"))
+    signals = np.load(run / "mouth_signals.npz")  # what a cross-validated sweep's report reads
+    assert signals["img_ids"].tolist() == sorted(signals["img_ids"].tolist()) and len(signals["img_ids"]) == 10
+    assert signals["pred"].shape == signals["gt"].shape and signals["shifted"].shape == (2, *signals["pred"].shape)
     skipped = {n.split(" ")[0] for n in metrics["notes"]}
     assert {"niqe", "lse"} <= skipped and "parsed/niqe" not in metrics  # their weight files are not configured
     assert ("parsed/fid" in metrics) != ("fid" in skipped)  # FID runs when the Inception weights are cached

@@ -9,7 +9,7 @@ import torch
 from synctalk.metrics.lip_sync import (STILL_MOUTH_MOTION, FaceReader, blendshape_au_errors, correlation,
                                       effective_frames, lip_sync_intervals, lip_sync_verdict, loudness_per_frame,
                                       mouth_agreement, mouth_follows_audio, mouth_motion, mouth_opening,
-                                      opening_correlation, sync_gap)
+                                      opening_correlation, pooled_lip_sync, sync_gap, write_mouth_signals)
 
 
 def test_correlation_weights_the_coefficients_that_move():
@@ -89,6 +89,38 @@ def test_lip_sync_intervals_narrow_with_frames_and_the_verdict_follows_them():
     assert lip_sync_intervals(gt[:2], gt[:2], []) == {}  # too few frames for a correlation
     few = lip_sync_intervals(gt[:3], gt[:3] + 0.1, [])  # 3 effective frames or fewer: the whole range
     assert (few["mouth_corr_low"], few["mouth_corr_high"]) == (-1.0, 1.0)
+
+
+
+def test_the_folds_of_a_clip_are_read_together_in_time_order(tmp_path):
+    """Three runs, each holding out a block of one clip: their readings pooled give the numbers of one
+    evaluation of the whole clip, whatever order the files come in, with intervals as narrow as its length."""
+    rng = np.random.default_rng(3)
+    n, shift = 150, 12
+    source = _smooth_mouth(rng, n + 2 * shift)
+    gt = source[shift:shift + n]
+    pred = gt + 0.7 * _smooth_mouth(rng, n)
+    shifted = [source[:n] + 0.7 * _smooth_mouth(rng, n), source[2 * shift:] + 0.7 * _smooth_mouth(rng, n)]
+    paths = []
+    for fold, (a, b) in enumerate(((0, 50), (50, 100), (100, 150))):
+        paths.append(tmp_path / f"fold{fold}" / "mouth_signals.npz")
+        write_mouth_signals(paths[-1], np.arange(a, b), pred[a:b], gt[a:b], [s[a:b] for s in shifted], shift)
+    pooled = pooled_lip_sync(paths[::-1])
+    assert pooled["frames"] == n and pooled["runs"] == 3 and pooled["overlapping_frames"] == 0
+    whole = {"mouth_corr": correlation(pred, gt), **sync_gap(correlation(pred, gt),
+                                                             [correlation(s, gt) for s in shifted], gt, shift)}
+    whole.update(lip_sync_intervals(pred, gt, shifted))
+    for key, value in whole.items():
+        assert pooled[key] == pytest.approx(value), key
+    one_fold = lip_sync_intervals(pred[:50], gt[:50], [s[:50] for s in shifted])
+    width = pooled["mouth_corr_high"] - pooled["mouth_corr_low"]
+    assert width < one_fold["mouth_corr_high"] - one_fold["mouth_corr_low"]
+    assert pooled["lip_sync_verdict"] == lip_sync_verdict({**whole})
+    write_mouth_signals(paths[0], np.arange(0, 50), pred[:50, :2], gt[:50, :2], [], shift)
+    with pytest.raises(ValueError, match="different mouth coefficients"):
+        pooled_lip_sync(paths)
+    write_mouth_signals(paths[0], np.arange(0, 50), pred[:50], gt[:50], [], shift)  # a run without the sync test
+    assert "sync_gap" not in pooled_lip_sync(paths) and "mouth_corr_low" in pooled_lip_sync(paths)
 
 
 def test_loudness_per_frame_and_its_correlation_with_a_mouth_opening():

@@ -72,7 +72,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
         video = out / "media" / "val.mp4" if cfg.render_video else None
         metrics = evaluate_split(system, datamodule.val, cfg.gt_mode.name, cfg.gt_mode.mask_blur, cfg.metrics, video,
                                  cfg.data.fps, cfg.model.loss.lpips_backbone, out / "media" / "eval_sample.png",
-                                 weights_root=cfg.paths.root_dir)
+                                 weights_root=cfg.paths.root_dir, mouth_signals_path=out / "mouth_signals.npz")
         metrics.update(step=int(trainer.global_step), stage=cfg.stage.name,
                        train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))),
                        mlp_dtype=str(system.net.density_net.compute_dtype(system.device)).removeprefix("torch."),

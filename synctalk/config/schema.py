@@ -42,6 +42,8 @@ class DataConfig:
     cache_mb: int = 2048  # decoded images kept in memory per split (least recently used dropped)
     pause_share: float = 0.0  # items pairing a closed-mouth frame with a pause's features (aud_<name>_pause.npy)
     train_seconds: Optional[float] = None  # train on the training split's last this many seconds (None: all of it)
+    folds: Optional[int] = None  # cross-validate the clip: its frames in this many contiguous blocks (None: off)
+    fold: int = 0  # the block held out (0 .. folds - 1); the others train
     synthetic: Optional[SyntheticSpec] = None  # set: the folder is generated from this spec
 
 

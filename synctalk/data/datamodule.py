@@ -41,6 +41,32 @@ def temporal_context(sequence: torch.Tensor, index: int, length: int) -> torch.T
 
 
 
+def fold_transforms(layout: DatasetLayout, split: str, fold: tuple[int, int]) -> Transforms:
+    """The frames of ``split`` when the clip is cross-validated (``data.folds``): the dataset's training and
+    held-out frames together in time order, cut into ``folds`` contiguous blocks of nearly equal length; block
+    ``fold`` is the held-out split ("val"), the other blocks train. Run once per fold, the held-out blocks cover
+    the whole clip (:func:`synctalk.metrics.lip_sync.pooled_lip_sync` reads them together).
+
+    Args: fold: (fold, folds), 0 <= fold < folds.
+    """
+    index, folds = fold
+    if folds < 2 or not 0 <= index < folds:
+        raise UserError(f"data.fold={index} with data.folds={folds}: folds must be at least 2 and fold one of "
+                        f"0..{max(folds - 1, 0)}")
+    parts = [Transforms.read(layout.transforms(s)) for s in ("train", "val")]
+    img_ids = np.concatenate([t.img_ids for t in parts])
+    order = np.argsort(img_ids, kind="stable")
+    n = len(order)
+    if n < 3 * folds:
+        raise UserError(f"data.folds={folds} leaves fewer than 3 held-out frames per fold in {n} frames")
+    bounds = np.linspace(0, n, folds + 1).round().astype(int)
+    held = np.zeros(n, bool)
+    held[bounds[index]:bounds[index + 1]] = True
+    keep = order[held if split == "val" else ~held]
+    return replace(parts[0], img_ids=img_ids[keep], aud_ids=np.concatenate([t.aud_ids for t in parts])[keep],
+                   c2w=np.concatenate([t.c2w for t in parts])[keep])
+
+
 def _read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """Image as uint8 RGB(A) (H, W, C), resized to ``size`` (W, H) if given."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -68,16 +94,17 @@ class SubjectFrames:
         scale: metres -> NeRF units.
         cache_mb: decoded images kept in memory (least recently used are dropped).
         last: keep only the split's last this many frames (None, or more than it has: all).
+        fold: (fold, folds): the split of a cross-validated clip (:func:`fold_transforms`); None: the dataset's.
 
     The features of pauses (:meth:`read_pause_audio`) are read when training asks for them.
     """
 
     def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
                  scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048,
-                 last: int | None = None):
+                 last: int | None = None, fold: tuple[int, int] | None = None):
         self.layout = DatasetLayout(Path(root))
         self.layout.check_ready()
-        tf = Transforms.read(self.layout.transforms(split))
+        tf = fold_transforms(self.layout, split, fold) if fold else Transforms.read(self.layout.transforms(split))
         if last is not None and last < len(tf.img_ids):
             if last < 1:
                 raise UserError(f"cannot train on the last {last} frames of the {split} split")
@@ -428,14 +455,15 @@ class SubjectDataModule(pl.LightningDataModule):
                  rays_per_step: int = 1024, val_frames: int = 4, lips_ray_fraction: float = 0.0,
                  smooth_window: int = 5, smooth_order: int = 3, prepare: Callable[[Path], object] | None = None, cache_mb: int = 2048,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
-                 mouth_downscale: int | None = None, pause_share: float = 0.0, train_last: int | None = None):
+                 mouth_downscale: int | None = None, pause_share: float = 0.0, train_last: int | None = None,
+                 fold: tuple[int, int] | None = None):
         super().__init__()
         self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
                              regions=regions, pause_share=pause_share)
         self.root = Path(root)
         self.prepare = prepare
         self.frame_args = dict(audio_name=audio_name, eye_names=list(eye_names), downscale=downscale, scale=scale,
-                               smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb)
+                               smooth_window=smooth_window, smooth_order=smooth_order, cache_mb=cache_mb, fold=fold)
         self.rays_per_step, self.val_frames, self.train_last = rays_per_step, val_frames, train_last
         self.mouth_downscale = mouth_downscale if mouth_downscale not in (None, downscale) else None
         if self.mouth_downscale is not None and self.mouth_downscale < 1:

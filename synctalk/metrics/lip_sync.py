@@ -19,6 +19,9 @@ its jaw and mouth blendshapes (:data:`MOUTH_BLENDSHAPES`) and its brow and eyeli
   two from the held-out frames' effective number (smooth mouths make neighbouring frames dependent), and
   :func:`lip_sync_verdict`, whether those frames show the mouth following the audio at all (a few dozen frames
   often cannot).
+* a clip cross-validated (``data.folds``: one run per block of the clip, each holding out its block): the runs'
+  held-out mouth readings (``mouth_signals.npz``, :func:`write_mouth_signals`) read together by
+  :func:`pooled_lip_sync`, the whole clip held out; ``synctalk report`` of the fold sweep shows them.
 """
 from __future__ import annotations
 
@@ -204,6 +207,52 @@ def lip_sync_verdict(metrics: dict) -> str | None:
     if high <= 0:
         return f"the mouth ignores the audio: {where}"
     return f"these held-out frames cannot tell whether the mouth follows the audio: {where}"
+
+
+
+def write_mouth_signals(path: Path, img_ids: np.ndarray, pred_mouth: np.ndarray, gt_mouth: np.ndarray,
+                        shifted_mouths: list[np.ndarray], shift: int) -> None:
+    """Save a lip-sync test's readings: ``img_ids`` (N,), ``pred`` and ``gt`` (N, K) mouth signals, ``shifted``
+    (S, N, K) with the audio shifted by +-``shift`` frames (S = 0 without the sync test)."""
+    from synctalk.io import atomic_path
+
+    shifted = np.stack(shifted_mouths) if shifted_mouths else np.zeros((0, *pred_mouth.shape), pred_mouth.dtype)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, img_ids=np.asarray(img_ids), pred=pred_mouth, gt=gt_mouth, shifted=shifted, shift=shift)
+
+
+def pooled_lip_sync(paths: list[Path]) -> dict:
+    """``mouth_corr``, the sync test and their intervals over the held-out frames of several runs read as one
+    clip in time order (the folds of a cross-validated clip, each run's held-out block rendered by its own head):
+    :func:`correlation`, :func:`sync_gap`, :func:`lip_sync_intervals` and :func:`lip_sync_verdict` as one run's
+    evaluation computes them, on all the frames.
+
+    Args: paths: ``mouth_signals.npz`` files (:func:`write_mouth_signals`), with the same mouth coefficients.
+    Returns: ``frames``, ``runs``, ``mouth_corr``, ``sync_gap`` (when every run has the sync test), the
+        intervals and ``lip_sync_verdict``; ``overlapping_frames`` counts frames held out by more than one run.
+    """
+    parts = [np.load(p) for p in paths]
+    if not parts:
+        raise ValueError("no mouth_signals.npz to pool")
+    if len({part["pred"].shape[1] for part in parts}) > 1:
+        raise ValueError("the runs read different mouth coefficients (Face Landmarker in some, FaceMesh in others)")
+    ids = np.concatenate([part["img_ids"] for part in parts])
+    order = np.argsort(ids, kind="stable")
+    pred = np.concatenate([part["pred"] for part in parts])[order]
+    gt = np.concatenate([part["gt"] for part in parts])[order]
+    out: dict = {"frames": int(len(ids)), "runs": len(parts), "overlapping_frames": int(len(ids) - len(set(ids)))}
+    out["mouth_corr"] = correlation(pred, gt)
+    shifted: list[np.ndarray] = []
+    shifts = {int(part["shift"]) for part in parts}
+    if all(len(part["shifted"]) for part in parts) and len(shifts) == 1:
+        count = min(len(part["shifted"]) for part in parts)
+        shifted = [np.concatenate([part["shifted"][s] for part in parts])[order] for s in range(count)]
+        out.update(sync_gap(out["mouth_corr"], [correlation(m, gt) for m in shifted], gt, shifts.pop()))
+    out.update(lip_sync_intervals(pred, gt, shifted))
+    verdict = lip_sync_verdict(out)
+    if verdict:
+        out["lip_sync_verdict"] = verdict
+    return out
 
 
 LOUDNESS_WINDOW_S = 0.1  # the loudness of a frame: RMS over 100 ms centred on it
