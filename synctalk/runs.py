@@ -83,15 +83,18 @@ def train_frames_kept(data_cfg: DictConfig) -> int | None:
     return frames
 
 
-def data_fold(data_cfg: DictConfig) -> tuple[int, int] | None:
-    """``(data.fold, data.folds)`` of a cross-validated run (None: the dataset's own split)."""
+def data_fold(data_cfg: DictConfig) -> tuple[int, int, int] | None:
+    """``(data.fold, data.folds, data.fold_gap)`` of a cross-validated run (None: the dataset's own split)."""
     folds = data_cfg.get("folds")
     if folds is None:
         return None
     if data_cfg.get("train_seconds") is not None:
         raise UserError("data.folds and data.train_seconds cannot be combined: a fold trains on the clip's other "
                         "blocks, not on the training split's last seconds")
-    return int(data_cfg.get("fold", 0)), int(folds)
+    gap = int(data_cfg.get("fold_gap", 0))
+    if gap < 0:
+        raise UserError(f"data.fold_gap={gap} must be 0 or more frames")
+    return int(data_cfg.get("fold", 0)), int(folds), gap
 
 
 def build_datamodule(cfg: DictConfig) -> SubjectDataModule:

@@ -135,6 +135,10 @@ def test_a_fold_sweep_holds_out_each_block_of_the_clip_once_and_the_report_reads
     report = (sweep / "report" / "report.md").read_text()
     assert "## Lip sync over the held-out blocks of all folds" in report
     assert "| all runs | 0 of 2 |" in report and "lip sync skipped" in report
+    assert run_cli("evaluate", f"ckpt={sweep / '1' / 'checkpoints' / 'last.ckpt'}", "render_video=false") == 0
+    scored = json.loads((latest_run(run_cli.root, "evaluate") / "metrics.json").read_text())
+    assert scored["frames"] == 12 and scored["parsed/psnr"] == pytest.approx(
+        json.loads((sweep / "1" / "metrics.json").read_text())["parsed/psnr"], abs=0.01)  # its own held-out block
     assert run_cli("train", *SMOKE, "data.folds=2", "data.fold=2") == 2  # a fold that does not exist: a user error
     assert "data.fold=2 with data.folds=2" in capsys.readouterr().err
 

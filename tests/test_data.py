@@ -327,6 +327,13 @@ def test_cross_validated_folds_hold_out_contiguous_blocks_that_cover_the_clip(ti
         with pytest.raises(UserError, match=match):
             frames(tiny_dataset, "val", fold=(fold, folds))
     assert data_fold(OmegaConf.create({"folds": None, "fold": 0})) is None
-    assert data_fold(OmegaConf.create({"folds": 4, "fold": 2, "train_seconds": None})) == (2, 4)
+    assert data_fold(OmegaConf.create({"folds": 4, "fold": 2, "train_seconds": None})) == (2, 4, 0)
+    assert data_fold(OmegaConf.create({"folds": 4, "fold": 2, "fold_gap": 3})) == (2, 4, 3)
+    with pytest.raises(UserError, match="fold_gap=-1"):
+        data_fold(OmegaConf.create({"folds": 4, "fold": 2, "fold_gap": -1}))
+    held, rest = frames(tiny_dataset, "val", fold=(1, 3, 2)), frames(tiny_dataset, fold=(1, 3, 2))
+    first, last = held.img_ids.min(), held.img_ids.max()  # two frames either side of the block are not trained
+    assert sorted(rest.img_ids.tolist()) == [k for k in clip if k < first - 2 or k > last + 2]
+    assert held.img_ids.tolist() == frames(tiny_dataset, "val", fold=(1, 3)).img_ids.tolist()
     with pytest.raises(UserError, match="cannot be combined"):
         data_fold(OmegaConf.create({"folds": 4, "fold": 2, "train_seconds": 4.0}))

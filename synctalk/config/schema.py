@@ -44,6 +44,7 @@ class DataConfig:
     train_seconds: Optional[float] = None  # train on the training split's last this many seconds (None: all of it)
     folds: Optional[int] = None  # cross-validate the clip: its frames in this many contiguous blocks (None: off)
     fold: int = 0  # the block held out (0 .. folds - 1); the others train
+    fold_gap: int = 0  # frames either side of the held-out block left out of training too
     synthetic: Optional[SyntheticSpec] = None  # set: the folder is generated from this spec
 
 

@@ -41,15 +41,16 @@ def temporal_context(sequence: torch.Tensor, index: int, length: int) -> torch.T
 
 
 
-def fold_transforms(layout: DatasetLayout, split: str, fold: tuple[int, int]) -> Transforms:
+def fold_transforms(layout: DatasetLayout, split: str, fold: tuple[int, ...]) -> Transforms:
     """The frames of ``split`` when the clip is cross-validated (``data.folds``): the dataset's training and
     held-out frames together in time order, cut into ``folds`` contiguous blocks of nearly equal length; block
-    ``fold`` is the held-out split ("val"), the other blocks train. Run once per fold, the held-out blocks cover
-    the whole clip (:func:`synctalk.metrics.lip_sync.pooled_lip_sync` reads them together).
+    ``fold`` is the held-out split ("val"), the other blocks train, less ``gap`` frames on either side of the
+    held-out block (frames whose audio windows reach into it). Run once per fold, the held-out blocks cover the
+    whole clip (:func:`synctalk.metrics.lip_sync.pooled_lip_sync` reads them together).
 
-    Args: fold: (fold, folds), 0 <= fold < folds.
+    Args: fold: (fold, folds) or (fold, folds, gap), 0 <= fold < folds.
     """
-    index, folds = fold
+    index, folds, gap = (*fold, 0)[:3]
     if folds < 2 or not 0 <= index < folds:
         raise UserError(f"data.fold={index} with data.folds={folds}: folds must be at least 2 and fold one of "
                         f"0..{max(folds - 1, 0)}")
@@ -60,9 +61,10 @@ def fold_transforms(layout: DatasetLayout, split: str, fold: tuple[int, int]) ->
     if n < 3 * folds:
         raise UserError(f"data.folds={folds} leaves fewer than 3 held-out frames per fold in {n} frames")
     bounds = np.linspace(0, n, folds + 1).round().astype(int)
-    held = np.zeros(n, bool)
+    held, trained = np.zeros(n, bool), np.ones(n, bool)
     held[bounds[index]:bounds[index + 1]] = True
-    keep = order[held if split == "val" else ~held]
+    trained[max(bounds[index] - gap, 0):bounds[index + 1] + gap] = False
+    keep = order[held if split == "val" else trained]
     return replace(parts[0], img_ids=img_ids[keep], aud_ids=np.concatenate([t.aud_ids for t in parts])[keep],
                    c2w=np.concatenate([t.c2w for t in parts])[keep])
 
@@ -94,14 +96,15 @@ class SubjectFrames:
         scale: metres -> NeRF units.
         cache_mb: decoded images kept in memory (least recently used are dropped).
         last: keep only the split's last this many frames (None, or more than it has: all).
-        fold: (fold, folds): the split of a cross-validated clip (:func:`fold_transforms`); None: the dataset's.
+        fold: (fold, folds[, gap]): the split of a cross-validated clip (:func:`fold_transforms`); None: the
+            dataset's.
 
     The features of pauses (:meth:`read_pause_audio`) are read when training asks for them.
     """
 
     def __init__(self, root: str | Path, split: str, audio_name: str, eye_names: list[str], downscale: int = 1,
                  scale: float = 4.0, smooth_window: int = 5, smooth_order: int = 3, cache_mb: int = 2048,
-                 last: int | None = None, fold: tuple[int, int] | None = None):
+                 last: int | None = None, fold: tuple[int, ...] | None = None):
         self.layout = DatasetLayout(Path(root))
         self.layout.check_ready()
         tf = fold_transforms(self.layout, split, fold) if fold else Transforms.read(self.layout.transforms(split))
@@ -456,7 +459,7 @@ class SubjectDataModule(pl.LightningDataModule):
                  smooth_window: int = 5, smooth_order: int = 3, prepare: Callable[[Path], object] | None = None, cache_mb: int = 2048,
                  audio_frames: int = 1, patch_size: int = 0, regions: bool = False,
                  mouth_downscale: int | None = None, pause_share: float = 0.0, train_last: int | None = None,
-                 fold: tuple[int, int] | None = None):
+                 fold: tuple[int, ...] | None = None):
         super().__init__()
         self.ray_args = dict(lips_ray_fraction=lips_ray_fraction, audio_frames=audio_frames, patch_size=patch_size,
                              regions=regions, pause_share=pause_share)
