@@ -204,8 +204,10 @@ def lip_sync_metrics(system: HeadNeRFSystem, frames: SubjectFrames, clips: dict,
     verdict = lip_sync_verdict(out)
     if verdict:
         out["lip_sync_verdict"] = verdict
-        (log.info if verdict.startswith("the mouth follows") else log.warning)("%s (%d held-out frames)", verdict,
-                                                                              len(frames))
+        hint = ("; data.folds=K with a sweep over data.fold holds out the whole clip in turn"
+                if verdict.startswith("these held-out frames cannot tell") else "")
+        (log.info if verdict.startswith("the mouth follows") else log.warning)("%s (%d held-out frames)%s", verdict,
+                                                                              len(frames), hint)
     return out
 
 
