@@ -109,12 +109,17 @@ CV_POOLED = ("mouth_corr", "mouth_corr_low", "mouth_corr_high", "sync_gap", "syn
 CV_MEAN = ("parsed/psnr", "parsed/face_psnr", "parsed/lmd")
 
 
+def fold_runs(run: Path, folds: int) -> list[Path]:
+    """The run folders of a setting cross-validated in ``folds`` blocks, fold 0 first."""
+    return [run.with_name(f"{run.name}_fold{k}of{folds}") for k in range(folds)]
+
+
 def cross_validated(root: Path, run: Path, encoder: str, seed: int, extra: list[str], folds: int, logs: Path) -> dict:
     """``folds`` runs of one setting, each holding out one block of the clip; the ``cv/`` columns of their
     held-out frames read together (:func:`synctalk.metrics.lip_sync.pooled_lip_sync`)."""
     from synctalk.metrics.lip_sync import pooled_lip_sync
 
-    runs = [run.with_name(f"{run.name}_fold{k}of{folds}") for k in range(folds)]
+    runs = fold_runs(run, folds)
     scored = [train(root, r, encoder, seed, [*extra, f"data.folds={folds}", f"data.fold={k}"], logs)
               for k, r in enumerate(runs)]
     missing = [r for r in runs if not (r / "mouth_signals.npz").is_file()]
@@ -248,9 +253,7 @@ def main() -> None:
             run = args.runs_dir / f"{name}_{encoder}{'' if mouth == 'data' else '_mouth' + mouth}_s{seed}"
             row = {"clip": clip, "encoder": encoder, "mouth": mouth, "seed": seed, "run": str(run)}
             if args.folds:
-                folds_done = all((run.with_name(f"{run.name}_fold{k}of{args.folds}") / "metrics.json").is_file()
-                                 for k in range(args.folds))
-                if args.only_existing and not folds_done:
+                if args.only_existing and not all((r / "metrics.json").is_file() for r in fold_runs(run, args.folds)):
                     continue
                 row.update(cross_validated(root, run, encoder, seed, MOUTH_OVERRIDES[mouth] + args.set, args.folds,
                                            logs))

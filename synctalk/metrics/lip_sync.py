@@ -209,7 +209,6 @@ def lip_sync_verdict(metrics: dict) -> str | None:
     return f"these held-out frames cannot tell whether the mouth follows the audio: {where}"
 
 
-
 def write_mouth_signals(path: Path, img_ids: np.ndarray, pred_mouth: np.ndarray, gt_mouth: np.ndarray,
                         shifted_mouths: list[np.ndarray], shift: int) -> None:
     """Save a lip-sync test's readings: ``img_ids`` (N,), ``pred`` and ``gt`` (N, K) mouth signals, ``shifted``
