@@ -94,24 +94,42 @@ def test_lip_sync_intervals_narrow_with_frames_and_the_verdict_follows_them():
 
 def test_the_folds_of_a_clip_are_read_together_in_time_order(tmp_path):
     """Three runs, each holding out a block of one clip: their readings pooled give the numbers of one
-    evaluation of the whole clip, whatever order the files come in, with intervals as narrow as its length."""
+    evaluation of the whole clip with each block on its own mean, whatever order the files come in and whatever
+    level each fold's head sits at, with intervals as narrow as its length."""
     rng = np.random.default_rng(3)
     n, shift = 150, 12
     source = _smooth_mouth(rng, n + 2 * shift)
     gt = source[shift:shift + n]
     pred = gt + 0.7 * _smooth_mouth(rng, n)
     shifted = [source[:n] + 0.7 * _smooth_mouth(rng, n), source[2 * shift:] + 0.7 * _smooth_mouth(rng, n)]
-    paths = []
-    for fold, (a, b) in enumerate(((0, 50), (50, 100), (100, 150))):
-        paths.append(tmp_path / f"fold{fold}" / "mouth_signals.npz")
-        write_mouth_signals(paths[-1], np.arange(a, b), pred[a:b], gt[a:b], [s[a:b] for s in shifted], shift)
+    blocks = ((0, 50), (50, 100), (100, 150))
+
+    def centred(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x[a:b] - x[a:b].mean(0) for a, b in blocks])
+
+    def write(level: list[float]) -> list:
+        paths = []
+        for fold, (a, b) in enumerate(blocks):  # each fold's head renders its mouth at its own level
+            paths.append(tmp_path / f"fold{fold}" / "mouth_signals.npz")
+            write_mouth_signals(paths[-1], np.arange(a, b), pred[a:b] + level[fold], gt[a:b],
+                                [s[a:b] + level[fold] for s in shifted], shift)
+        return paths
+
+    paths = write([0.0, 0.0, 0.0])
     pooled = pooled_lip_sync(paths[::-1])
     assert pooled["frames"] == n and pooled["runs"] == 3 and pooled["overlapping_frames"] == 0
-    whole = {"mouth_corr": correlation(pred, gt), **sync_gap(correlation(pred, gt),
-                                                             [correlation(s, gt) for s in shifted], gt, shift)}
-    whole.update(lip_sync_intervals(pred, gt, shifted))
+    c_pred, c_gt, c_shifted = centred(pred), centred(gt), [centred(s) for s in shifted]
+    whole = {"mouth_corr": correlation(c_pred, c_gt),
+             **sync_gap(correlation(c_pred, c_gt), [correlation(s, c_gt) for s in c_shifted], c_gt, shift)}
+    whole.update(lip_sync_intervals(c_pred, c_gt, c_shifted))
     for key, value in whole.items():
         assert pooled[key] == pytest.approx(value), key
+    assert pooled["mouth_corr"] == pytest.approx(correlation(pred, gt), abs=0.1)  # blocks of one head nearly agree
+    levels = [s * gt.std() for s in (1.0, -2.0, 0.5)]  # heads at their own levels: read raw, they swamp the mouth
+    assert pooled_lip_sync(write(levels))["mouth_corr"] == pytest.approx(pooled["mouth_corr"])
+    raw = np.concatenate([pred[a:b] + level for (a, b), level in zip(blocks, levels)])
+    assert correlation(raw, gt) < pooled["mouth_corr"] - 0.2
+    paths = write([0.0, 0.0, 0.0])
     one_fold = lip_sync_intervals(pred[:50], gt[:50], [s[:50] for s in shifted])
     width = pooled["mouth_corr_high"] - pooled["mouth_corr_low"]
     assert width < one_fold["mouth_corr_high"] - one_fold["mouth_corr_low"]

@@ -224,7 +224,13 @@ def pooled_lip_sync(paths: list[Path]) -> dict:
     """``mouth_corr``, the sync test and their intervals over the held-out frames of several runs read as one
     clip in time order (the folds of a cross-validated clip, each run's held-out block rendered by its own head):
     :func:`correlation`, :func:`sync_gap`, :func:`lip_sync_intervals` and :func:`lip_sync_verdict` as one run's
-    evaluation computes them, on all the frames.
+    evaluation computes them, on all the frames, with each run's signals centred on their own means first.
+
+    One run's correlation is taken about the means of its own held-out frames; each fold is a separate head whose
+    mouth coefficients sit at a level of their own, so the runs' signals are centred run by run (the pooled
+    within-run correlation): a head that follows the audio within its block scores the same whatever level the
+    other folds' heads sit at, and the clip's slow changes from block to block, which no single run is scored
+    on, do not count.
 
     Args: paths: ``mouth_signals.npz`` files (:func:`write_mouth_signals`), with the same mouth coefficients.
     Returns: ``frames``, ``runs``, ``mouth_corr``, ``sync_gap`` (when every run has the sync test), the
@@ -237,21 +243,31 @@ def pooled_lip_sync(paths: list[Path]) -> dict:
         raise ValueError("the runs read different mouth coefficients (Face Landmarker in some, FaceMesh in others)")
     ids = np.concatenate([part["img_ids"] for part in parts])
     order = np.argsort(ids, kind="stable")
-    pred = np.concatenate([part["pred"] for part in parts])[order]
-    gt = np.concatenate([part["gt"] for part in parts])[order]
+
+    def pooled(key: str, index: int | None = None) -> np.ndarray:  # (N, K): every run's signal on its own mean
+        signals = [part[key] if index is None else part[key][index] for part in parts]
+        return np.concatenate([_centred(s, part["pred"], part["gt"]) for s, part in zip(signals, parts)])[order]
+
+    pred, gt = pooled("pred"), pooled("gt")
     out: dict = {"frames": int(len(ids)), "runs": len(parts), "overlapping_frames": int(len(ids) - len(set(ids)))}
     out["mouth_corr"] = correlation(pred, gt)
     shifted: list[np.ndarray] = []
     shifts = {int(part["shift"]) for part in parts}
     if all(len(part["shifted"]) for part in parts) and len(shifts) == 1:
-        count = min(len(part["shifted"]) for part in parts)
-        shifted = [np.concatenate([part["shifted"][s] for part in parts])[order] for s in range(count)]
+        shifted = [pooled("shifted", s) for s in range(min(len(part["shifted"]) for part in parts))]
         out.update(sync_gap(out["mouth_corr"], [correlation(m, gt) for m in shifted], gt, shifts.pop()))
     out.update(lip_sync_intervals(pred, gt, shifted))
     verdict = lip_sync_verdict(out)
     if verdict:
         out["lip_sync_verdict"] = verdict
     return out
+
+
+def _centred(signal: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(N, K) ``signal`` less its mean over the frames where it, ``pred`` and ``gt`` all have a face (the frames
+    :func:`correlation` reads); NaN rows stay NaN."""
+    rows = np.isfinite(signal).all(1) & np.isfinite(pred).all(1) & np.isfinite(gt).all(1)
+    return signal - (signal[rows].mean(0) if rows.any() else 0.0)
 
 
 LOUDNESS_WINDOW_S = 0.1  # the loudness of a frame: RMS over 100 ms centred on it
