@@ -197,7 +197,8 @@ def gt_mode_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[str, lis
 
 def cross_validated_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[str, list[str], list[list[str]]] | None:
     """For runs that differ in ``data.fold`` (a clip cross-validated, ``data.folds``): per setting of the other
-    swept keys, the finished folds' held-out mouth readings read as one clip (``mouth_signals.npz``)."""
+    swept keys, the finished folds' held-out mouth readings read as one clip (``mouth_signals.npz``, each run's
+    centred on its own means by :func:`~synctalk.metrics.lip_sync.pooled_lip_sync`)."""
     from synctalk.metrics.lip_sync import pooled_lip_sync
 
     if "data.fold" not in keys:
@@ -231,7 +232,8 @@ def cross_validated_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[
         rows.append([label, f"{len(signals)} of {folds}", str(pooled["frames"]), _fmt(pooled.get("effective_frames")),
                      interval("mouth_corr"), interval("sync_gap"), _fmt(pooled.get("sync_gap_gt")),
                      _fmt(pooled.get("mouth_corr_shifted")), pooled.get("lip_sync_verdict", "")])
-    return ("Lip sync over the held-out blocks of all folds (the whole clip held out)",
+    return ("Lip sync over the held-out blocks of all folds (the whole clip held out; each fold's readings on their "
+            "own means)",
             ["runs", "folds", "frames", "effective frames", "mouth_corr [90%]", "sync_gap [90%]", "sync_gap_gt",
              "mouth_corr_shifted", "verdict"], rows)
 
