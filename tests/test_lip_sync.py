@@ -126,10 +126,10 @@ def test_the_folds_of_a_clip_are_read_together_in_time_order(tmp_path):
         assert pooled[key] == pytest.approx(value), key
     assert pooled["mouth_corr"] == pytest.approx(correlation(pred, gt), abs=0.1)  # blocks of one head nearly agree
     levels = [s * gt.std() for s in (1.0, -2.0, 0.5)]  # heads at their own levels: read raw, they swamp the mouth
-    assert pooled_lip_sync(write(levels))["mouth_corr"] == pytest.approx(pooled["mouth_corr"])
+    paths = write(levels)
+    assert pooled_lip_sync(paths)["mouth_corr"] == pytest.approx(pooled["mouth_corr"])
     raw = np.concatenate([pred[a:b] + level for (a, b), level in zip(blocks, levels)])
     assert correlation(raw, gt) < pooled["mouth_corr"] - 0.2
-    paths = write([0.0, 0.0, 0.0])
     one_fold = lip_sync_intervals(pred[:50], gt[:50], [s[:50] for s in shifted])
     width = pooled["mouth_corr_high"] - pooled["mouth_corr_low"]
     assert width < one_fold["mouth_corr_high"] - one_fold["mouth_corr_low"]

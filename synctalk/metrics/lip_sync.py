@@ -236,7 +236,10 @@ def pooled_lip_sync(paths: list[Path]) -> dict:
     Returns: ``frames``, ``runs``, ``mouth_corr``, ``sync_gap`` (when every run has the sync test), the
         intervals and ``lip_sync_verdict``; ``overlapping_frames`` counts frames held out by more than one run.
     """
-    parts = [np.load(p) for p in paths]
+    parts = []
+    for path in paths:  # each array read once (an .npz file reads an array from the archive at every access)
+        with np.load(path) as signals:
+            parts.append(dict(signals))
     if not parts:
         raise ValueError("no mouth_signals.npz to pool")
     if len({part["pred"].shape[1] for part in parts}) > 1:
