@@ -2,6 +2,7 @@
 
     python benchmarks/audio_features.py                         # every real clip, every encoder
     python benchmarks/audio_features.py --encoders mel phones --clips May_13s German_20s
+    python benchmarks/audio_features.py --encoders whisper --shifts 8    # is any clip's sound offset from its picture?
 
 For every clip in ``--real-data``: the Face Landmarker's jaw and mouth blendshapes on every frame (the judge of
 the lip-sync metrics), and each encoder's per-frame audio window (``audio_encoder=<name>``'s features, computed as
@@ -10,7 +11,11 @@ the lip-sync metrics' ``mouth_corr`` (the per-coefficient correlation, weighted 
 
 - ``within``: fitted on the clip's first 75% of frames, scored on the last 25% (what one clip's speech teaches
   about its own later speech, as a head trained on that clip must learn it);
-- ``cross``: fitted on all the other clips, scored on this whole clip (a speaker it never saw).
+- ``cross``: fitted on all the other clips, scored on this whole clip (a speaker it never saw);
+- with ``--shifts K``, ``within_shift<s>`` for s in -K..K: the window of frame t + s paired with the mouth of frame
+  t, fitted and scored over five contiguous blocks, each held out once. A clip whose sound is late or early against
+  its picture (an audio-video offset) reads best away from s = 0; speech's own lead of the lips over the sound is
+  a frame or two.
 
 A read-out is not a trained head: it says which features make the mouth easy to learn, not what a head makes of
 them. Needs ``face_landmarker.task`` (``--face-landmarker``, default ``$SYNCTALK_WEIGHTS/face_landmarker.task``).
@@ -67,6 +72,23 @@ def ridge(x: np.ndarray, y: np.ndarray, strength: float):
     return lambda z: ((z - mean) / std) @ w + y_mean
 
 
+def shifted_within(x: np.ndarray, mouth: np.ndarray, strength: float, shifts: range, blocks: int = 5) -> dict:
+    """The within-clip read-out with the audio window of frame t + s paired with the mouth of frame t, for each shift
+    s in frames (positive: the sound after the picture), fitted and scored over ``blocks`` contiguous blocks, each
+    held out once. x (N, D) every frame's window; mouth (N, K), NaN where no face was read. Returns {s: mouth_corr}."""
+    n, out = len(x), {}
+    for s in shifts:
+        t = np.arange(max(0, -s), min(n, n - s))
+        t = t[np.isfinite(mouth[t]).all(1)]
+        xs, ys = x[t + s], mouth[t]
+        pred = np.empty_like(ys)
+        for held in np.array_split(np.arange(len(t)), blocks):
+            fit = ridge(np.delete(xs, held, 0), np.delete(ys, held, 0), strength)
+            pred[held] = fit(xs[held])
+        out[s] = correlation(pred, ys)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", nargs="+", default=list(CLIPS))
@@ -76,6 +98,8 @@ def main() -> None:
     parser.add_argument("--face-landmarker", type=Path, default=Path(os.environ.get(
         "SYNCTALK_WEIGHTS", REPO.parent / "shared" / "weights")) / "face_landmarker.task")
     parser.add_argument("--strength", type=float, default=1000.0, help="ridge penalty on standardised features")
+    parser.add_argument("--shifts", type=int, default=0,
+                        help="also the within read-out with the audio shifted by -K..K frames (an offset check)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "audio_features.json")
     args = parser.parse_args()
     if not args.face_landmarker.is_file():
@@ -92,6 +116,9 @@ def main() -> None:
                  for e in args.encoders}
         face = np.isfinite(mouth).all(1)
         data[clip] = {"mouth": mouth[face], **{e: f[face].astype(np.float64) for e, f in feats.items()}}
+        if args.shifts:
+            data[clip]["shifted"] = {e: shifted_within(f.astype(np.float64), mouth, args.strength,
+                                                       range(-args.shifts, args.shifts + 1)) for e, f in feats.items()}
         print(f"{clip}: {len(frames)} frames, a face in {face.mean():.0%}", flush=True)
 
     rows = []
@@ -107,6 +134,10 @@ def main() -> None:
                 fit = ridge(np.concatenate([data[c][e] for c in others]),
                             np.concatenate([data[c]["mouth"] for c in others]), args.strength)
                 row[f"{e}/cross"] = correlation(fit(x), mouth)
+            if args.shifts:
+                shifted = data[clip]["shifted"][e]
+                row.update({f"{e}/within_shift{s:+d}": r for s, r in shifted.items()})
+                row[f"{e}/best_shift"] = max(shifted, key=shifted.get)
         rows.append(row)
         print(" | ".join([clip] + [f"{k} {v:.2f}" for k, v in row.items() if "/" in k]), flush=True)
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
