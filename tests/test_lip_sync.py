@@ -347,3 +347,25 @@ def test_the_footage_measure_is_kept_in_the_dataset_while_its_audio_and_blendsha
     (tmp_path / "mouth_audio.json").write_text("{not json")
     assert dataset_mouth_audio(tmp_path, 25.0)["dataset_mouth_phone_corr"] < -0.9 and len(calls) == 4
     assert dataset_mouth_audio(tmp_path, 25.0)["dataset_mouth_phone_corr"] < -0.9 and len(calls) == 4
+
+
+def test_the_offset_check_finds_the_shift_that_pairs_the_sound_with_the_picture():
+    """benchmarks/audio_features.py --shifts: a mouth that the audio window of three frames later explains reads best
+    at s = +3 (the sound after the picture), and not at all at s = 0; frames without a face are left out."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "audio_features.py"
+    spec = importlib.util.spec_from_file_location("audio_features", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    n, dim = 300, 12
+    audio = rng.normal(size=(n, dim))  # (N, D) one window per frame, unrelated from frame to frame
+    mouth = np.full((n, 2), np.nan)
+    mouth[:-3] = audio[3:] @ rng.normal(size=(dim, 2)) + 0.3 * rng.normal(size=(n - 3, 2))
+    mouth[10] = np.nan  # no face read there
+    scores = bench.shifted_within(audio, mouth, strength=1.0, shifts=range(-5, 6))
+    assert sorted(scores) == list(range(-5, 6))
+    assert max(scores, key=scores.get) == 3 and scores[3] > 0.8
+    assert all(abs(scores[s]) < 0.3 for s in scores if s != 3)
