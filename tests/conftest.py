@@ -25,6 +25,16 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = dict(num_frames=24, size=64)  # the smoke experiment's subject
 
 
+def benchmark_module(name: str):
+    """The script ``benchmarks/<name>.py`` loaded as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def real_data_dir() -> Path:
     return Path(os.environ.get("SYNCTALK_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
 

@@ -352,13 +352,9 @@ def test_the_footage_measure_is_kept_in_the_dataset_while_its_audio_and_blendsha
 def test_the_offset_check_finds_the_shift_that_pairs_the_sound_with_the_picture():
     """benchmarks/audio_features.py --shifts: a mouth that the audio window of three frames later explains reads best
     at s = +3 (the sound after the picture), and not at all at s = 0; frames without a face are left out."""
-    import importlib.util
-    from pathlib import Path
+    from tests.conftest import benchmark_module
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "audio_features.py"
-    spec = importlib.util.spec_from_file_location("audio_features", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("audio_features")
     rng = np.random.default_rng(0)
     n, dim = 300, 12
     audio = rng.normal(size=(n, dim))  # (N, D) one window per frame, unrelated from frame to frame

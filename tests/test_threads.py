@@ -12,7 +12,7 @@ import torch
 
 from synctalk import threads
 from synctalk.threads import CpuLoad, ThreadGovernor, governed, threads_for, usable_cores
-from tests.conftest import latest_run
+from tests.conftest import benchmark_module, latest_run
 
 
 def test_free_cores_rounded_to_the_nearest_and_at_least_one():
@@ -202,13 +202,7 @@ def test_a_run_records_its_threads(run_cli, capsys):
 
 def test_shared_machine_benchmark_reads_thread_counts_and_tabulates(tmp_path):
     """benchmarks/shared_machine.py: the thread counts a run logged, and times relative to the same setting alone."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shared_machine.py"
-    spec = importlib.util.spec_from_file_location("shared_machine", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("shared_machine")
     log = tmp_path / "run.log"
     log.write_text("[t][synctalk.threads][INFO] threads: 1 of 2 usable cores (other processes busy on 0.9)\n"
                    "[t][synctalk.threads][INFO] threads: 1 -> 2 (a probe found the core free)\n"
