@@ -95,10 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     from synctalk.errors import UserError
 
     config_name, module_name, _ = JOBS[job]
-    module = importlib.import_module(module_name)
 
-    def task(cfg):
-        return _task(job, module, cfg)
+    def task(cfg):  # the job's module (torch, Lightning) is imported once the config has composed: a typo is told
+        return _task(job, importlib.import_module(module_name), cfg)  # in seconds
 
     app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
