@@ -726,3 +726,22 @@ def test_long_videos_score_and_search_on_bounded_frames():
     model = FaceModel(head, np.zeros((68, 3, 0)), np.zeros((68, 3, 0)), "exact")
     search = focal_search_px(model, lms, CX, CY, 1200, 1400, 100, every_k=1, steps=20, max_search_frames=300)
     assert search.frames <= 300
+
+
+def test_flow_samples_are_bilinear_and_whole_pixels_read_the_field():
+    from synctalk.stabilizer.point_tracker import _sample
+
+    rng = np.random.default_rng(3)
+    field = rng.normal(0, 3, (9, 11, 2)).astype(np.float32)
+    whole = np.array([[0.0, 0.0], [4.0, 7.0], [9.0, 3.0]])  # (x, y); the first and last inside the image
+    assert np.array_equal(_sample(field, whole), field[[0, 7, 3], [0, 4, 9]].astype(np.float64))
+    xy = np.array([[2.25, 3.5], [0.0, 7.75], [10.0, 8.0], [-3.0, 4.5]])  # fractions, the last column, outside
+    x, y = np.clip(xy[:, 0], 0, 10 - 0.001), np.clip(xy[:, 1], 0, 8 - 0.001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    expected = ((1 - fx) * (1 - fy) * field[y0, x0] + fx * (1 - fy) * field[y0, x0 + 1]
+                + (1 - fx) * fy * field[y0 + 1, x0] + fx * fy * field[y0 + 1, x0 + 1])
+    np.testing.assert_allclose(_sample(field, xy), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_sample(field, np.array([[2.25, 3.5]]))[0],
+                               0.75 * 0.5 * field[3, 2] + 0.25 * 0.5 * field[3, 3] + 0.75 * 0.5 * field[4, 2]
+                               + 0.25 * 0.5 * field[4, 3], atol=1e-12)
