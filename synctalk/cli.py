@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
     config_name, module_name, _ = JOBS[job]
 
-    def task(cfg):  # the job's module (torch, Lightning) is imported once the config has composed: a typo is told
-        return _task(job, importlib.import_module(module_name), cfg)  # in seconds
+    # the job's module (torch, Lightning) is imported once the config has composed, so a typo is told in seconds
+    def task(cfg):
+        return _task(job, importlib.import_module(module_name), cfg)
 
     app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"

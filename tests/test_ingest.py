@@ -13,6 +13,7 @@ from synctalk.audio.features import load_audio
 from synctalk.errors import UserError
 from synctalk.face.facemesh import MESH_TO_68, fill_gaps
 from synctalk.face.face_model import SubjectFace
+from synctalk.stabilizer.focal_from_points import focal_frames
 from synctalk.stages import IngestOptions, run_ingest
 from synctalk.stages.crop import CropStage
 from synctalk.synthetic.subject import SyntheticSpec, generate
@@ -168,9 +169,9 @@ def test_a_real_clip_trains_evaluates_and_renders(real_data, run_cli):
     check_real_clip_dataset(root)
     poses = json.loads((root / ".stages" / "poses.json").read_text())["report"]
     assert poses["pose_source"] == "bundle_adjustment" and poses["frames_with_few_points"] == 0
-    # the focal measured again on the tracked points (the default; 30 frames and the reference), written only when its
-    # checks pass
-    assert poses["focal_points_frames"] in (30, 31) and len(poses["focal_points_halves"]) == 2
+    # the focal measured again on the tracked points (the default), written only when its checks pass
+    frames = len(focal_frames(len(list((root / "ori_imgs").glob("*.jpg"))), 30, poses["reference_frame"]))
+    assert poses["focal_points_frames"] == frames and len(poses["focal_points_halves"]) == 2
     assert (poses["focal"] == poses["focal_points"]) == poses["focal_points_used"]
     assert poses["focal_points_used"] == (not poses["focal_points_rejected"])
     assert poses["ba_reprojection_px"]["joint"] < poses["ba_reprojection_px"]["initial"]

@@ -733,7 +733,7 @@ def test_flow_samples_are_bilinear_and_whole_pixels_read_the_field():
 
     rng = np.random.default_rng(3)
     field = rng.normal(0, 3, (9, 11, 2)).astype(np.float32)
-    whole = np.array([[0.0, 0.0], [4.0, 7.0], [9.0, 3.0]])  # (x, y); the first and last inside the image
+    whole = np.array([[0.0, 0.0], [4.0, 7.0], [9.0, 3.0]])  # (x, y), none on the last row or column
     assert np.array_equal(_sample(field, whole), field[[0, 7, 3], [0, 4, 9]].astype(np.float64))
     xy = np.array([[2.25, 3.5], [0.0, 7.75], [10.0, 8.0], [-3.0, 4.5]])  # fractions, the last column, outside
     x, y = np.clip(xy[:, 0], 0, 10 - 0.001), np.clip(xy[:, 1], 0, 8 - 0.001)

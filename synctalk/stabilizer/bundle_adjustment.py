@@ -145,7 +145,7 @@ class BundleAdjustment(pl.LightningModule):
         rms = ((err ** 2 * vis).sum() / vis.sum().clamp(min=1)).sqrt()
         self.history[self.stage].append(float(rms.detach()))
         if self.global_step % LOG_EVERY == 0:
-            self.log(f"ba/{self.stage}_rms_px", rms, prog_bar=True, on_step=True, on_epoch=False)
+            self.log(f"ba/{self.stage}_rms_px", rms, prog_bar=True, on_step=True)
         return loss
 
     def configure_optimizers(self):
