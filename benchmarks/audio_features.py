@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from synctalk.audio.encoders import AudioConfig, compute_features  # noqa: E402
 from synctalk.audio.features import load_audio  # noqa: E402
 from synctalk.io import write_json  # noqa: E402
-from synctalk.metrics.lip_sync import FaceReader, correlation  # noqa: E402
+from synctalk.metrics.lip_sync import FaceReader, audio_mouth_readout, correlation, ridge  # noqa: E402
 from synctalk.stages.source import resampled_frames, upright_bgr  # noqa: E402
 
 CLIPS = ("WDA_KatieHill_000", "WDA_BobMenendez_000", "RD_Radio34_000", "May_13s", "German_20s", "portrait_1080x1920")
@@ -64,28 +64,15 @@ def clip_frames(video: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def ridge(x: np.ndarray, y: np.ndarray, strength: float):
-    """The ridge regression y ~ x on standardised columns: returns the map (M, D) -> (M, K)."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    xn, y_mean = (x - mean) / std, y.mean(0)
-    w = np.linalg.solve(xn.T @ xn + strength * np.eye(x.shape[1]), xn.T @ (y - y_mean))
-    return lambda z: ((z - mean) / std) @ w + y_mean
-
-
-def shifted_within(x: np.ndarray, mouth: np.ndarray, strength: float, shifts: range, blocks: int = 5) -> dict:
-    """The within-clip read-out with the audio window of frame t + s paired with the mouth of frame t, for each shift
-    s in frames (positive: the sound after the picture), fitted and scored over ``blocks`` contiguous blocks, each
-    held out once. x (N, D) every frame's window; mouth (N, K), NaN where no face was read. Returns {s: mouth_corr}."""
+def shifted_within(x: np.ndarray, mouth: np.ndarray, strength: float, shifts: range) -> dict:
+    """The within-clip read-out (:func:`synctalk.metrics.lip_sync.audio_mouth_readout`: five contiguous blocks,
+    each held out once) with the audio window of frame t + s paired with the mouth of frame t, for each shift s in
+    frames (positive: the sound after the picture). x (N, D) every frame's window; mouth (N, K), NaN where no face
+    was read. Returns {s: mouth_corr}."""
     n, out = len(x), {}
     for s in shifts:
         t = np.arange(max(0, -s), min(n, n - s))
-        t = t[np.isfinite(mouth[t]).all(1)]
-        xs, ys = x[t + s], mouth[t]
-        pred = np.empty_like(ys)
-        for held in np.array_split(np.arange(len(t)), blocks):
-            fit = ridge(np.delete(xs, held, 0), np.delete(ys, held, 0), strength)
-            pred[held] = fit(xs[held])
-        out[s] = correlation(pred, ys)
+        out[s] = audio_mouth_readout(x[t + s], mouth[t], strength=strength)
     return out
 
 

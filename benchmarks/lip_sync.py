@@ -25,8 +25,8 @@ intervals of ``mouth_corr`` and ``sync_gap``, columns ``at2/...``).
 
 ``--folds K`` cross-validates each clip instead (no new audio): K runs of every setting, run ``k`` trained with
 ``data.folds=K data.fold=k`` (block k of the clip held out), their held-out mouth readings read together as the
-whole clip (columns ``cv/...``: ``mouth_corr``, ``sync_gap``, their 90% intervals and frames, and the folds'
-PSNR, face PSNR and LMD weighted by their frames).
+whole clip (columns ``cv/...``: ``mouth_corr``, ``jaw_corr``, ``sync_gap``, their 90% intervals and frames, and the
+folds' PSNR, face PSNR and LMD weighted by their frames).
 
 Writes ``--out`` (default benchmarks/results/lip_sync.json) with one row per run and the min / median / max per
 clip and encoder over the seeds, and prints the table.
@@ -104,8 +104,8 @@ def train(root: Path, run: Path, encoder: str, seed: int, extra: list[str], logs
     return json.loads((run / "metrics.json").read_text())
 
 
-CV_POOLED = ("mouth_corr", "mouth_corr_low", "mouth_corr_high", "sync_gap", "sync_gap_low", "sync_gap_high",
-             "sync_gap_gt", "effective_frames", "frames")
+CV_POOLED = ("mouth_corr", "mouth_corr_low", "mouth_corr_high", "jaw_corr", "sync_gap", "sync_gap_low",
+             "sync_gap_high", "sync_gap_gt", "effective_frames", "frames")
 CV_MEAN = ("parsed/psnr", "parsed/face_psnr", "parsed/lmd")
 
 

@@ -32,7 +32,8 @@ from synctalk.io import atomic_path, read_json, save_figure, subplots
 HEADLINE = ("psnr", "parsed/psnr", "with_hair/psnr", "parsed/face_psnr", "parsed/ssim", "parsed/ms_ssim",
             "parsed/lpips", "parsed/fid", "parsed/niqe", "parsed/brisque", "parsed/lmd", "parsed/aue_upper",
             "parsed/aue_lower", "parsed/face_found", "parsed/mouth_corr", "parsed/jaw_corr", "sync_gap",
-            "sync_gap_low", "mouth_corr_still_audio", "mouth_audio_response", "parsed/lse_c", "parsed/lse_d",
+            "sync_gap_low", "mouth_corr_still_audio", "mouth_audio_response", "dataset.audio_mouth_readout",
+            "parsed/lse_c", "parsed/lse_d",
             "focal", "truth.focal_error_pct", "truth.landmarks.rotation_median_deg",
             "truth.bundle_adjustment.rotation_median_deg", "truth.bundle_adjustment.translation_median_pct",
             "landmark_rms_px", "ba_reprojection_px.joint", "jitter_landmarks.rotation_deg",
@@ -215,12 +216,12 @@ def cross_validated_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[
         if not signals:
             why = next((n for r in members for n in r["notes"] if n.startswith("lip sync skipped")),
                        "no finished run wrote mouth_signals.npz (metrics.lip_sync=false?)")
-            rows.append([label, f"0 of {folds}", *["-"] * 6, why])
+            rows.append([label, f"0 of {folds}", *["-"] * 7, why])
             continue
         try:
             pooled = pooled_lip_sync(signals)
         except ValueError as e:
-            rows.append([label, f"{len(signals)} of {folds}", *["-"] * 6, str(e)])
+            rows.append([label, f"{len(signals)} of {folds}", *["-"] * 7, str(e)])
             continue
 
         def interval(key: str) -> str:
@@ -230,12 +231,13 @@ def cross_validated_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[
             return _fmt(pooled[key]) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "")
 
         rows.append([label, f"{len(signals)} of {folds}", str(pooled["frames"]), _fmt(pooled.get("effective_frames")),
-                     interval("mouth_corr"), interval("sync_gap"), _fmt(pooled.get("sync_gap_gt")),
-                     _fmt(pooled.get("mouth_corr_shifted")), pooled.get("lip_sync_verdict", "")])
+                     interval("mouth_corr"), _fmt(pooled.get("jaw_corr")), interval("sync_gap"),
+                     _fmt(pooled.get("sync_gap_gt")), _fmt(pooled.get("mouth_corr_shifted")),
+                     pooled.get("lip_sync_verdict", "")])
     return ("Lip sync over the held-out blocks of all folds (the whole clip held out; each fold's readings on their "
             "own means)",
-            ["runs", "folds", "frames", "effective frames", "mouth_corr [90%]", "sync_gap [90%]", "sync_gap_gt",
-             "mouth_corr_shifted", "verdict"], rows)
+            ["runs", "folds", "frames", "effective frames", "mouth_corr [90%]", "jaw_corr", "sync_gap [90%]",
+             "sync_gap_gt", "mouth_corr_shifted", "verdict"], rows)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from synctalk.metrics.lip_sync import (STILL_MOUTH_MOTION, FaceReader, blendshape_au_errors, correlation,
-                                      effective_frames, lip_sync_intervals, lip_sync_verdict, loudness_per_frame,
-                                      mouth_agreement, mouth_follows_audio, mouth_motion, mouth_opening,
-                                      opening_correlation, pooled_lip_sync, sync_gap, write_mouth_signals)
+from synctalk.face.blendshape_sets import BLENDSHAPE_NAMES, MOUTH_BLENDSHAPES
+from synctalk.metrics.lip_sync import (READOUT_WEAK, STILL_MOUTH_MOTION, FaceReader, audio_mouth_readout,
+                                      blendshape_au_errors, correlation, dataset_audio_readout, effective_frames,
+                                      lip_sync_intervals, lip_sync_verdict, loudness_per_frame, mouth_agreement,
+                                      mouth_follows_audio, mouth_motion, mouth_opening, opening_correlation,
+                                      pooled_lip_sync, ridge, sync_gap, write_mouth_signals)
 
 
 def test_correlation_weights_the_coefficients_that_move():
@@ -139,6 +141,75 @@ def test_the_folds_of_a_clip_are_read_together_in_time_order(tmp_path):
         pooled_lip_sync(paths)
     write_mouth_signals(paths[0], np.arange(0, 50), pred[:50], gt[:50], [], shift)  # a run without the sync test
     assert "sync_gap" not in pooled_lip_sync(paths) and "mouth_corr_low" in pooled_lip_sync(paths)
+
+
+def test_pooled_folds_read_the_jaw_alone_too(tmp_path):
+    """With the Face Landmarker's 27 jaw and mouth blendshapes the pooled folds also give ``jaw_corr``: the jaw's
+    column alone, each fold on its own mean; FaceMesh's two measures have no jaw and give none."""
+    rng = np.random.default_rng(5)
+    k, j = len(MOUTH_BLENDSHAPES), MOUTH_BLENDSHAPES.index("jawOpen")
+    gt = np.concatenate([_smooth_mouth(rng, 120) for _ in range(k // 3)], 1)
+    pred = gt + 0.5 * np.concatenate([_smooth_mouth(rng, 120) for _ in range(k // 3)], 1)
+    pred[:, j] = -gt[:, j]  # the jaw opens when the ground truth's closes
+    paths = []
+    for fold, (a, b) in enumerate(((0, 60), (60, 120))):
+        paths.append(tmp_path / f"fold{fold}" / "mouth_signals.npz")
+        write_mouth_signals(paths[-1], np.arange(a, b), pred[a:b] + fold, gt[a:b], [], 3)
+    pooled = pooled_lip_sync(paths)
+    assert pooled["jaw_corr"] == pytest.approx(-1.0) and pooled["mouth_corr"] > 0.5
+    for fold, (a, b) in enumerate(((0, 60), (60, 120))):
+        write_mouth_signals(paths[fold], np.arange(a, b), pred[a:b, :2], gt[a:b, :2], [], 3)
+    assert "jaw_corr" not in pooled_lip_sync(paths)
+
+
+def test_the_audio_read_out_finds_the_mouth_that_the_audio_carries():
+    """:func:`audio_mouth_readout`: a mouth that is a linear function of each frame's audio window (plus noise) reads
+    high, a mouth unrelated to the audio near 0; frames without a face are left out; too few frames give NaN. The
+    ridge map is the same solved in its dual form (fewer frames than features) as in its primal form."""
+    rng = np.random.default_rng(0)
+    n = 200
+    audio = rng.normal(size=(n, 4, 16))  # (N, window, dim)
+    mouth = audio.reshape(n, -1) @ rng.normal(size=(64, 3)) * 0.1 + 0.02 * rng.normal(size=(n, 3))
+    mouth[7] = np.nan  # no face there
+    assert audio_mouth_readout(audio, mouth, strength=1.0) > 0.9
+    assert abs(audio_mouth_readout(audio, rng.normal(size=(n, 3)), strength=1.0)) < 0.3
+    assert np.isnan(audio_mouth_readout(audio[:15], mouth[:15]))
+    x, y = rng.normal(size=(30, 50)), rng.normal(size=(30, 2))
+    dual = ridge(x, y, 5.0)(x[:4])  # 30 rows < 50 columns: the dual form
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xn = (x - mean) / std
+    w = np.linalg.solve(xn.T @ xn + 5.0 * np.eye(50), xn.T @ (y - y.mean(0)))
+    assert np.allclose(dual, xn[:4] @ w + y.mean(0))
+
+
+def test_a_dataset_read_out_and_the_warning_before_training(tmp_path, caplog):
+    """:func:`dataset_audio_readout` reads ``aud_<name>.npy`` against ``bs.npy``'s mouth blendshapes; the training
+    run logs it before training, as a warning under READOUT_WEAK, and records nothing for a dataset without
+    ``bs.npy``."""
+    from synctalk.apps.train import audio_readout
+
+    rng = np.random.default_rng(1)
+    n = 150
+    audio = rng.normal(size=(n, 4, 8)).astype(np.float32)
+    bs = np.zeros((n, len(BLENDSHAPE_NAMES)), np.float32)
+    jaw = BLENDSHAPE_NAMES.index("jawOpen")
+    np.save(tmp_path / "aud_mel.npy", audio)
+    assert dataset_audio_readout(tmp_path, "mel") is None  # no bs.npy
+    bs[:, jaw] = np.clip(0.3 + 0.05 * audio.reshape(n, -1) @ rng.normal(size=32), 0, 1)
+    np.save(tmp_path / "bs.npy", bs)
+    assert dataset_audio_readout(tmp_path, "mel") > 0.8
+    assert dataset_audio_readout(tmp_path, "whisper") is None  # no such features
+    with caplog.at_level("INFO", logger="synctalk.apps.train"):
+        assert audio_readout(tmp_path, "mel") > 0.8
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    bs[:, jaw] = rng.uniform(0, 0.5, n)  # a mouth the audio does not carry
+    np.save(tmp_path / "bs.npy", bs)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="synctalk.apps.train"):
+        assert audio_readout(tmp_path, "mel") < READOUT_WEAK
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "did not follow the audio" in r.message]
+    np.save(tmp_path / "aud_mel.npy", audio[:-1])  # features of another frame count
+    assert dataset_audio_readout(tmp_path, "mel") is None
 
 
 def test_loudness_per_frame_and_its_correlation_with_a_mouth_opening():

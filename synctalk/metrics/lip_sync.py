@@ -233,8 +233,9 @@ def pooled_lip_sync(paths: list[Path]) -> dict:
     on, do not count.
 
     Args: paths: ``mouth_signals.npz`` files (:func:`write_mouth_signals`), with the same mouth coefficients.
-    Returns: ``frames``, ``runs``, ``mouth_corr``, ``sync_gap`` (when every run has the sync test), the
-        intervals and ``lip_sync_verdict``; ``overlapping_frames`` counts frames held out by more than one run.
+    Returns: ``frames``, ``runs``, ``mouth_corr``, ``jaw_corr`` (blendshapes only), ``sync_gap`` (when every run
+        has the sync test), the intervals and ``lip_sync_verdict``; ``overlapping_frames`` counts frames held out by
+        more than one run.
     """
     parts = []
     for path in paths:  # each array read once (an .npz file reads an array from the archive at every access)
@@ -254,6 +255,9 @@ def pooled_lip_sync(paths: list[Path]) -> dict:
     pred, gt = pooled("pred"), pooled("gt")
     out: dict = {"frames": int(len(ids)), "runs": len(parts), "overlapping_frames": int(len(ids) - len(set(ids)))}
     out["mouth_corr"] = correlation(pred, gt)
+    if pred.shape[1] == len(MOUTH_BLENDSHAPES):  # the Face Landmarker's reading (FaceMesh's has no jawOpen)
+        jaw = [MOUTH_BLENDSHAPES.index("jawOpen")]
+        out["jaw_corr"] = correlation(pred[:, jaw], gt[:, jaw])
     shifted: list[np.ndarray] = []
     shifts = {int(part["shift"]) for part in parts}
     if all(len(part["shifted"]) for part in parts) and len(shifts) == 1:
@@ -450,6 +454,68 @@ def dataset_mouth_audio(root: Path, fps: float) -> dict:
     except OSError as error:
         log.info("the footage's mouth measure is not kept (%s): it is measured again by the next render", error)
     return measures
+
+
+READOUT_BLOCKS = 5  # contiguous blocks of a clip, each held out once, in the audio read-out
+READOUT_STRENGTH = 1000.0  # its ridge penalty on standardised features
+#: a clip whose audio reads its own mouth under this has not taught the recipe's heads to follow the audio: over
+#: whole clips cross-validated they came out 0.04-0.14 above the read-out (docs/lip_sync.md, "Before training")
+READOUT_WEAK = 0.35
+
+
+def ridge(x: np.ndarray, y: np.ndarray, strength: float):
+    """The ridge regression y (M, K) ~ x (M, D) on standardised columns: returns the map (L, D) -> (L, K). With
+    fewer rows than columns it is solved in its dual form (an M x M system; the same map)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xn, y_mean = (x - mean) / std, y.mean(0)
+    if len(x) < x.shape[1]:
+        w = xn.T @ np.linalg.solve(xn @ xn.T + strength * np.eye(len(x)), y - y_mean)
+    else:
+        w = np.linalg.solve(xn.T @ xn + strength * np.eye(x.shape[1]), xn.T @ (y - y_mean))
+    return lambda z: ((z - mean) / std) @ w + y_mean
+
+
+def audio_mouth_readout(features: np.ndarray, mouth: np.ndarray, blocks: int = READOUT_BLOCKS,
+                        strength: float = READOUT_STRENGTH) -> float:
+    """How much of a clip's mouth its own audio carries, before any head is trained: a ridge read-out from each
+    frame's audio window to that frame's mouth coefficients, fitted on all but one of ``blocks`` contiguous blocks
+    of the clip and applied to that block, each block held out once; all frames' predictions scored as
+    ``mouth_corr`` is (:func:`correlation`).
+
+    Args:
+        features: (N, ...) each frame's audio features (e.g. ``aud_whisper.npy``, (N, 8, 384)).
+        mouth: (N, K) the mouth coefficients (e.g. the 27 jaw and mouth blendshapes); NaN rows (no face) are left out.
+    Returns:
+        the read-out's correlation; NaN with fewer than 4 frames per block.
+    """
+    x = np.asarray(features, np.float64).reshape(len(features), -1)
+    y = np.asarray(mouth, np.float64)
+    face = np.isfinite(y).all(1) & np.isfinite(x).all(1)
+    x, y = x[face], y[face]
+    if len(y) < 4 * blocks:
+        return float("nan")
+    pred = np.empty_like(y)
+    for held in np.array_split(np.arange(len(y)), blocks):
+        pred[held] = ridge(np.delete(x, held, 0), np.delete(y, held, 0), strength)(x[held])
+    return correlation(pred, y)
+
+
+def dataset_audio_readout(root: Path, audio_name: str) -> float | None:
+    """:func:`audio_mouth_readout` of a dataset: its ``aud_<audio_name>.npy`` against the jaw and mouth blendshapes
+    of its ``bs.npy``, every frame; None without either file or when they cover different frame counts."""
+    from synctalk.data.layout import DatasetLayout
+    from synctalk.face.blendshape_sets import load_mouth_targets
+
+    layout = DatasetLayout(Path(root))
+    path = layout.audio_features(audio_name)
+    mouth = load_mouth_targets(layout.root)
+    if mouth is None or not path.is_file():
+        return None
+    features = np.load(path, mmap_mode="r")
+    if features.ndim < 2 or len(features) != len(mouth):
+        return None
+    value = audio_mouth_readout(features, mouth)
+    return value if np.isfinite(value) else None
 
 
 STILL_MOUTH_MOTION = 0.25  # a driven mouth whose opening moves less than this share of the footage's hardly moves
