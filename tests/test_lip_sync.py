@@ -11,7 +11,8 @@ from synctalk.metrics.lip_sync import (READOUT_WEAK, STILL_MOUTH_MOTION, FaceRea
                                       blendshape_au_errors, correlation, dataset_audio_readout, effective_frames,
                                       lip_sync_intervals, lip_sync_verdict, loudness_per_frame, mouth_agreement,
                                       mouth_follows_audio, mouth_motion, mouth_opening, opening_correlation,
-                                      pooled_lip_sync, ridge, sync_gap, write_mouth_signals)
+                                      pooled_lip_sync, report_audio_readout, ridge, sync_gap,
+                                      write_mouth_signals)
 
 
 def test_correlation_weights_the_coefficients_that_move():
@@ -183,11 +184,9 @@ def test_the_audio_read_out_finds_the_mouth_that_the_audio_carries():
 
 
 def test_a_dataset_read_out_and_the_warning_before_training(tmp_path, caplog):
-    """:func:`dataset_audio_readout` reads ``aud_<name>.npy`` against ``bs.npy``'s mouth blendshapes; the training
-    run logs it before training, as a warning under READOUT_WEAK, and records nothing for a dataset without
-    ``bs.npy``."""
-    from synctalk.apps.train import audio_readout
-
+    """:func:`dataset_audio_readout` reads ``aud_<name>.npy`` against ``bs.npy``'s mouth blendshapes;
+    :func:`report_audio_readout` (what ``synctalk preprocess`` and ``synctalk train`` call) logs it, as a warning
+    under READOUT_WEAK; a dataset without ``bs.npy`` or the features gets none."""
     rng = np.random.default_rng(1)
     n = 150
     audio = rng.normal(size=(n, 4, 8)).astype(np.float32)
@@ -199,14 +198,14 @@ def test_a_dataset_read_out_and_the_warning_before_training(tmp_path, caplog):
     np.save(tmp_path / "bs.npy", bs)
     assert dataset_audio_readout(tmp_path, "mel") > 0.8
     assert dataset_audio_readout(tmp_path, "whisper") is None  # no such features
-    with caplog.at_level("INFO", logger="synctalk.apps.train"):
-        assert audio_readout(tmp_path, "mel") > 0.8
+    with caplog.at_level("INFO", logger="synctalk.metrics.lip_sync"):
+        assert report_audio_readout(tmp_path, "mel") > 0.8
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     bs[:, jaw] = rng.uniform(0, 0.5, n)  # a mouth the audio does not carry
     np.save(tmp_path / "bs.npy", bs)
     caplog.clear()
-    with caplog.at_level("INFO", logger="synctalk.apps.train"):
-        assert audio_readout(tmp_path, "mel") < READOUT_WEAK
+    with caplog.at_level("INFO", logger="synctalk.metrics.lip_sync"):
+        assert report_audio_readout(tmp_path, "mel") < READOUT_WEAK
     assert [r for r in caplog.records if r.levelname == "WARNING" and "did not follow the audio" in r.message]
     np.save(tmp_path / "aud_mel.npy", audio[:-1])  # features of another frame count
     assert dataset_audio_readout(tmp_path, "mel") is None

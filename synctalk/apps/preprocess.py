@@ -16,6 +16,7 @@ from synctalk.audio.encoders import AudioConfig
 from synctalk.config import to_dataclass
 from synctalk.config.schema import PreprocessConfig
 from synctalk.errors import UserError
+from synctalk.metrics.lip_sync import report_audio_readout
 from synctalk.stabilizer.options import (BundleAdjustmentOptions, FlowConfig, PointsOptions, StabilizerOptions,
                                          TrackerConfig)
 from synctalk.stages import IngestOptions, run_ingest
@@ -58,7 +59,8 @@ def run(cfg: DictConfig) -> dict:
     short = short_for_lip_sync(report["frames"]["frames"], report["frames"]["fps"])
     if short:
         log.warning(short)
-    return {"root": str(root), **report}
+    readout = report_audio_readout(root, cfg.audio_encoder.name)
+    return {"root": str(root), **report, "audio_mouth_readout": readout}
 
 
 LIP_SYNC_SECONDS = 60.0  # a shorter clip gets a warning: little of its own speech to learn the mouth from

@@ -17,7 +17,7 @@ from synctalk.distributed import ddp_ranks, global_rank
 from synctalk.evaluation import evaluate_split
 from synctalk.errors import UserError
 from synctalk.io import write_json
-from synctalk.metrics.lip_sync import READOUT_BLOCKS, READOUT_WEAK, dataset_audio_readout
+from synctalk.metrics.lip_sync import report_audio_readout
 from synctalk.runs import (AtomicCheckpointIO, LearningCurve, build_datamodule, build_loggers, build_system,
                            check_audio_features, check_resume, finish_loggers, load_stage_weights, write_run_info)
 
@@ -45,25 +45,6 @@ def run(cfg: DictConfig) -> dict:
         return _train(cfg, out, datamodule, rank)
 
 
-def audio_readout(root: Path, audio_name: str) -> float | None:
-    """The dataset's audio read-out of its own mouth (:func:`~synctalk.metrics.lip_sync.dataset_audio_readout`),
-    logged before training, as a warning when it is under :data:`~synctalk.metrics.lip_sync.READOUT_WEAK`; None
-    (and nothing logged) for a dataset without ``bs.npy``."""
-    readout = dataset_audio_readout(root, audio_name)
-    if readout is None:
-        return None
-    what = (f"the audio features (aud_{audio_name}.npy) read this clip's own mouth (bs.npy) at {readout:.2f} "
-            f"(audio_mouth_readout: a linear read-out, {READOUT_BLOCKS} blocks of the clip held out in turn)")
-    if readout < READOUT_WEAK:
-        log.warning("%s, under %.2f: on the clips measured, heads trained on such a clip did not follow the audio "
-                    "(cross-validated, their held-out mouth_corr came out 0.04-0.14 above the read-out; "
-                    "docs/lip_sync.md, 'Before training'): more footage or another audio_encoder may read it better",
-                    what, READOUT_WEAK)
-    else:
-        log.info("%s", what)
-    return round(readout, 4)
-
-
 def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule.setup()
@@ -72,7 +53,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
         system.set_upper_face_plane(datamodule.train_frames.upper_face_plane())
     if cfg.stage.init_from:
         load_stage_weights(system, cfg.stage.init_from, cfg)
-    readout = audio_readout(datamodule.root, cfg.audio_encoder.name) if rank == 0 else None
+    readout = report_audio_readout(datamodule.root, cfg.audio_encoder.name) if rank == 0 else None
     loggers = build_loggers(cfg) if rank == 0 else []
     failed = True
     try:

@@ -518,6 +518,25 @@ def dataset_audio_readout(root: Path, audio_name: str) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def report_audio_readout(root: Path, audio_name: str) -> float | None:
+    """:func:`dataset_audio_readout`, logged (by ``synctalk preprocess`` when the dataset is ready and by ``synctalk
+    train`` before it trains), as a warning when it is under :data:`READOUT_WEAK`; None (and nothing logged) for a
+    dataset without ``bs.npy`` or those features."""
+    readout = dataset_audio_readout(root, audio_name)
+    if readout is None:
+        return None
+    what = (f"the audio features (aud_{audio_name}.npy) read this clip's own mouth (bs.npy) at {readout:.2f} "
+            f"(audio_mouth_readout: a linear read-out, {READOUT_BLOCKS} blocks of the clip held out in turn)")
+    if readout < READOUT_WEAK:
+        log.warning("%s, under %.2f: on the clips measured, heads trained on such a clip did not follow the audio "
+                    "(cross-validated, their held-out mouth_corr came out 0.04-0.14 above the read-out; "
+                    "docs/lip_sync.md, 'Before training'): more footage or another audio_encoder may read it better",
+                    what, READOUT_WEAK)
+    else:
+        log.info("%s", what)
+    return round(readout, 4)
+
+
 STILL_MOUTH_MOTION = 0.25  # a driven mouth whose opening moves less than this share of the footage's hardly moves
 
 
