@@ -208,6 +208,9 @@ def cross_validated_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault(_label(r, others) if others else "all runs", []).append(r)
+    header = ["runs", "folds", "frames", "effective frames", "mouth_corr [90%]", "jaw_corr", "sync_gap [90%]",
+              "sync_gap_gt", "mouth_corr_shifted", "verdict"]
+    unread = ["-"] * (len(header) - 3)  # the columns between the folds' count and the verdict, for groups not read
     rows = []
     for label, members in groups.items():
         signals = [r["path"] / "mouth_signals.npz" for r in members if r["finished"]]
@@ -216,12 +219,12 @@ def cross_validated_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[
         if not signals:
             why = next((n for r in members for n in r["notes"] if n.startswith("lip sync skipped")),
                        "no finished run wrote mouth_signals.npz (metrics.lip_sync=false?)")
-            rows.append([label, f"0 of {folds}", *["-"] * 7, why])
+            rows.append([label, f"0 of {folds}", *unread, why])
             continue
         try:
             pooled = pooled_lip_sync(signals)
         except ValueError as e:
-            rows.append([label, f"{len(signals)} of {folds}", *["-"] * 7, str(e)])
+            rows.append([label, f"{len(signals)} of {folds}", *unread, str(e)])
             continue
 
         def interval(key: str) -> str:
@@ -235,9 +238,7 @@ def cross_validated_table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[
                      _fmt(pooled.get("sync_gap_gt")), _fmt(pooled.get("mouth_corr_shifted")),
                      pooled.get("lip_sync_verdict", "")])
     return ("Lip sync over the held-out blocks of all folds (the whole clip held out; each fold's readings on their "
-            "own means)",
-            ["runs", "folds", "frames", "effective frames", "mouth_corr [90%]", "jaw_corr", "sync_gap [90%]",
-             "sync_gap_gt", "mouth_corr_shifted", "verdict"], rows)
+            "own means)", header, rows)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
