@@ -33,6 +33,7 @@ HEADLINE = ("psnr", "parsed/psnr", "with_hair/psnr", "parsed/face_psnr", "parsed
             "parsed/lpips", "parsed/fid", "parsed/niqe", "parsed/brisque", "parsed/lmd", "parsed/aue_upper",
             "parsed/aue_lower", "parsed/face_found", "parsed/mouth_corr", "parsed/jaw_corr", "sync_gap",
             "sync_gap_low", "mouth_corr_still_audio", "mouth_audio_response", "dataset.audio_mouth_readout",
+            "dataset.audio_jaw_readout",
             "parsed/lse_c", "parsed/lse_d",
             "focal", "truth.focal_error_pct", "truth.landmarks.rotation_median_deg",
             "truth.bundle_adjustment.rotation_median_deg", "truth.bundle_adjustment.translation_median_pct",

@@ -68,6 +68,7 @@ def test_train_writes_a_complete_run_folder_and_resumes(run_cli):
     assert metrics["mlp_dtype"] in ("bfloat16", "float32")  # what model.net.mlp_precision=auto chose here
     assert metrics["encoding_lookup"] == "fused_cpu"  # the C++ compiler is part of the supported setup
     assert metrics["dataset"]["audio_mouth_readout"] > 0.5  # the synthetic subject's mouth is a function of its audio
+    assert metrics["dataset"]["audio_jaw_readout"] > 0.5
     assert {"parsed/psnr", "with_hair/psnr", "parsed/face_psnr", "with_hair/ssim"} <= metrics.keys()
     info = json.loads((first / "run_info.json").read_text())
     assert info["git_revision"] and "torch" in info

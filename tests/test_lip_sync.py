@@ -184,29 +184,38 @@ def test_the_audio_read_out_finds_the_mouth_that_the_audio_carries():
 
 
 def test_a_dataset_read_out_and_the_warning_before_training(tmp_path, caplog):
-    """:func:`dataset_audio_readout` reads ``aud_<name>.npy`` against ``bs.npy``'s mouth blendshapes;
-    :func:`report_audio_readout` (what ``synctalk preprocess`` and ``synctalk train`` call) logs it, as a warning
-    under READOUT_WEAK; a dataset without ``bs.npy`` or the features gets none."""
+    """:func:`dataset_audio_readout` reads ``aud_<name>.npy`` against ``bs.npy``'s mouth blendshapes, the whole mouth
+    and the jaw alone; :func:`report_audio_readout` (what ``synctalk preprocess`` and ``synctalk train`` call) logs
+    it, as a warning when the whole mouth reads under READOUT_WEAK; a dataset without ``bs.npy`` or the features
+    gets none."""
     rng = np.random.default_rng(1)
     n = 150
     audio = rng.normal(size=(n, 4, 8)).astype(np.float32)
     bs = np.zeros((n, len(BLENDSHAPE_NAMES)), np.float32)
-    jaw = BLENDSHAPE_NAMES.index("jawOpen")
+    jaw, smile = BLENDSHAPE_NAMES.index("jawOpen"), BLENDSHAPE_NAMES.index("mouthSmileLeft")
     np.save(tmp_path / "aud_mel.npy", audio)
     assert dataset_audio_readout(tmp_path, "mel") is None  # no bs.npy
-    bs[:, jaw] = np.clip(0.3 + 0.05 * audio.reshape(n, -1) @ rng.normal(size=32), 0, 1)
+    assert report_audio_readout(tmp_path, "mel") == {"audio_mouth_readout": None, "audio_jaw_readout": None}
+    bs[:, jaw] = np.clip(0.3 + 0.02 * audio.reshape(n, -1) @ rng.normal(size=32), 0, 1)
     np.save(tmp_path / "bs.npy", bs)
-    assert dataset_audio_readout(tmp_path, "mel") > 0.8
+    readout = dataset_audio_readout(tmp_path, "mel")
+    assert readout["audio_mouth_readout"] > 0.8 and readout["audio_jaw_readout"] > 0.8
     assert dataset_audio_readout(tmp_path, "whisper") is None  # no such features
     with caplog.at_level("INFO", logger="synctalk.metrics.lip_sync"):
-        assert report_audio_readout(tmp_path, "mel") > 0.8
+        assert report_audio_readout(tmp_path, "mel") == readout
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
-    bs[:, jaw] = rng.uniform(0, 0.5, n)  # a mouth the audio does not carry
+    # a jaw the audio carries beside a smile it does not, which moves about three times as much: the whole mouth
+    # reads weak (and warns), the jaw alone still reads high
+    bs[:, smile] = rng.uniform(0, 1, n)
     np.save(tmp_path / "bs.npy", bs)
     caplog.clear()
     with caplog.at_level("INFO", logger="synctalk.metrics.lip_sync"):
-        assert report_audio_readout(tmp_path, "mel") < READOUT_WEAK
+        readout = report_audio_readout(tmp_path, "mel")
+    assert readout["audio_mouth_readout"] < READOUT_WEAK and readout["audio_jaw_readout"] > 0.8
     assert [r for r in caplog.records if r.levelname == "WARNING" and "did not follow the audio" in r.message]
+    bs[:, jaw] = 0.2  # a jaw that does not move: no jaw read-out
+    np.save(tmp_path / "bs.npy", bs)
+    assert dataset_audio_readout(tmp_path, "mel")["audio_jaw_readout"] is None
     np.save(tmp_path / "aud_mel.npy", audio[:-1])  # features of another frame count
     assert dataset_audio_readout(tmp_path, "mel") is None
 

@@ -92,11 +92,12 @@ def test_trained_runs_on_datasets_of_different_focal_are_plotted_against_it(tmp_
         assert summary["focal_at_512"] == focal and summary["face_model"] == "canonical" and "other" not in summary
         _job(sweep, str(i), [f"data.root={root}"], {"data": {"root": str(root)}},
              {"parsed/psnr": psnr, "parsed/face_psnr": psnr - 2, "parsed/lmd": 3.0 + i,
-              "dataset": {**summary, "audio_mouth_readout": None if i == 0 else 0.2 * i}})  # None: no bs.npy
+              "dataset": {**summary, "audio_mouth_readout": None if i == 0 else 0.2 * i,  # None: no bs.npy
+                          "audio_jaw_readout": None if i == 0 else 0.3 * i}})
     assert dataset_summary(tmp_path / "no_dataset") == {}
     text = write_report(sweep).read_text()
     assert "dataset.focal_at_512" in text and "dataset.jitter_written.rotation_deg" in text
-    assert "dataset.audio_mouth_readout" in text
+    assert "dataset.audio_mouth_readout" in text and "dataset.audio_jaw_readout" in text
     assert (sweep / "report" / "quality_vs_focal.png").is_file() and "quality_vs_focal" in text
 
 

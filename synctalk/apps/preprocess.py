@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> dict:
     if short:
         log.warning(short)
     readout = report_audio_readout(root, cfg.audio_encoder.name)
-    return {"root": str(root), **report, "audio_mouth_readout": readout}
+    return {"root": str(root), **report, **readout}
 
 
 LIP_SYNC_SECONDS = 60.0  # a shorter clip gets a warning: little of its own speech to learn the mouth from

@@ -53,7 +53,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
         system.set_upper_face_plane(datamodule.train_frames.upper_face_plane())
     if cfg.stage.init_from:
         load_stage_weights(system, cfg.stage.init_from, cfg)
-    readout = report_audio_readout(datamodule.root, cfg.audio_encoder.name) if rank == 0 else None
+    readout = report_audio_readout(datamodule.root, cfg.audio_encoder.name) if rank == 0 else {}
     loggers = build_loggers(cfg) if rank == 0 else []
     failed = True
     try:
@@ -79,7 +79,7 @@ def _train(cfg: DictConfig, out: Path, datamodule, rank: int) -> dict:
                        train_psnr=float(trainer.callback_metrics.get("train/psnr", float("nan"))),
                        mlp_dtype=str(system.net.density_net.compute_dtype(system.device)).removeprefix("torch."),
                        encoding_lookup=system.net.encoding.grid.lookup(system.device),
-                       dataset={**dataset_summary(datamodule.root), "audio_mouth_readout": readout},
+                       dataset={**dataset_summary(datamodule.root), **readout},
                        train_frames=len(datamodule.train_frames))
         threads.record(metrics)
         for logger in loggers:

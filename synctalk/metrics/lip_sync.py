@@ -459,7 +459,7 @@ def dataset_mouth_audio(root: Path, fps: float) -> dict:
 READOUT_BLOCKS = 5  # contiguous blocks of a clip, each held out once, in the audio read-out
 READOUT_STRENGTH = 1000.0  # its ridge penalty on standardised features
 #: a clip whose audio reads its own mouth under this has not taught the recipe's heads to follow the audio: over
-#: whole clips cross-validated they came out 0.04-0.14 above the read-out (docs/lip_sync.md, "Before training")
+#: whole clips cross-validated they came out 0.04-0.18 above the read-out (docs/lip_sync.md, "Before training")
 READOUT_WEAK = 0.35
 
 
@@ -475,34 +475,44 @@ def ridge(x: np.ndarray, y: np.ndarray, strength: float):
     return lambda z: ((z - mean) / std) @ w + y_mean
 
 
-def audio_mouth_readout(features: np.ndarray, mouth: np.ndarray, blocks: int = READOUT_BLOCKS,
-                        strength: float = READOUT_STRENGTH) -> float:
-    """How much of a clip's mouth its own audio carries, before any head is trained: a ridge read-out from each
-    frame's audio window to that frame's mouth coefficients, fitted on all but one of ``blocks`` contiguous blocks
-    of the clip and applied to that block, each block held out once; all frames' predictions scored as
-    ``mouth_corr`` is (:func:`correlation`).
+def readout_predictions(features: np.ndarray, mouth: np.ndarray, blocks: int = READOUT_BLOCKS,
+                        strength: float = READOUT_STRENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """The audio read-out's held-out predictions: a ridge map from each frame's audio window to that frame's mouth
+    coefficients, fitted on all but one of ``blocks`` contiguous blocks of the clip and applied to that block, each
+    block held out once.
 
     Args:
         features: (N, ...) each frame's audio features (e.g. ``aud_whisper.npy``, (N, 8, 384)).
         mouth: (N, K) the mouth coefficients (e.g. the 27 jaw and mouth blendshapes); NaN rows (no face) are left out.
     Returns:
-        the read-out's correlation; NaN with fewer than 4 frames per block.
+        (M, K) predictions and (M, K) the mouth they predict, over the M frames with a face; both empty (0, K) with
+        fewer than 4 such frames per block.
     """
     x = np.asarray(features, np.float64).reshape(len(features), -1)
     y = np.asarray(mouth, np.float64)
     face = np.isfinite(y).all(1) & np.isfinite(x).all(1)
     x, y = x[face], y[face]
     if len(y) < 4 * blocks:
-        return float("nan")
+        return np.empty((0, y.shape[1])), np.empty((0, y.shape[1]))
     pred = np.empty_like(y)
     for held in np.array_split(np.arange(len(y)), blocks):
         pred[held] = ridge(np.delete(x, held, 0), np.delete(y, held, 0), strength)(x[held])
-    return correlation(pred, y)
+    return pred, y
 
 
-def dataset_audio_readout(root: Path, audio_name: str) -> float | None:
-    """:func:`audio_mouth_readout` of a dataset: its ``aud_<audio_name>.npy`` against the jaw and mouth blendshapes
-    of its ``bs.npy``, every frame; None without either file or when they cover different frame counts."""
+def audio_mouth_readout(features: np.ndarray, mouth: np.ndarray, blocks: int = READOUT_BLOCKS,
+                        strength: float = READOUT_STRENGTH) -> float:
+    """How much of a clip's mouth its own audio carries, before any head is trained: the held-out predictions of
+    :func:`readout_predictions` (same arguments) scored as ``mouth_corr`` is (:func:`correlation`); NaN with fewer
+    than 4 frames with a face per block."""
+    return correlation(*readout_predictions(features, mouth, blocks, strength))
+
+
+def dataset_audio_readout(root: Path, audio_name: str) -> dict[str, float | None] | None:
+    """:func:`audio_mouth_readout` of a dataset: its ``aud_<audio_name>.npy`` against the jaw and mouth blendshapes of
+    its ``bs.npy``, every frame. Returns ``audio_mouth_readout`` (all 27, as ``mouth_corr`` scores them) and
+    ``audio_jaw_readout`` (``jawOpen`` alone, as ``jaw_corr``; None where the jaw hardly moves); None without either
+    file, when they cover different frame counts, or with too few frames."""
     from synctalk.data.layout import DatasetLayout
     from synctalk.face.blendshape_sets import load_mouth_targets
 
@@ -514,27 +524,35 @@ def dataset_audio_readout(root: Path, audio_name: str) -> float | None:
     features = np.load(path, mmap_mode="r")
     if features.ndim < 2 or len(features) != len(mouth):
         return None
-    value = audio_mouth_readout(features, mouth)
-    return value if np.isfinite(value) else None
+    pred, truth = readout_predictions(features, mouth)
+    whole = correlation(pred, truth)
+    if not np.isfinite(whole):
+        return None
+    jaw_index = MOUTH_BLENDSHAPES.index("jawOpen")
+    jaw = correlation(pred[:, [jaw_index]], truth[:, [jaw_index]])
+    return {"audio_mouth_readout": round(whole, 4), "audio_jaw_readout": round(jaw, 4) if np.isfinite(jaw) else None}
 
 
-def report_audio_readout(root: Path, audio_name: str) -> float | None:
+def report_audio_readout(root: Path, audio_name: str) -> dict[str, float | None]:
     """:func:`dataset_audio_readout`, logged (by ``synctalk preprocess`` when the dataset is ready and by ``synctalk
-    train`` before it trains), as a warning when it is under :data:`READOUT_WEAK`; None (and nothing logged) for a
-    dataset without ``bs.npy`` or those features."""
+    train`` before it trains), as a warning when the whole mouth reads under :data:`READOUT_WEAK`. Both keys are
+    None (and nothing is logged) for a dataset without ``bs.npy`` or those features."""
     readout = dataset_audio_readout(root, audio_name)
     if readout is None:
-        return None
-    what = (f"the audio features (aud_{audio_name}.npy) read this clip's own mouth (bs.npy) at {readout:.2f} "
-            f"(audio_mouth_readout: a linear read-out, {READOUT_BLOCKS} blocks of the clip held out in turn)")
-    if readout < READOUT_WEAK:
-        log.warning("%s, under %.2f: on the clips measured, heads trained on such a clip did not follow the audio "
-                    "(cross-validated, their held-out mouth_corr came out 0.04-0.14 above the read-out; "
+        return {"audio_mouth_readout": None, "audio_jaw_readout": None}
+    mouth, jaw = readout["audio_mouth_readout"], readout["audio_jaw_readout"]
+    jaw_text = f"its jaw opening (jawOpen) at {jaw:.2f}" if jaw is not None else "its jaw hardly moves"
+    what = (f"the audio features (aud_{audio_name}.npy) read this clip's own mouth (bs.npy) at {mouth:.2f} and "
+            f"{jaw_text} (audio_mouth_readout, audio_jaw_readout: a linear read-out, {READOUT_BLOCKS} blocks of the "
+            "clip held out in turn)")
+    if mouth < READOUT_WEAK:
+        log.warning("%s; the mouth under %.2f: on the clips measured, heads trained on such a clip did not follow the "
+                    "audio (cross-validated, their held-out mouth_corr came out 0.04-0.18 above the read-out; "
                     "docs/lip_sync.md, 'Before training'): more footage or another audio_encoder may read it better",
                     what, READOUT_WEAK)
     else:
         log.info("%s", what)
-    return round(readout, 4)
+    return readout
 
 
 STILL_MOUTH_MOTION = 0.25  # a driven mouth whose opening moves less than this share of the footage's hardly moves
