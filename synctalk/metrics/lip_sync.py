@@ -83,6 +83,13 @@ def correlation(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.average(corr[live], weights=std_g[live]))
 
 
+def jaw_correlation(pred: np.ndarray, gt: np.ndarray, names: list[str] = MOUTH_BLENDSHAPES) -> float:
+    """``jaw_corr``: :func:`correlation` of the ``jawOpen`` column alone of (N, K) mouth signals whose columns are
+    ``names``."""
+    jaw = [names.index("jawOpen")]
+    return correlation(pred[:, jaw], gt[:, jaw])
+
+
 def mouth_agreement(pred: dict, gt: dict, names: list[str]) -> dict[str, float]:
     """``mouth_corr``, ``mouth_error`` (x100) and, for blendshapes, ``jaw_corr`` of read clips
     (:meth:`FaceReader.read`)."""
@@ -93,8 +100,7 @@ def mouth_agreement(pred: dict, gt: dict, names: list[str]) -> dict[str, float]:
     out = {"mouth_corr": correlation(p, g), "mouth_error": float(100 * np.abs(p[both] - g[both]).mean()),
            "mouth_face_found": float(both.mean())}
     if "jawOpen" in names:
-        j = names.index("jawOpen")
-        out["jaw_corr"] = correlation(p[:, [j]], g[:, [j]])
+        out["jaw_corr"] = jaw_correlation(p, g, names)
     return out
 
 
@@ -256,8 +262,7 @@ def pooled_lip_sync(paths: list[Path]) -> dict:
     out: dict = {"frames": int(len(ids)), "runs": len(parts), "overlapping_frames": int(len(ids) - len(set(ids)))}
     out["mouth_corr"] = correlation(pred, gt)
     if pred.shape[1] == len(MOUTH_BLENDSHAPES):  # the Face Landmarker's reading (FaceMesh's has no jawOpen)
-        jaw = [MOUTH_BLENDSHAPES.index("jawOpen")]
-        out["jaw_corr"] = correlation(pred[:, jaw], gt[:, jaw])
+        out["jaw_corr"] = jaw_correlation(pred, gt)
     shifted: list[np.ndarray] = []
     shifts = {int(part["shift"]) for part in parts}
     if all(len(part["shifted"]) for part in parts) and len(shifts) == 1:
@@ -528,8 +533,7 @@ def dataset_audio_readout(root: Path, audio_name: str) -> dict[str, float | None
     whole = correlation(pred, truth)
     if not np.isfinite(whole):
         return None
-    jaw_index = MOUTH_BLENDSHAPES.index("jawOpen")
-    jaw = correlation(pred[:, [jaw_index]], truth[:, [jaw_index]])
+    jaw = jaw_correlation(pred, truth)
     return {"audio_mouth_readout": round(whole, 4), "audio_jaw_readout": round(jaw, 4) if np.isfinite(jaw) else None}
 
 
